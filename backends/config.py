@@ -1,0 +1,52 @@
+"""Configuration of one backend: everything that differs between a hosted API and a vLLM server."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PromptStyle = Literal["few_shot", "finetuned"]
+SchemaDialect = Literal["openai_strict", "vllm", "full"]
+
+
+class Pricing(BaseModel):
+    """USD per 1,000 tokens. Self-hosted backends price compute per 1k tokens (both fields alike)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1k: float = Field(0.0, ge=0)
+    output_per_1k: float = Field(0.0, ge=0)
+
+
+class BackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", description="Filled from the key under `backends:`.")
+    kind: Literal["openai", "vllm"] = "openai"
+    base_url: str | None = Field(
+        None, description="None: OPENAI_BASE_URL for kind openai, http://127.0.0.1:8000/v1 for vllm."
+    )
+    model: str
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the key (kind openai: OPENAI_API_KEY)."
+    )
+    prompt_style: PromptStyle = "few_shot"
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    schema_dialect: SchemaDialect | None = Field(
+        None, description="What the structured-output engine enforces; None: by kind."
+    )
+    pricing: Pricing = Field(default_factory=Pricing)
+    timeout_s: float = Field(30.0, gt=0, description="Read timeout of one call.")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10, description="Answers asked for (first try + re-asks).")
+    max_retries: int = Field(4, ge=0, le=20, description="Transport retries (429/5xx/timeouts) per answer.")
+    max_concurrency: int = Field(32, ge=1)
+    max_output_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _dialect_by_kind(self) -> BackendConfig:
+        if self.schema_dialect is None:
+            self.schema_dialect = "openai_strict" if self.kind == "openai" else "vllm"
+        return self

@@ -1,0 +1,165 @@
+"""A scriptable OpenAI-compatible upstream on loopback, for fault injection and gateway benchmarks.
+
+    python -m loadtest.mock_upstream --port 9100      # answers every call with a schema-valid object
+
+Scripted replies (`enqueue`) are served first, in order: status codes with headers (429 + Retry-After),
+delays (hangs past a timeout), wrong or broken JSON, `finish_reason: length`, raw bodies. With the queue
+empty it answers with the smallest object valid against the request's `response_format` schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class Reply:
+    """One scripted answer. `content` is the assistant text; `body` replaces the whole HTTP body."""
+
+    content: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    finish_reason: str = "stop"
+    body: bytes | None = None
+    usage: tuple[int, int] | None = None
+
+
+def minimal_instance(schema: dict[str, Any] | None) -> Any:
+    """The smallest value valid against common schemas (objects, enums, nullable types, dates)."""
+    if not schema:
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: minimal_instance(sub) for name, sub in props.items() if name in schema.get("required", props)}
+    if kind == "array":
+        return [minimal_instance(schema.get("items"))] * schema.get("minItems", 0)
+    if kind == "string":
+        if schema.get("format") == "date":
+            return "2024-01-01"
+        if schema.get("pattern") == "^[A-Z]{3}$":
+            return "EUR"
+        return "x" * max(1, schema.get("minLength", 1))
+    return {"number": 1.0, "integer": 1, "boolean": True, "null": None}.get(kind)
+
+
+class MockUpstream:
+    """The upstream's state: a reply queue and the requests it received."""
+
+    def __init__(self, model: str = "mock-model") -> None:
+        self.model = model
+        self.replies: deque[Reply] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/health", self._health, methods=["GET"]),
+            ]
+        )
+
+    def enqueue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    async def _models(self, _: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _health(self, _: Request) -> Response:
+        return Response(status_code=200)
+
+    async def _chat(self, request: Request) -> Response:
+        payload = json.loads(await request.body())
+        self.requests.append(payload)
+        reply = self.replies.popleft() if self.replies else None
+        if reply is None:
+            reply = Reply(content=json.dumps(minimal_instance(_schema_of(payload)), separators=(",", ":")))
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.body is not None:
+            return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type="application/json")
+        if reply.status != 200:
+            error = {"error": {"message": f"mock upstream status {reply.status}", "type": "mock", "code": None}}
+            return JSONResponse(error, status_code=reply.status, headers=reply.headers)
+        content = reply.content or ""
+        prompt_chars = sum(len(m.get("content") or "") for m in payload.get("messages", []))
+        usage = reply.usage or (max(1, prompt_chars // 4), max(1, len(content) // 4))
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": payload.get("model", self.model),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": reply.finish_reason,
+                    }
+                ],
+                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
+            },
+            headers=reply.headers,
+        )
+
+
+def _schema_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+    fmt = payload.get("response_format") or {}
+    schema: dict[str, Any] | None = (fmt.get("json_schema") or {}).get("schema")
+    return schema
+
+
+class ServerThread:
+    """Runs an ASGI app under uvicorn on a loopback socket bound before start (so no wait is needed)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    uvicorn.run(MockUpstream().app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

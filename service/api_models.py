@@ -1,0 +1,149 @@
+"""Request and response bodies of the HTTP API (what /docs shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backends.config import Pricing
+
+
+class ExtractOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(None, ge=1, le=10, description="Cap on answers (first + re-asks).")
+    max_cost_usd: float | None = Field(None, gt=0, description="Stop before an attempt that could pass this.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_output_tokens: int | None = Field(None, ge=1, le=32768)
+    timeout_s: float | None = Field(None, gt=0, le=600, description="Overall deadline (capped by config).")
+
+
+class ExtractRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {"task": "invoice", "text": "Invoice from ACME GmbH, 2024-03-01. Total due: EUR 1,234.50"},
+                {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                        "additionalProperties": False,
+                    },
+                    "instructions": "The city the customer lives in.",
+                    "text": "I moved to Lisbon last spring.",
+                },
+            ]
+        },
+    )
+
+    task: str | None = Field(None, description="A configured task name; or give `schema` instead.")
+    json_schema: dict[str, Any] | None = Field(None, alias="schema", description="Ad-hoc JSON Schema.")
+    instructions: str | None = Field(None, description="Extra instructions for an ad-hoc schema.")
+    text: str = Field(min_length=1, description="The text to extract from.")
+    backend: str | None = Field(None, description="Override the routed backend (or X-Extraction-Backend).")
+    options: ExtractOptions = Field(default_factory=ExtractOptions)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text must not be blank")
+        return text
+
+    @model_validator(mode="after")
+    def _task_or_schema(self) -> ExtractRequest:
+        if (self.task is None) == (self.json_schema is None):
+            raise ValueError("give exactly one of `task` or `schema`")
+        if self.instructions is not None and self.task is not None:
+            raise ValueError("`instructions` goes with an ad-hoc `schema`; a task brings its own")
+        return self
+
+
+class TokenUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class ExtractResponse(BaseModel):
+    data: Any = Field(description="The extracted JSON; always valid against the task's schema.")
+    task: str
+    backend: str = Field(description="The backend that answered.")
+    model: str
+    attempts: int = Field(description="Answers the model gave (1 + re-asks).")
+    retries: int = Field(0, description="Transport retries (429/5xx/timeouts) on top of the attempts.")
+    usage: TokenUsage = Field(description="Tokens over all attempts.")
+    cost_usd: float = Field(description="USD over all attempts, from the backend's pricing.")
+    latency_ms: float
+    structured_output: Literal["json_schema", "json_object", "none"] = Field(
+        description="How the output was constrained upstream (json_object: the schema is enforced by "
+        "validation and re-ask only)."
+    )
+    request_id: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+    request_id: str | None = None
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ExtractRequest] = Field(min_length=1, description="Independent extractions.")
+    backend: str | None = Field(None, description="Default backend for items that name none.")
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    ok: bool
+    result: ExtractResponse | None = None
+    error: ErrorInfo | None = None
+    status: int = Field(description="The HTTP status this item would have had alone.")
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItemResult]
+    succeeded: int
+    failed: int
+    usage: TokenUsage
+    cost_usd: float
+    request_id: str | None = None
+
+
+class TaskSummary(BaseModel):
+    name: str
+    description: str
+    backend: str = Field(description="The backend this task routes to now.")
+
+
+class TaskDetail(TaskSummary):
+    json_schema: dict[str, Any] = Field(alias="schema", serialization_alias="schema")
+    instructions: str
+    examples: list[dict[str, Any]]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class BackendInfo(BaseModel):
+    name: str
+    kind: str
+    model: str
+    base_url: str | None
+    prompt_style: str
+    structured_output: str
+    pricing: Pricing
+    max_attempts: int
+    max_concurrency: int
+    timeout_s: float
+    default: bool
+    configured: bool = Field(description="False when its API key variable is unset.")

@@ -1,0 +1,103 @@
+"""Settings: a YAML file (path in EXTRACTION_CONFIG) overlaid by EXTRACTION_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from backends.config import BackendConfig
+
+DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_text_chars: int = Field(50_000, ge=1, description="Longer texts get 400 text_too_long.")
+    max_batch_items: int = Field(64, ge=1)
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="Larger bodies get 413.")
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deadline_s: float = Field(60.0, gt=0, description="Overall budget of one request, re-asks included.")
+    backoff_initial_s: float = Field(0.25, ge=0)
+    backoff_max_s: float = Field(8.0, ge=0)
+    retry_after_cap_s: float = Field(60.0, ge=0, description="Longest Retry-After we honour.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EXTRACTION_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    config: Path = Field(DEFAULT_CONFIG, description="The YAML file these settings came from.")
+    default_backend: str
+    tasks_dir: Path = Field(Path("tasks"), description="Relative paths start at the config file's folder.")
+    backends: dict[str, BackendConfig]
+    limits: Limits = Field(default_factory=Limits)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        path = Path(init_kwargs.get("config") or os.environ.get("EXTRACTION_CONFIG") or DEFAULT_CONFIG)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (EXTRACTION_CONFIG or --config)")
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
+        # Priority: explicit arguments > environment > the YAML file. `config` records the file used.
+        return (init_settings, env_settings, _Fixed(settings_cls, {"config": path}), yaml_source)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        for key, backend in self.backends.items():
+            if backend.name and backend.name != key:
+                raise ValueError(f"backends.{key}.name is {backend.name!r}; leave it out or make it {key!r}")
+            backend.name = key
+        if self.default_backend not in self.backends:
+            raise ValueError(f"default_backend {self.default_backend!r} is not among backends: {sorted(self.backends)}")
+        if not self.tasks_dir.is_absolute():
+            self.tasks_dir = (self.config.parent / self.tasks_dir).resolve()
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field or file."""
+
+
+class _Fixed(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests override this dependency instead of the environment."""
+    return Settings()  # type: ignore[call-arg]  # values come from the YAML and environment sources

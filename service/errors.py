@@ -1,0 +1,90 @@
+"""Errors the API returns. Each class fixes its HTTP status, error code and request outcome.
+
+ExtractionError
+ ├── BadRequest               400 bad_request        (body is not a valid request)
+ │    ├── UnknownTask         400 unknown_task
+ │    ├── UnknownBackend      400 unknown_backend
+ │    ├── InvalidSchema       400 invalid_schema
+ │    └── TextTooLong         400 text_too_long
+ ├── PayloadTooLarge          413 payload_too_large
+ ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
+ │    └── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
+ ├── UpstreamError            502 upstream_error
+ ├── BackendUnavailable       503 backend_unavailable        (not configured, or rate limited upstream)
+ ├── Overloaded               503 overloaded
+ └── DeadlineExceeded         504 deadline_exceeded
+
+The single place that turns these into HTTP responses is `service.app`'s exception handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ExtractionError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    outcome: ClassVar[str] = "upstream_error"
+
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def body(self, request_id: str | None) -> dict[str, Any]:
+        return {
+            "error": {"code": self.code, "message": self.message, "details": self.details},
+            "request_id": request_id,
+        }
+
+
+class BadRequest(ExtractionError):
+    status, code, outcome = 400, "bad_request", "rejected"
+
+
+class UnknownTask(BadRequest):
+    code = "unknown_task"
+
+
+class UnknownBackend(BadRequest):
+    code = "unknown_backend"
+
+
+class InvalidSchema(BadRequest):
+    code = "invalid_schema"
+
+
+class TextTooLong(BadRequest):
+    code = "text_too_long"
+
+
+class PayloadTooLarge(ExtractionError):
+    status, code, outcome = 413, "payload_too_large", "rejected"
+
+
+class SchemaValidationFailed(ExtractionError):
+    status, code, outcome = 422, "schema_validation_failed", "schema_invalid"
+
+
+class BudgetExceeded(SchemaValidationFailed):
+    code = "budget_exceeded"
+
+
+class UpstreamError(ExtractionError):
+    status, code, outcome = 502, "upstream_error", "upstream_error"
+
+
+class BackendUnavailable(ExtractionError):
+    status, code, outcome = 503, "backend_unavailable", "upstream_error"
+
+
+class Overloaded(ExtractionError):
+    status, code, outcome = 503, "overloaded", "rejected"
+
+
+class DeadlineExceeded(ExtractionError):
+    status, code, outcome = 504, "deadline_exceeded", "timeout"

@@ -1,0 +1,403 @@
+"""The extraction pipeline: prompt -> backend call (with transport retries) -> parse -> validate -> re-ask.
+
+One place for the whole request flow. It knows nothing of FastAPI; errors are `service.errors` types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from backends.base import Backend, BackendRequest, BackendResponse, StructuredMode, Usage
+from backends.config import BackendConfig
+from backends.errors import (
+    BackendError,
+    BackendNotConfigured,
+    RetryableBackendError,
+    UpstreamBadResponse,
+    UpstreamConnectionError,
+    UpstreamRateLimited,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from service.config import Settings
+from service.cost import request_cost
+from service.errors import (
+    BackendUnavailable,
+    BadRequest,
+    BudgetExceeded,
+    DeadlineExceeded,
+    ExtractionError,
+    InvalidSchema,
+    SchemaValidationFailed,
+    TextTooLong,
+    UnknownTask,
+    UpstreamError,
+)
+from service.metrics import Metrics
+from service.parsing import OutputNotJSON, parse_output
+from service.prompts import build_messages, reask_messages
+from service.routing import route
+from service.tasks import Task, adhoc_task
+from service.validation import Issue, ValidatorCache, dialect_gaps, schema_errors, schema_key, validate
+
+log = structlog.get_logger("extraction")
+
+RAW_SNIPPET_CHARS = 500
+_RETRY_REASON = {
+    UpstreamRateLimited: "retry_rate_limited",
+    UpstreamServerError: "retry_server_error",
+    UpstreamTimeout: "retry_timeout",
+    UpstreamConnectionError: "retry_connection",
+    UpstreamBadResponse: "retry_bad_response",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-request limits; each can only tighten what the backend's config allows."""
+
+    max_attempts: int | None = None
+    max_cost_usd: float | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    data: Any
+    task: str
+    backend: str
+    model: str
+    attempts: int
+    retries: int
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    structured_output: StructuredMode
+    repaired: bool = False
+
+
+@dataclass(slots=True)
+class _Spend:
+    """What a request has consumed so far; travels into error details."""
+
+    answers: int = 0
+    calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost: Decimal = Decimal(0)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "attempts": self.answers,
+            "retries": self.calls - self.answers,
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+            "cost_usd": float(self.cost),
+        }
+
+
+class Extractor:
+    """Runs extractions against the configured backends. One per app; shared by all requests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Mapping[str, Backend],
+        metrics: Metrics,
+        tasks: Mapping[str, Task],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.metrics = metrics
+        self.tasks = tasks
+        self.validators = ValidatorCache()
+        self._sleep = sleep
+        self._limits = {name: asyncio.Semaphore(cfg.max_concurrency) for name, cfg in settings.backends.items()}
+        self._gaps: dict[tuple[str, str], list[str]] = {}
+
+    def resolve_task(
+        self, name: str | None, schema: dict[str, Any] | None = None, instructions: str | None = None
+    ) -> Task:
+        """A configured task by name, or an ad-hoc task for a request's own schema."""
+        if name is not None:
+            try:
+                return self.tasks[name]
+            except KeyError:
+                raise UnknownTask(
+                    f"unknown task {name!r}; available: {', '.join(sorted(self.tasks))}",
+                    details={"task": name, "available": sorted(self.tasks)},
+                ) from None
+        if schema is None:
+            raise BadRequest("give a task name or a schema")
+        if problem := schema_errors(schema):
+            raise InvalidSchema(f"the schema is not a valid JSON Schema (draft 2020-12): {problem}")
+        return adhoc_task(schema, instructions)
+
+    async def extract(
+        self,
+        text: str,
+        *,
+        task: str | None = None,
+        schema: dict[str, Any] | None = None,
+        instructions: str | None = None,
+        backend: str | None = None,
+        options: Options | None = None,
+        request_id: str | None = None,
+    ) -> Result:
+        """Extract from `text` for a named task or ad-hoc schema; raises an `ExtractionError` on failure.
+
+        Every call is counted exactly once in extraction_requests_total, rejections included.
+        """
+        options = options or Options()
+        started = time.monotonic()
+        labels = ["-", "-"]  # unknown names never become label values
+        outcome = "ok"
+        self.metrics.inflight.inc()
+        try:
+            spec = self.resolve_task(task, schema, instructions)
+            labels[0] = spec.name
+            cfg = route(self.settings, spec, backend)
+            labels[1] = cfg.name
+            return await self._run(spec, text, cfg, options, started)
+        except ExtractionError as e:
+            outcome = e.outcome
+            raise
+        except BaseException:
+            outcome = "upstream_error"  # cancelled (client went away) or a bug: never counted as success
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(*labels, outcome).inc()
+            if outcome != "rejected":
+                self.metrics.request_duration.labels(*labels).observe(elapsed)
+            log.info(
+                "extraction",
+                request_id=request_id,
+                task=labels[0],
+                backend=labels[1],
+                outcome=outcome,
+                latency_ms=round(elapsed * 1000, 1),
+            )
+
+    async def _run(self, task: Task, text: str, cfg: BackendConfig, options: Options, started: float) -> Result:
+        max_chars = task.max_text_chars or self.settings.limits.max_text_chars
+        if len(text) > max_chars:
+            raise TextTooLong(
+                f"text is {len(text)} characters; the limit for task {task.name!r} is {max_chars}",
+                details={"length": len(text), "limit": max_chars},
+            )
+        deadline_s = min(self.settings.retry.deadline_s, options.timeout_s or math.inf)
+        deadline_at = started + deadline_s
+        max_attempts = min(cfg.max_attempts, options.max_attempts or cfg.max_attempts)
+        max_tokens = min(
+            options.max_output_tokens or task.max_output_tokens or cfg.max_output_tokens, cfg.max_output_tokens
+        )
+        mode, strict = self._structured_mode(cfg, task)
+        validator = self.validators.get(task.json_schema)
+        messages = build_messages(task, text, cfg.prompt_style)
+        spend = _Spend()
+        last_text, last_issues = "", list[Issue]()
+        try:
+            async with asyncio.timeout(deadline_s - (time.monotonic() - started)):
+                for attempt in range(1, max_attempts + 1):
+                    self._check_budget(options, cfg, messages, max_tokens, spend, last_issues, last_text)
+                    request = BackendRequest(
+                        messages=messages,
+                        schema=task.json_schema,
+                        schema_name=task.name,
+                        mode=mode,
+                        strict=strict,
+                        max_output_tokens=max_tokens,
+                        temperature=cfg.temperature if options.temperature is None else options.temperature,
+                        timeout_s=cfg.timeout_s,
+                    )
+                    response = await self._call(
+                        cfg, request, "initial" if attempt == 1 else "reask", deadline_at, spend
+                    )
+                    self._account(cfg, task, response, spend)
+                    data, issues, repaired = self._check(cfg, response, validator)
+                    if not issues:
+                        self._record_success(task, cfg, data, first_attempt=attempt == 1)
+                        return Result(
+                            data=data,
+                            task=task.name,
+                            backend=cfg.name,
+                            model=response.model,
+                            attempts=spend.answers,
+                            retries=spend.calls - spend.answers,
+                            usage=spend.usage,
+                            cost_usd=float(spend.cost),
+                            latency_ms=round((time.monotonic() - started) * 1000, 2),
+                            structured_output=mode,
+                            repaired=repaired,
+                        )
+                    last_text, last_issues = response.text, issues
+                    messages = messages + reask_messages(
+                        response.text, issues, truncated=response.finish_reason == "length"
+                    )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no valid answer within the deadline of {deadline_s:g} s", details=spend.details()
+            ) from None
+        except BackendError as e:
+            raise _translate(e, spend) from e
+        raise SchemaValidationFailed(
+            f"the output did not validate against the schema after {spend.answers} attempt(s)",
+            details=_failure_details(spend, last_issues, last_text),
+        )
+
+    async def _call(
+        self, cfg: BackendConfig, request: BackendRequest, reason: str, deadline_at: float, spend: _Spend
+    ) -> BackendResponse:
+        backend = self.backends[cfg.name]
+        policy = self.settings.retry
+        backoff = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+                return min(error.retry_after_s, policy.retry_after_cap_s)
+            return float(backoff(state))
+
+        def stop(state: RetryCallState) -> bool:
+            # Give up rather than sleep into the deadline: the caller gets the real error, not a 504.
+            out_of_time = state.upcoming_sleep >= deadline_at - time.monotonic()
+            return state.attempt_number > cfg.max_retries or out_of_time
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal reason
+            error = state.outcome.exception() if state.outcome else None
+            reason = _RETRY_REASON.get(type(error), "retry")
+
+        async for try_ in AsyncRetrying(
+            retry=retry_if_exception_type(RetryableBackendError),
+            wait=wait,
+            stop=stop,
+            reraise=True,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+        ):
+            with try_:
+                self.metrics.attempts.labels(cfg.name, reason).inc()
+                spend.calls += 1
+                timeout = max(0.001, min(cfg.timeout_s, deadline_at - time.monotonic()))
+                async with self._limits[cfg.name]:
+                    t0 = time.perf_counter()
+                    try:
+                        response = await backend.complete(replace(request, timeout_s=timeout))
+                    finally:
+                        self.metrics.backend_duration.labels(cfg.name).observe(time.perf_counter() - t0)
+        spend.answers += 1
+        return response
+
+    def _account(self, cfg: BackendConfig, task: Task, response: BackendResponse, spend: _Spend) -> None:
+        usage = response.usage
+        cost = request_cost(usage.input_tokens, usage.output_tokens, cfg.pricing)
+        spend.usage += usage
+        spend.cost += cost
+        m = self.metrics
+        m.tokens.labels(cfg.name, task.name, "input").inc(usage.input_tokens)
+        m.tokens.labels(cfg.name, task.name, "output").inc(usage.output_tokens)
+        m.cost.labels(cfg.name, task.name).inc(float(cost))
+
+    def _check(self, cfg: BackendConfig, response: BackendResponse, validator: Any) -> tuple[Any, list[Issue], bool]:
+        if response.finish_reason == "length":
+            return None, [Issue("$", "output truncated at the output-token limit")], False
+        try:
+            parsed = parse_output(response.text)
+        except OutputNotJSON as e:
+            return None, [Issue("$", str(e))], False
+        if parsed.repaired:
+            self.metrics.json_repairs.labels(cfg.name).inc()
+        return parsed.value, validate(parsed.value, validator), parsed.repaired
+
+    def _check_budget(
+        self,
+        options: Options,
+        cfg: BackendConfig,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        spend: _Spend,
+        last_issues: list[Issue],
+        last_text: str,
+    ) -> None:
+        if options.max_cost_usd is None:
+            return
+        # Input estimate: ~3 characters per token errs on the costly side for most tokenizers.
+        est_input = math.ceil(sum(len(m["content"]) for m in messages) / 3)
+        estimate = request_cost(est_input, max_tokens, cfg.pricing)
+        budget = Decimal(str(options.max_cost_usd))
+        if spend.cost + estimate > budget:
+            details = _failure_details(spend, last_issues, last_text) if spend.answers else spend.details()
+            details.update(max_cost_usd=options.max_cost_usd, next_attempt_estimate_usd=float(estimate))
+            raise BudgetExceeded(
+                f"stopped before attempt {spend.answers + 1}: it could cost up to ${estimate:.6f}, "
+                f"which with ${spend.cost:.6f} spent would pass max_cost_usd ${options.max_cost_usd}",
+                details=details,
+            )
+
+    def _structured_mode(self, cfg: BackendConfig, task: Task) -> tuple[StructuredMode, bool]:
+        if cfg.structured_output != "json_schema":
+            return cfg.structured_output, False
+        dialect = cfg.schema_dialect or "full"
+        key = (schema_key(task.json_schema), dialect)
+        if key not in self._gaps:
+            self._gaps[key] = dialect_gaps(task.json_schema, dialect)
+            if self._gaps[key]:
+                log.warning(
+                    "structured_output_degraded",
+                    backend=cfg.name,
+                    task=task.name,
+                    dialect=dialect,
+                    gaps=self._gaps[key][:5],
+                    fallback="json_object + validation + re-ask",
+                )
+        if self._gaps[key]:
+            self.metrics.structured_degraded.labels(cfg.name, task.name).inc()
+            return "json_object", False
+        return "json_schema", dialect == "openai_strict"
+
+    def _record_success(self, task: Task, cfg: BackendConfig, data: Any, *, first_attempt: bool) -> None:
+        self.metrics.schema_valid.labels(task.name, cfg.name, str(first_attempt).lower()).inc()
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if value is None or value == [] or value == "":
+                    self.metrics.field_null.labels(task.name, name).inc()
+
+
+def _failure_details(spend: _Spend, issues: list[Issue], raw: str) -> dict[str, Any]:
+    return {
+        **spend.details(),
+        "errors": [i.as_dict() for i in issues],
+        "raw_output": raw[:RAW_SNIPPET_CHARS],
+    }
+
+
+def _translate(error: BackendError, spend: _Spend) -> ExtractionError:
+    details = {**spend.details(), "backend": error.backend}
+    if error.status_code is not None:
+        details["upstream_status"] = error.status_code
+    if isinstance(error, BackendNotConfigured):
+        return BackendUnavailable(error.message, details=details)
+    if isinstance(error, UpstreamRateLimited):
+        headers = {"Retry-After": str(math.ceil(error.retry_after_s))} if error.retry_after_s else {}
+        return BackendUnavailable(
+            f"backend {error.backend!r} is rate limited upstream; retries exhausted",
+            details=details,
+            headers=headers,
+        )
+    if isinstance(error, UpstreamTimeout):
+        return DeadlineExceeded(f"backend {error.backend!r} timed out: {error.message}", details=details)
+    return UpstreamError(f"backend {error.backend!r} failed: {error.message}", details=details)

@@ -1,0 +1,56 @@
+"""Turn model text into JSON: tolerate code fences, surrounding prose and near-miss syntax."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import json_repair
+
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
+_DECODER = json.JSONDecoder()
+
+
+class OutputNotJSON(ValueError):
+    """The model's text holds no JSON value we can recover."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    value: Any
+    repaired: bool
+
+
+def parse_output(text: str) -> Parsed:
+    """The first JSON object/array in `text`; repaired with json-repair when it is broken but close."""
+    candidate = text.strip()
+    if fence := _FENCE.search(candidate):
+        candidate = fence.group(1).strip()
+    try:
+        return Parsed(json.loads(candidate), repaired=False)
+    except ValueError:
+        pass
+    start = _first_bracket(candidate)
+    if start is None:
+        raise OutputNotJSON("the output contains no JSON object")
+    try:
+        value, _ = _DECODER.raw_decode(candidate, start)  # leading/trailing prose
+        return Parsed(value, repaired=False)
+    except ValueError:
+        pass
+    repaired = json_repair.loads(candidate[start:])
+    if not isinstance(repaired, dict | list) or repaired in ({}, []):
+        raise OutputNotJSON("the output is not valid JSON and could not be repaired")
+    return Parsed(repaired, repaired=True)
+
+
+def _first_bracket(text: str) -> int | None:
+    positions = [p for p in (text.find("{"), text.find("[")) if p >= 0]
+    return min(positions) if positions else None
+
+
+def dumps_compact(value: Any) -> str:
+    """JSON without pretty-printing whitespace (what we show models in examples and ask of them)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,119 @@
+"""POST /v1/extract and /v1/extract/batch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from service.api_models import (
+    BatchItemResult,
+    BatchRequest,
+    BatchResponse,
+    ErrorInfo,
+    ErrorResponse,
+    ExtractRequest,
+    ExtractResponse,
+    TokenUsage,
+)
+from service.deps import RequestIdDep, StateDep
+from service.errors import BadRequest, ExtractionError
+from service.extract import Extractor, Options, Result
+
+router = APIRouter(prefix="/v1", tags=["extract"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "bad_request, unknown_task, unknown_backend, invalid_schema, text_too_long",
+    },
+    413: {"model": ErrorResponse, "description": "payload_too_large"},
+    422: {
+        "model": ErrorResponse,
+        "description": "schema_validation_failed (with the last validation errors and "
+        "a raw-output snippet) or budget_exceeded",
+    },
+    502: {"model": ErrorResponse, "description": "upstream_error"},
+    503: {"model": ErrorResponse, "description": "backend_unavailable or overloaded"},
+    504: {"model": ErrorResponse, "description": "deadline_exceeded"},
+}
+BackendHeader = Annotated[str | None, Header(alias="X-Extraction-Backend", description="Backend override.")]
+
+
+async def _run(extractor: Extractor, body: ExtractRequest, backend: str | None, request_id: str | None) -> Result:
+    return await extractor.extract(
+        body.text,
+        task=body.task,
+        schema=body.json_schema,
+        instructions=body.instructions,
+        backend=body.backend or backend,
+        options=Options(**body.options.model_dump()),
+        request_id=request_id,
+    )
+
+
+def _response(result: Result, request_id: str | None) -> ExtractResponse:
+    return ExtractResponse(
+        data=result.data,
+        task=result.task,
+        backend=result.backend,
+        model=result.model,
+        attempts=result.attempts,
+        retries=result.retries,
+        usage=TokenUsage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens),
+        cost_usd=result.cost_usd,
+        latency_ms=result.latency_ms,
+        structured_output=result.structured_output,
+        request_id=request_id,
+    )
+
+
+@router.post("/extract", response_model=ExtractResponse, responses=ERRORS)
+async def extract(
+    body: ExtractRequest, state: StateDep, request_id: RequestIdDep, x_backend: BackendHeader = None
+) -> ExtractResponse:
+    """Extract JSON that validates against the task's (or the given) schema."""
+    return _response(await _run(state.extractor, body, x_backend, request_id), request_id)
+
+
+@router.post("/extract/batch", response_model=BatchResponse, responses={400: ERRORS[400], 413: ERRORS[413]})
+async def extract_batch(
+    body: BatchRequest, state: StateDep, request_id: RequestIdDep, x_backend: BackendHeader = None
+) -> BatchResponse:
+    """Independent extractions run concurrently (each backend's max_concurrency applies); per-item results."""
+    limit = state.settings.limits.max_batch_items
+    if len(body.items) > limit:
+        raise BadRequest(
+            f"batch has {len(body.items)} items; the limit is {limit}",
+            details={"items": len(body.items), "limit": limit},
+        )
+
+    async def one(index: int, item: ExtractRequest) -> BatchItemResult:
+        try:
+            result = await _run(state.extractor, item, body.backend or x_backend, request_id)
+        except ExtractionError as e:
+            error = ErrorInfo(code=e.code, message=e.message, details=e.details)
+            return BatchItemResult(index=index, ok=False, error=error, status=e.status)
+        return BatchItemResult(index=index, ok=True, result=_response(result, request_id), status=200)
+
+    results = await asyncio.gather(*(one(i, item) for i, item in enumerate(body.items)))
+    # Failed items cost too (their attempts were billed): totals cover every item.
+    spent = [_spent(r) for r in results]
+    succeeded = sum(r.ok for r in results)
+    return BatchResponse(
+        results=list(results),
+        succeeded=succeeded,
+        failed=len(results) - succeeded,
+        usage=TokenUsage(input_tokens=sum(s[0] for s in spent), output_tokens=sum(s[1] for s in spent)),
+        cost_usd=sum(s[2] for s in spent),
+        request_id=request_id,
+    )
+
+
+def _spent(item: BatchItemResult) -> tuple[int, int, float]:
+    if item.result is not None:
+        return item.result.usage.input_tokens, item.result.usage.output_tokens, item.result.cost_usd
+    details = item.error.details if item.error else {}
+    usage = details.get("usage", {})
+    return usage.get("input_tokens", 0), usage.get("output_tokens", 0), details.get("cost_usd", 0.0)

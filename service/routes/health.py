@@ -1,0 +1,50 @@
+"""Liveness, readiness and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from backends.errors import BackendError, BackendNotConfigured
+from service.deps import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "the default backend is unreachable"}})
+async def readyz(state: StateDep) -> JSONResponse:
+    """Pings every configured backend; ready when the default backend answers."""
+
+    async def probe(name: str) -> tuple[str, dict[str, Any]]:
+        try:
+            await state.backends[name].ping(timeout_s=2.0)
+        except BackendNotConfigured as e:
+            return name, {"status": "unconfigured", "error": e.message}
+        except BackendError as e:
+            return name, {"status": "unreachable", "error": e.message}
+        return name, {"status": "ok"}
+
+    results = dict(await asyncio.gather(*(probe(name) for name in state.backends)))
+    ready = results[state.settings.default_backend]["status"] == "ok"
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "default_backend": state.settings.default_backend,
+        "backends": results,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", include_in_schema=True)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition: extraction_* and http_* metrics."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,40 @@
+"""Everything a running app holds: settings, tasks, backend clients, metrics, the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backends import Backend, BackendConfig, create_backend
+from service.config import ConfigError, Settings
+from service.extract import Extractor
+from service.metrics import Metrics
+from service.tasks import Task, load_tasks
+
+BackendFactory = Callable[[BackendConfig], Backend]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    tasks: dict[str, Task]
+    backends: dict[str, Backend]
+    metrics: Metrics
+    extractor: Extractor
+
+    @classmethod
+    def build(cls, settings: Settings, backend_factory: BackendFactory = create_backend) -> AppState:
+        """Load tasks and create backend clients; a bad task or reference raises ConfigError naming it."""
+        tasks = load_tasks(settings.tasks_dir)
+        for task in tasks.values():
+            if task.backend is not None and task.backend not in settings.backends:
+                raise ConfigError(
+                    f"task {task.name!r}: backend {task.backend!r} is not among backends: {sorted(settings.backends)}"
+                )
+        backends = {name: backend_factory(cfg) for name, cfg in settings.backends.items()}
+        metrics = Metrics()
+        return cls(settings, tasks, backends, metrics, Extractor(settings, backends, metrics, tasks))
+
+    async def aclose(self) -> None:
+        for backend in self.backends.values():
+            await backend.aclose()

@@ -1,0 +1,140 @@
+"""JSON Schema handling: check schemas, compile validators once, validate outputs, know engine dialects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import SchemaError
+
+_FORMAT_CHECKER = FormatChecker()
+MAX_ISSUES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One validation error: where (JSON path) and what."""
+
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+def schema_errors(schema: Any) -> str | None:
+    """None if `schema` is a usable draft 2020-12 object schema, else why not."""
+    if not isinstance(schema, dict):
+        return "schema must be a JSON object"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        return f"at {where}: {e.message}"
+    return None
+
+
+class ValidatorCache:
+    """Compiled validators keyed by the schema's canonical JSON; bounded so ad-hoc schemas cannot grow it."""
+
+    def __init__(self, max_size: int = 512) -> None:
+        self._cache: OrderedDict[str, Draft202012Validator] = OrderedDict()
+        self._max = max_size
+
+    def get(self, schema: dict[str, Any]) -> Draft202012Validator:
+        key = schema_key(schema)
+        validator = self._cache.get(key)
+        if validator is None:
+            validator = Draft202012Validator(schema, format_checker=_FORMAT_CHECKER)
+            self._cache[key] = validator
+            if len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return validator
+
+
+def schema_key(schema: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def validate(instance: Any, validator: Draft202012Validator) -> list[Issue]:
+    """All errors (at most MAX_ISSUES), shallowest first; empty when valid."""
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    return [Issue(e.json_path, e.message) for e in errors[:MAX_ISSUES]]
+
+
+# Keywords each structured-output engine rejects or cannot enforce, so a request carrying them would fail
+# at the upstream. A schema using one is sent in JSON mode and enforced by our validation + re-ask instead.
+_UNSUPPORTED: dict[str, frozenset[str]] = {
+    "openai_strict": frozenset(
+        {
+            "allOf",
+            "oneOf",
+            "not",
+            "if",
+            "then",
+            "else",
+            "dependentRequired",
+            "dependentSchemas",
+            "patternProperties",
+            "unevaluatedProperties",
+            "unevaluatedItems",
+            "propertyNames",
+            "contains",
+            "$dynamicRef",
+            "prefixItems",
+        }
+    ),
+    "vllm": frozenset(
+        {
+            "not",
+            "if",
+            "then",
+            "else",
+            "dependentSchemas",
+            "unevaluatedProperties",
+            "unevaluatedItems",
+            "$dynamicRef",
+            "propertyNames",
+        }
+    ),
+    "full": frozenset(),
+}
+
+
+def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
+    """Why `dialect`'s engine cannot enforce `schema` (empty list: it can)."""
+    unsupported = _UNSUPPORTED.get(dialect, frozenset())
+    gaps: list[str] = []
+    if dialect == "openai_strict" and schema.get("type") != "object":
+        gaps.append("root must be an object")
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}/{i}")
+            return
+        if not isinstance(node, dict):
+            return
+        for key in sorted(unsupported & node.keys()):
+            gaps.append(f"{path or '/'}: keyword {key!r}")
+        if dialect == "openai_strict" and "properties" in node:
+            if node.get("additionalProperties") is not False:
+                gaps.append(f"{path or '/'}: additionalProperties must be false")
+            missing = set(node["properties"]) - set(node.get("required", []))
+            if missing:
+                gaps.append(f"{path or '/'}: every property must be required ({', '.join(sorted(missing))})")
+        for key, value in node.items():
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                for name, sub in value.items():
+                    walk(sub, f"{path}/{key}/{name}")
+            elif key not in ("enum", "const", "examples", "default"):
+                walk(value, f"{path}/{key}")
+
+    walk(schema, "")
+    return gaps

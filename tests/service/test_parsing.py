@@ -1,0 +1,47 @@
+import pytest
+
+from service.parsing import OutputNotJSON, dumps_compact, parse_output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        '  {"a":1}\n',
+        '```json\n{"a": 1}\n```',
+        '```\n{"a": 1}\n```',
+        'Sure! Here is the JSON: {"a": 1} Hope that helps.',
+        'Result:\n```json\n{"a": 1}\n```\nDone.',
+    ],
+)
+def test_parses_clean_fenced_and_prose_wrapped_json(text: str) -> None:
+    parsed = parse_output(text)
+    assert parsed.value == {"a": 1}
+    assert parsed.repaired is False
+
+
+def test_repairs_near_miss_json_and_says_so() -> None:
+    parsed = parse_output("{'a': 1, 'b': 'x',}")
+    assert parsed.value == {"a": 1, "b": "x"}
+    assert parsed.repaired is True
+
+
+def test_repairs_truncated_object() -> None:
+    parsed = parse_output('{"company": "ACME", "total": 12.5')
+    assert parsed.value == {"company": "ACME", "total": 12.5}
+    assert parsed.repaired
+
+
+@pytest.mark.parametrize("text", ["", "I cannot help with that.", "{", "Answer: [", "{{{{"])
+def test_text_without_usable_json_raises(text: str) -> None:
+    with pytest.raises(OutputNotJSON):
+        parse_output(text)
+
+
+def test_json_scalars_parse_and_are_left_to_the_validator() -> None:
+    assert parse_output("null").value is None
+    assert parse_output("[]").value == []
+
+
+def test_dumps_compact_has_no_whitespace_and_keeps_unicode() -> None:
+    assert dumps_compact({"a": [1, 2], "b": "München"}) == '{"a":[1,2],"b":"München"}'
