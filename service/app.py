@@ -76,8 +76,8 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
         ]
         if request.url.path.startswith("/v1/extract"):
             state.metrics.requests.labels("-", "-", "rejected").inc()
-        first = problems[0] if problems else {"loc": [], "message": "invalid request"}
-        where = ".".join(first["loc"][1:]) or "body"  # type: ignore[index]
+        first: dict[str, Any] = problems[0] if problems else {"loc": [], "message": "invalid request"}
+        where = ".".join(first["loc"][1:]) or "body"
         message = f"invalid request: {where}: {first['message']}"
         return _error_response(BadRequest(message, details={"errors": problems}))
 

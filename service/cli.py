@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.config import Pricing
+from service.config import Settings
 from service.cost import compare
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="JSON extraction service.")
@@ -29,16 +30,17 @@ def _use_config(config: Path | None) -> None:
         os.environ["EXTRACTION_CONFIG"] = str(config.resolve())
 
 
-def load_settings_or_exit():  # type: ignore[no-untyped-def]
+def load_settings_or_exit() -> Settings:
     """Validated settings, or a one-line message naming the bad field and exit code 2."""
     from pydantic import ValidationError
 
-    from service.config import ConfigError, Settings
+    from service.config import ConfigError
     from service.tasks import TaskLoadError
 
     try:
-        settings = Settings()  # type: ignore[call-arg]
         from service.state import AppState
+
+        settings = Settings()
 
         AppState.build(settings)  # loads and checks tasks and backend references
         return settings
@@ -136,9 +138,7 @@ def cost(
         table.add_row(label, f"${per_req:.5f}", f"${per_day:,.2f}", f"${per_day * payback_days:,.2f}")
     console.print(table)
     console.print(f"saving per day: ${result.saving_per_day:,.2f}")
-    console.print(
-        f"break-even training budget over {payback_days} days: [bold]${result.break_even_budget:,.2f}[/bold]"
-    )
+    console.print(f"break-even training budget over {payback_days} days: [bold]${result.break_even_budget:,.2f}[/bold]")
     if training_cost is not None:
         days = result.payback_days_for(training_cost)
         console.print(

@@ -100,4 +100,4 @@ class _Fixed(PydanticBaseSettingsSource):
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings; tests override this dependency instead of the environment."""
-    return Settings()  # type: ignore[call-arg]  # values come from the YAML and environment sources
+    return Settings()  # values come from the YAML and environment sources

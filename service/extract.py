@@ -52,7 +52,7 @@ from service.validation import Issue, ValidatorCache, dialect_gaps, schema_error
 log = structlog.get_logger("extraction")
 
 RAW_SNIPPET_CHARS = 500
-_RETRY_REASON = {
+_RETRY_REASON: dict[type[BaseException] | None, str] = {
     UpstreamRateLimited: "retry_rate_limited",
     UpstreamServerError: "retry_server_error",
     UpstreamTimeout: "retry_timeout",
@@ -163,15 +163,25 @@ class Extractor:
         started = time.monotonic()
         labels = ["-", "-"]  # unknown names never become label values
         outcome = "ok"
+        spent: dict[str, Any] = {}
         self.metrics.inflight.inc()
         try:
             spec = self.resolve_task(task, schema, instructions)
             labels[0] = spec.name
             cfg = route(self.settings, spec, backend)
             labels[1] = cfg.name
-            return await self._run(spec, text, cfg, options, started)
+            result = await self._run(spec, text, cfg, options, started)
+            spent = {
+                "attempts": result.attempts,
+                "retries": result.retries,
+                "cost_usd": result.cost_usd,
+                "input_tokens": result.usage.input_tokens,
+                "output_tokens": result.usage.output_tokens,
+            }
+            return result
         except ExtractionError as e:
             outcome = e.outcome
+            spent = {k: e.details[k] for k in ("attempts", "retries", "cost_usd", "usage") if k in e.details}
             raise
         except BaseException:
             outcome = "upstream_error"  # cancelled (client went away) or a bug: never counted as success
@@ -182,6 +192,7 @@ class Extractor:
             self.metrics.requests.labels(*labels, outcome).inc()
             if outcome != "rejected":
                 self.metrics.request_duration.labels(*labels).observe(elapsed)
+            # Never the text or the output: those reach logs only through the opt-in request log.
             log.info(
                 "extraction",
                 request_id=request_id,
@@ -189,6 +200,7 @@ class Extractor:
                 backend=labels[1],
                 outcome=outcome,
                 latency_ms=round(elapsed * 1000, 1),
+                **spent,
             )
 
     async def _run(self, task: Task, text: str, cfg: BackendConfig, options: Options, started: float) -> Result:
@@ -279,7 +291,7 @@ class Extractor:
         def before_sleep(state: RetryCallState) -> None:
             nonlocal reason
             error = state.outcome.exception() if state.outcome else None
-            reason = _RETRY_REASON.get(type(error), "retry")
+            reason = _RETRY_REASON.get(type(error) if error else None, "retry")
 
         async for try_ in AsyncRetrying(
             retry=retry_if_exception_type(RetryableBackendError),

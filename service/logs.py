@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from asgi_correlation_id import correlation_id
 
 
-def _add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if event.get("request_id") is None and (rid := correlation_id.get()):
         event["request_id"] = rid
     return event

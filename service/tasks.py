@@ -91,4 +91,4 @@ def load_tasks(folder: Path) -> dict[str, Task]:
 
 def adhoc_task(schema: dict[str, Any], instructions: str | None) -> Task:
     """A task for a request that brings its own schema."""
-    return Task(name=ADHOC, schema=schema, instructions=instructions or "")
+    return Task.model_validate({"name": ADHOC, "schema": schema, "instructions": instructions or ""})

@@ -26,8 +26,9 @@ class FakeBackend:
             raise item
         if isinstance(item, BackendResponse):
             return item
-        return BackendResponse(text=item, usage=Usage(700, 150), model=self.config.model, finish_reason="stop",
-                               latency_s=0.001)
+        return BackendResponse(
+            text=item, usage=Usage(700, 150), model=self.config.model, finish_reason="stop", latency_s=0.001
+        )
 
     async def ping(self, timeout_s: float = 2.0) -> None:
         return None

@@ -6,10 +6,12 @@ from service.cost import compare, request_cost
 
 def test_design_seed_example_reproduces_exactly() -> None:
     result = compare(
-        700, 150,
+        700,
+        150,
         prompted=Pricing(input_per_1k=0.003, output_per_1k=0.006),
         finetuned=Pricing(input_per_1k=0.0008, output_per_1k=0.0008),
-        requests_per_day=12_000, payback_days=30,
+        requests_per_day=12_000,
+        payback_days=30,
     )
     assert result.prompted_per_request == Decimal("0.0030")
     assert result.prompted_per_day == Decimal("36")
@@ -34,8 +36,13 @@ def test_fine_tuning_that_costs_more_never_pays_back() -> None:
 
 def test_shorter_finetuned_prompt_is_priced_with_its_own_token_count() -> None:
     result = compare(
-        700, 150, Pricing(input_per_1k=0.001, output_per_1k=0.001), Pricing(input_per_1k=0.001, output_per_1k=0.001),
-        1, 1, finetuned_input_tokens=100,
+        700,
+        150,
+        Pricing(input_per_1k=0.001, output_per_1k=0.001),
+        Pricing(input_per_1k=0.001, output_per_1k=0.001),
+        1,
+        1,
+        finetuned_input_tokens=100,
     )
-    assert result.prompted_per_request == Decimal("0.85")/1000 * 1
+    assert result.prompted_per_request == Decimal("0.85") / 1000 * 1
     assert result.finetuned_per_request == Decimal("0.25") / 1000

@@ -57,8 +57,12 @@ class Harness:
 @pytest.fixture
 def harness(make_settings: Callable[..., Settings]) -> Callable[..., Harness]:
     def make(**backend_overrides: Any) -> Harness:
-        base = {"model": "m", "pricing": {"input_per_1k": 0.003, "output_per_1k": 0.006}, "max_attempts": 3,
-                "max_retries": 3}
+        base = {
+            "model": "m",
+            "pricing": {"input_per_1k": 0.003, "output_per_1k": 0.006},
+            "max_attempts": 3,
+            "max_retries": 3,
+        }
         settings = make_settings({"main": {**base, **backend_overrides}, "other": {**base, "model": "o"}})
         state = AppState.build(settings, FakeBackend)
         sleeps: list[float] = []

@@ -52,6 +52,10 @@ def test_vllm_dialect_accepts_optional_properties_but_not_conditionals() -> None
 
 
 def test_enum_values_are_not_mistaken_for_keywords() -> None:
-    schema = {"type": "object", "properties": {"k": {"enum": ["not", "if"]}}, "required": ["k"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"k": {"enum": ["not", "if"]}},
+        "required": ["k"],
+        "additionalProperties": False,
+    }
     assert dialect_gaps(schema, "openai_strict") == []

@@ -1,0 +1,294 @@
+"""The service over real loopback HTTP in front of the fault-injecting OpenAI-compatible upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
+from service.app import create_app
+from service.config import Settings
+from service.metrics import sample
+from tests.conftest import backend_entry
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"company": "ACME GmbH", "invoice_date": "2024-03-14", "total_amount": 1190.0, "currency": "EUR"}
+
+
+class Service:
+    def __init__(self, app: Any, url: str, upstream: MockUpstream) -> None:
+        self.app = app
+        self.url = url
+        self.upstream = upstream
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        return self.http.post(path, json=body, **kw)
+
+    def metric(self, name: str, **labels: Any) -> float:
+        return sample(self.app.state.extraction.metrics.registry, name, **labels)
+
+
+@pytest.fixture
+def service(upstream: MockUpstream, make_settings: Callable[..., Settings]) -> Iterator[Service]:
+    url = upstream.url  # type: ignore[attr-defined]
+    settings = make_settings(
+        {
+            "mock": backend_entry(f"{url}/v1", timeout_s=0.5),
+            "second": backend_entry(
+                f"{url}/v1", model="second-model", pricing={"input_per_1k": 0.0008, "output_per_1k": 0.0008}
+            ),
+            "unset": backend_entry(f"{url}/v1", api_key_env="NOT_SET_ANYWHERE_KEY"),
+        },
+        limits={"max_text_chars": 2000, "max_batch_items": 4, "max_body_bytes": 20000},
+    )
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        svc = Service(app, server.url, upstream)
+        yield svc
+        svc.http.close()
+
+
+def ok(content: dict[str, Any] | str, **kw: Any) -> Reply:
+    return Reply(content=content if isinstance(content, str) else json.dumps(content), **kw)
+
+
+def test_happy_path_returns_validated_data_usage_cost_and_request_id(service: Service) -> None:
+    service.upstream.enqueue(ok(GOOD, usage=(700, 150)))
+    r = service.post(
+        "/v1/extract", {"task": "invoice", "text": "Invoice from ACME GmbH ..."}, headers={"X-Request-ID": "req-123"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["data"] == GOOD
+    assert (body["task"], body["backend"], body["model"], body["attempts"]) == ("invoice", "mock", "mock-model", 1)
+    assert body["usage"] == {"input_tokens": 700, "output_tokens": 150}
+    assert body["cost_usd"] == pytest.approx(0.003)
+    assert body["request_id"] == "req-123" and r.headers["x-request-id"] == "req-123"
+    sent = service.upstream.requests[-1]
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["messages"][-1]["content"].startswith("<document>")
+    assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="ok") == 1
+    assert service.metric("extraction_cost_usd_total", backend="mock", task="invoice") == pytest.approx(0.003)
+    assert service.metric("extraction_request_duration_seconds_count", task="invoice", backend="mock") == 1
+    assert service.metric("extraction_backend_duration_seconds_count", backend="mock") == 1
+
+
+def test_wrong_json_then_right_is_reasked(service: Service) -> None:
+    service.upstream.enqueue(ok({**GOOD, "total_amount": "1.190,00"}, usage=(100, 10)), ok(GOOD, usage=(130, 10)))
+    body = service.post("/v1/extract", {"task": "invoice", "text": "x"}).json()
+    assert body["attempts"] == 2 and body["data"] == GOOD
+    assert body["usage"] == {"input_tokens": 230, "output_tokens": 20}
+    reask = service.upstream.requests[-1]["messages"][-1]["content"]
+    assert "$.total_amount" in reask
+
+
+def test_exhausted_reasks_are_422_with_errors_and_raw_snippet(service: Service) -> None:
+    service.upstream.enqueue(*(ok("I am not JSON") for _ in range(3)))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "schema_validation_failed"
+    assert error["details"]["attempts"] == 3 and error["details"]["raw_output"] == "I am not JSON"
+    assert error["details"]["errors"] and error["details"]["cost_usd"] > 0
+    assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="schema_invalid") == 1
+
+
+def test_429_with_retry_after_is_retried(service: Service) -> None:
+    service.upstream.enqueue(Reply(status=429, headers={"retry-after-ms": "20"}), ok(GOOD))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 200 and r.json()["retries"] == 1
+    assert service.metric("extraction_attempts_total", backend="mock", reason="retry_rate_limited") == 1
+
+
+def test_429_storm_ends_in_503_with_retry_after(service: Service) -> None:
+    service.upstream.enqueue(
+        *(Reply(status=429, headers={"retry-after": "1", "retry-after-ms": "10"}) for _ in range(4))
+    )
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "backend_unavailable" and r.headers["retry-after"] == "1"
+    assert len(service.upstream.requests) == 4  # 1 + max_retries
+
+
+def test_500s_then_success(service: Service) -> None:
+    service.upstream.enqueue(Reply(status=500), Reply(status=502), ok(GOOD))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 200 and r.json()["retries"] == 2
+
+
+def test_persistent_500s_are_502(service: Service) -> None:
+    service.upstream.enqueue(*(Reply(status=500) for _ in range(4)))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="upstream_error") == 1
+
+
+def test_hang_past_timeout_is_retried_then_answered(service: Service) -> None:
+    service.upstream.enqueue(Reply(content=json.dumps(GOOD), delay_s=3), ok(GOOD))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 200 and r.json()["retries"] == 1
+    assert service.metric("extraction_attempts_total", backend="mock", reason="retry_timeout") == 1
+
+
+def test_deadline_from_options_gives_504(service: Service) -> None:
+    service.upstream.enqueue(*(Reply(content=json.dumps(GOOD), delay_s=3) for _ in range(4)))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x", "options": {"timeout_s": 0.3}})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+    assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="timeout") == 1
+
+
+def test_truncated_output_is_reasked(service: Service) -> None:
+    service.upstream.enqueue(Reply(content='{"company": "ACME', finish_reason="length"), ok(GOOD))
+    body = service.post("/v1/extract", {"task": "invoice", "text": "x"}).json()
+    assert body["attempts"] == 2 and body["data"] == GOOD
+
+
+def test_broken_upstream_body_is_retried(service: Service) -> None:
+    service.upstream.enqueue(Reply(body=b'{"id": "x", "choices": [{"mess'), ok(GOOD))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 200 and r.json()["retries"] == 1
+
+
+def test_backend_override_by_body_and_header(service: Service) -> None:
+    service.upstream.enqueue(ok(GOOD), ok(GOOD))
+    assert (
+        service.post("/v1/extract", {"task": "invoice", "text": "x", "backend": "second"}).json()["backend"] == "second"
+    )
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"}, headers={"X-Extraction-Backend": "second"})
+    assert r.json()["backend"] == "second" and service.upstream.requests[-1]["model"] == "second-model"
+
+
+def test_unconfigured_key_is_503_naming_the_variable(service: Service) -> None:
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x", "backend": "unset"})
+    assert r.status_code == 503
+    assert "NOT_SET_ANYWHERE_KEY" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"task": "invoice", "text": ""}, 400, "bad_request"),
+        ({"task": "invoice", "text": "   "}, 400, "bad_request"),
+        ({"task": "invoice"}, 400, "bad_request"),
+        ({"task": "invoice", "text": 42}, 400, "bad_request"),
+        ({"task": "invoice", "text": "x", "options": {"max_attempts": "many"}}, 400, "bad_request"),
+        ({"task": "invoice", "text": "x", "surprise": 1}, 400, "bad_request"),
+        ({"text": "x"}, 400, "bad_request"),
+        ({"task": "invoice", "schema": {"type": "object"}, "text": "x"}, 400, "bad_request"),
+        ({"task": "nope", "text": "x"}, 400, "unknown_task"),
+        ({"task": "invoice", "text": "x", "backend": "nope"}, 400, "unknown_backend"),
+        ({"schema": {"type": "nonsense"}, "text": "x"}, 400, "invalid_schema"),
+        ({"schema": "not a schema", "text": "x"}, 400, "bad_request"),
+        ({"task": "invoice", "text": "x" * 2001}, 400, "text_too_long"),
+        ({"task": "invoice", "text": "x" * 30000}, 413, "payload_too_large"),
+        ([1, 2, 3], 400, "bad_request"),
+    ],
+)
+def test_bad_inputs_get_documented_errors(service: Service, body: Any, status: int, code: str) -> None:
+    r = service.post("/v1/extract", body)
+    assert r.status_code == status, r.text
+    payload = r.json()
+    assert payload["error"]["code"] == code and payload["error"]["message"]
+    assert payload["request_id"]
+    assert service.upstream.requests == []
+
+
+def test_malformed_json_body_is_400(service: Service) -> None:
+    r = service.http.post(
+        "/v1/extract", content=b'{"task": "invoice", "text": ', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    assert service.metric("extraction_requests_total", task="-", backend="-", outcome="rejected") == 1
+
+
+def test_batch_returns_per_item_results(service: Service) -> None:
+    service.upstream.enqueue(ok(GOOD, usage=(10, 5)), ok(GOOD, usage=(10, 5)))
+    items = [
+        {"task": "invoice", "text": "a"},
+        {"task": "nope", "text": "b"},
+        {"task": "invoice", "text": "c"},
+    ]
+    r = service.post("/v1/extract/batch", {"items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["succeeded"], body["failed"]) == (2, 1)
+    by_index = {item["index"]: item for item in body["results"]}
+    assert by_index[1]["error"]["code"] == "unknown_task" and by_index[1]["status"] == 400
+    assert by_index[0]["result"]["data"] == GOOD and by_index[2]["ok"]
+    assert body["usage"] == {"input_tokens": 20, "output_tokens": 10}
+
+
+def test_batch_over_the_limit_is_400(service: Service) -> None:
+    r = service.post("/v1/extract/batch", {"items": [{"task": "invoice", "text": "a"}] * 5})
+    assert r.status_code == 400 and "limit is 4" in r.json()["error"]["message"]
+    assert service.post("/v1/extract/batch", {"items": []}).status_code == 400
+
+
+def test_catalogue_endpoints_never_show_keys(service: Service) -> None:
+    tasks = service.http.get("/v1/tasks").json()
+    assert [t["name"] for t in tasks] == ["contract_clause", "email_triage", "entities", "invoice", "receipt"]
+    assert all(t["backend"] == "mock" for t in tasks)
+    detail = service.http.get("/v1/tasks/invoice").json()
+    assert detail["schema"]["required"] == ["company", "invoice_date", "total_amount", "currency"]
+    assert len(detail["examples"]) >= 3
+    assert service.http.get("/v1/tasks/nope").json()["error"]["code"] == "unknown_task"
+    r = service.http.get("/v1/backends")
+    backends = {b["name"]: b for b in r.json()}
+    assert backends["mock"]["default"] and backends["mock"]["configured"]
+    assert backends["unset"]["configured"] is False
+    assert backends["second"]["pricing"] == {"input_per_1k": 0.0008, "output_per_1k": 0.0008}
+    assert "sk-test-secret-123" not in r.text
+
+
+def test_health_readiness_and_metrics(service: Service) -> None:
+    assert service.http.get("/healthz").json() == {"status": "ok"}
+    ready = service.http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["backends"]["mock"]["status"] == "ok"
+    assert ready.json()["backends"]["unset"]["status"] == "unconfigured"
+    service.upstream.enqueue(ok(GOOD))
+    service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    text = service.http.get("/metrics").text
+    for name in (
+        "extraction_requests_total",
+        "extraction_request_duration_seconds_bucket",
+        "extraction_backend_duration_seconds_bucket",
+        "extraction_attempts_total",
+        "extraction_tokens_total",
+        "extraction_cost_usd_total",
+        "extraction_inflight_requests",
+        "extraction_schema_valid_total",
+        "http_requests_total",
+    ):
+        assert name in text, name
+
+
+def test_openapi_documents_error_responses(service: Service) -> None:
+    spec = service.http.get("/openapi.json").json()
+    responses = spec["paths"]["/v1/extract"]["post"]["responses"]
+    assert {"200", "400", "413", "422", "502", "503", "504"} <= set(responses)
+
+
+def test_unknown_route_is_json_404(service: Service) -> None:
+    r = service.http.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_metrics_add_up(service: Service) -> None:
+    service.upstream.enqueue(ok(GOOD), ok("nope"), ok("nope"), ok("nope"), Reply(status=400))
+    service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    service.post("/v1/extract", {"task": "invoice", "text": ""})
+    outcomes = {
+        o: service.metric("extraction_requests_total", task="invoice", backend="mock", outcome=o)
+        for o in ("ok", "schema_invalid", "upstream_error")
+    }
+    assert outcomes == {"ok": 1, "schema_invalid": 1, "upstream_error": 1}
+    assert service.metric("extraction_requests_total", task="-", backend="-", outcome="rejected") == 1
