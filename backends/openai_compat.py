@@ -148,7 +148,11 @@ class OpenAIBackend:
                 )
             if status >= 500:
                 return UpstreamServerError(f"upstream {status}: {detail}", backend=name, status_code=status)
-            hint = " (check the key in the backend's api_key_env)" if status in (401, 403) else ""
+            hint = {
+                401: " (check the key in the backend's api_key_env)",
+                403: " (check the key in the backend's api_key_env)",
+                404: f" (is model {self.config.model!r} served at {self._base_url() or 'the default URL'}?)",
+            }.get(status, "")
             return UpstreamRejected(f"upstream {status}: {detail}{hint}", backend=name, status_code=status)
         return UpstreamBadResponse(f"unusable upstream response: {_short(str(e))}", backend=name)
 

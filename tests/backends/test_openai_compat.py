@@ -156,3 +156,9 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({}) is None
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0  # in the past
     assert parse_retry_after({"retry-after": "soon"}) is None
+
+
+async def test_unknown_model_error_says_what_to_check() -> None:
+    backend, _ = make(lambda r: httpx2.Response(404, json={"error": {"message": "The model `x` does not exist."}}))
+    with pytest.raises(UpstreamRejected, match="is model 'm' served at http://upstream.test/v1"):
+        await backend.complete(request())

@@ -14,6 +14,7 @@ from service.app import create_app
 from service.config import Settings, VllmServer
 from service.vllm_manager import VllmProcess, ensure_vllm
 from tests.conftest import SHIPPED_TASKS, write_config
+from training.lora import tiny_adapter
 
 torch = pytest.importorskip("torch", reason="the vLLM tests need the [train] extra (torch, transformers, peft)")
 
@@ -22,36 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def make_tiny_adapter(base: Path, out: Path, steps: int = 3, seed: int = 0) -> Path:
-    """A deliberately tiny LoRA adapter: rank 8 on q/v projections, a few optimiser steps on one example."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    )
-    messages = [
-        {"role": "system", "content": "Extract invoice as JSON."},
-        {"role": "user", "content": "<document>\nACME Ltd, 2024-01-05, total 12.50 EUR\n</document>"},
-        {
-            "role": "assistant",
-            "content": '{"company":"ACME Ltd","invoice_date":"2024-01-05","total_amount":12.5,"currency":"EUR"}',
-        },
-    ]
-    batch = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(steps):
-        loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-    model.save_pretrained(out)
-    return out
 
 
 @dataclass
@@ -69,8 +40,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     work = tmp_path_factory.mktemp("vllm")
     base = prepare()  # a no-op when the cache already holds the verified model
-    adapter = make_tiny_adapter(base, work / "test-lora")
-    spare = make_tiny_adapter(base, work / "spare-lora", seed=1)
+    adapter = tiny_adapter(base, work / "test-lora")
+    spare = tiny_adapter(base, work / "spare-lora", seed=1)
     port = free_port()
     cfg = VllmServer(port=port, adapters={"test-lora": str(adapter)}, kv_cache_gib=1, max_model_len=2048)
     server = VllmProcess(cfg)
