@@ -155,6 +155,10 @@ def main() -> None:
     base = prepare()
     adapter, merged = make_adapter_and_merged(base, tmp)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": "2 CPU cores (AVX-512/AMX), 24 GiB"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every stage, so a failure late in the run keeps what was measured
+        args.out.write_text(json.dumps(results, indent=2))
 
     cfg = VllmServer(port=args.port, adapters={"bench-lora": str(adapter)}, compact_json=True)
     server, results["cold_start_s"] = start(cfg)
@@ -164,11 +168,13 @@ def main() -> None:
         for label, model in (("base", "smollm2-135m"), ("unmerged_adapter", "bench-lora")):
             results[label] = [asyncio.run(throughput(server.url, model, c)) for c in args.concurrency]
             console.print(label, results[label])
+            save()
     finally:
         server.stop()
     server, _ = start(VllmServer(port=args.port, compact_json=False))
     try:
         results["output_tokens_any_whitespace"] = output_tokens(server.url)
+        save()
     finally:
         server.stop()
     server, _ = start(VllmServer(port=args.port, model=str(merged), compact_json=True))
@@ -176,8 +182,7 @@ def main() -> None:
         results["merged_adapter"] = [asyncio.run(throughput(server.url, "smollm2-135m", c)) for c in args.concurrency]
     finally:
         server.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    save()
     report(results)
 
 

@@ -130,6 +130,7 @@ class TaskDetail(TaskSummary):
     json_schema: dict[str, Any] = Field(alias="schema", serialization_alias="schema")
     instructions: str
     examples: list[dict[str, Any]]
+    eval_ignore: list[str] = Field(default_factory=list, description="Free-text fields evaluation does not score.")
 
     model_config = ConfigDict(populate_by_name=True)
 

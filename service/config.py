@@ -37,6 +37,15 @@ class RetryPolicy(BaseModel):
     retry_after_cap_s: float = Field(60.0, ge=0, description="Longest Retry-After we honour.")
 
 
+class RequestLogConfig(BaseModel):
+    """Off by default: when on, every extraction's text and output are appended to `path` (JSONL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    path: Path = Field(Path("var/requests.jsonl"), description="Relative paths start at the working directory.")
+
+
 class VllmServer(BaseModel):
     """The local vLLM server `extraction vllm up` runs (loopback only: the API is the one public door)."""
 
@@ -72,6 +81,7 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     vllm: VllmServer = Field(default_factory=VllmServer)
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

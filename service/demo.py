@@ -22,6 +22,7 @@ SAMPLES = {
     "contract_clause": "This Agreement between Fabrikam Inc. and Tailspin Toys Ltd. shall be governed by the laws "
     "of England and Wales.",
     "entities": "Maria Lopez joined Google in Madrid in March 2021.",
+    "support_intent": "I ordered my new card two weeks ago and it still has not arrived. Where is it?",
 }
 
 

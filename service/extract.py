@@ -45,6 +45,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.parsing import OutputNotJSON, parse_output
 from service.prompts import build_messages, reask_messages
+from service.request_log import RequestLog
 from service.routing import route
 from service.tasks import Task, adhoc_task
 from service.validation import Issue, ValidatorCache, dialect_gaps, schema_errors, schema_key, validate
@@ -116,11 +117,13 @@ class Extractor:
         tasks: Mapping[str, Task],
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
         self.metrics = metrics
         self.tasks = tasks
+        self.request_log = request_log
         self.validators = ValidatorCache()
         self._sleep = sleep
         self._limits = {name: asyncio.Semaphore(cfg.max_concurrency) for name, cfg in settings.backends.items()}
@@ -164,6 +167,7 @@ class Extractor:
         labels = ["-", "-"]  # unknown names never become label values
         outcome = "ok"
         spent: dict[str, Any] = {}
+        result: Result | None = None
         self.metrics.inflight.inc()
         try:
             spec = self.resolve_task(task, schema, instructions)
@@ -202,6 +206,24 @@ class Extractor:
                 latency_ms=round(elapsed * 1000, 1),
                 **spent,
             )
+            if self.request_log is not None and outcome != "rejected":
+                self._log_request(request_id, labels, outcome, text, result, spent, elapsed)
+
+    def _log_request(
+        self, request_id: str | None, labels: list[str], outcome: str, text: str, result: Result | None,
+        spent: dict[str, Any], elapsed: float,
+    ) -> None:  # fmt: skip
+        assert self.request_log is not None
+        usage = (
+            {"input_tokens": result.usage.input_tokens, "output_tokens": result.usage.output_tokens}
+            if result
+            else spent.get("usage")
+        )
+        self.request_log.write({
+            "ts": time.time(), "request_id": request_id, "task": labels[0], "backend": labels[1], "outcome": outcome,
+            "text": text, "output": result.data if result else None, "usage": usage,
+            "latency_ms": round(elapsed * 1000, 1),
+        })  # fmt: skip
 
     async def _run(self, task: Task, text: str, cfg: BackendConfig, options: Options, started: float) -> Result:
         max_chars = task.max_text_chars or self.settings.limits.max_text_chars

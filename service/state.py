@@ -9,6 +9,7 @@ from backends import Backend, BackendConfig, create_backend
 from service.config import ConfigError, Settings
 from service.extract import Extractor
 from service.metrics import Metrics
+from service.request_log import RequestLog
 from service.tasks import Task, load_tasks
 
 BackendFactory = Callable[[BackendConfig], Backend]
@@ -21,6 +22,7 @@ class AppState:
     backends: dict[str, Backend]
     metrics: Metrics
     extractor: Extractor
+    request_log: RequestLog | None = None
 
     @classmethod
     def build(cls, settings: Settings, backend_factory: BackendFactory = create_backend) -> AppState:
@@ -33,8 +35,12 @@ class AppState:
                 )
         backends = {name: backend_factory(cfg) for name, cfg in settings.backends.items()}
         metrics = Metrics()
-        return cls(settings, tasks, backends, metrics, Extractor(settings, backends, metrics, tasks))
+        request_log = RequestLog(settings.request_log.path) if settings.request_log.enabled else None
+        extractor = Extractor(settings, backends, metrics, tasks, request_log=request_log)
+        return cls(settings, tasks, backends, metrics, extractor, request_log)
 
     async def aclose(self) -> None:
         for backend in self.backends.values():
             await backend.aclose()
+        if self.request_log is not None:
+            self.request_log.close()

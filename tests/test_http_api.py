@@ -232,7 +232,14 @@ def test_batch_over_the_limit_is_400(service: Service) -> None:
 
 def test_catalogue_endpoints_never_show_keys(service: Service) -> None:
     tasks = service.http.get("/v1/tasks").json()
-    assert [t["name"] for t in tasks] == ["contract_clause", "email_triage", "entities", "invoice", "receipt"]
+    assert [t["name"] for t in tasks] == [
+        "contract_clause",
+        "email_triage",
+        "entities",
+        "invoice",
+        "receipt",
+        "support_intent",
+    ]
     assert all(t["backend"] == "mock" for t in tasks)
     detail = service.http.get("/v1/tasks/invoice").json()
     assert detail["schema"]["required"] == ["company", "invoice_date", "total_amount", "currency"]

@@ -37,6 +37,7 @@ async def get_task(name: str, state: StateDep) -> TaskDetail:
         schema=task.json_schema,
         instructions=task.instructions,
         examples=[e.model_dump() for e in task.examples],
+        eval_ignore=task.eval_ignore,
     )
 
 

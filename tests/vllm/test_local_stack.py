@@ -9,18 +9,11 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
 from service.cost import request_cost
+from service.demo import SAMPLES
 from service.metrics import sample
 from tests.vllm.conftest import Stack
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration]
-
-SAMPLES = {
-    "invoice": "Nordwind Logistik GmbH\nRechnung Nr. 4471 vom 02.05.2024\nGesamtbetrag: 845,20 EUR",
-    "receipt": "CORNER DELI\n45 MAIN ST, SPRINGFIELD\n11/03/2022 12:01\nSANDWICH 6.50\nTOTAL 6.50",
-    "email_triage": "Hello, I was charged twice for my subscription this month. Please refund one charge.",
-    "contract_clause": "This Agreement shall be governed by and construed under the laws of England and Wales.",
-    "entities": "Maria Lopez joined Google in Madrid in March 2021.",
-}
 
 
 def post(stack: Stack, body: dict[str, object]) -> httpx.Response:

@@ -1,0 +1,69 @@
+"""The `extraction data ...` commands and the service's opt-in request log feeding `from-logs`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
+from service.app import create_app
+from service.cli import app
+from service.config import Settings
+from tests.conftest import backend_entry
+
+runner = CliRunner()
+
+
+def test_synth_split_validate_round_trip(tmp_path: Path) -> None:
+    data = tmp_path / "all.jsonl"
+    result = runner.invoke(app, ["data", "synth", "--task", "receipt", "--n", "50", "--seed", "3", "--out", str(data)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["data", "split", str(data), "--task", "receipt", "--out-dir", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert {k: v["records"] for k, v in manifest["files"].items()} == {"train": 35, "val": 5, "test": 10}
+    again = runner.invoke(app, ["data", "split", str(data), "--task", "receipt", "--out-dir", str(tmp_path / "s")])
+    assert again.exit_code == 1 and "written once" in again.output
+    ok = runner.invoke(app, ["data", "validate", str(tmp_path / "s" / "test.jsonl"), "--task", "receipt"])
+    assert ok.exit_code == 0 and "10 records" in ok.output
+    bad = runner.invoke(app, ["data", "validate", str(tmp_path / "s" / "test.jsonl"), "--task", "invoice"])
+    assert bad.exit_code == 1 and "line 1:" in bad.output
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    unknown = runner.invoke(app, ["data", "synth", "--task", "nope", "--n", "2", "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 2
+    mix = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(tmp_path / "x"),
+                              "--mix", "weird=1"])  # fmt: skip
+    assert mix.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.integration
+def test_request_log_to_anonymised_dataset(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    log = tmp_path / "requests.jsonl"
+    settings = make_settings({"mock": backend_entry(f"{upstream.url}/v1")},
+                             request_log={"enabled": True, "path": str(log)})  # fmt: skip
+    people = {"persons": ["Jane Miller"], "organizations": ["ACME"], "locations": [], "dates": []}
+    upstream.enqueue(Reply(content=json.dumps(people)), Reply(content="nope"), Reply(content="nope"),
+                     Reply(content="nope"))  # fmt: skip
+    with ServerThread(create_app(settings)) as api:
+        text = "Jane Miller (jane@example.com) works at ACME."
+        assert httpx.post(f"{api.url}/v1/extract", json={"task": "entities", "text": text}).status_code == 200
+        assert httpx.post(f"{api.url}/v1/extract", json={"task": "entities", "text": "x"}).status_code == 422
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["outcome"] for e in entries] == ["ok", "schema_invalid"]
+    assert entries[0]["text"] == text and entries[0]["output"] == people and entries[0]["request_id"]
+    out = tmp_path / "from_logs.jsonl"
+    result = runner.invoke(app, ["data", "from-logs", str(log), "--task", "entities", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "'email': 1" in result.output and "'person_name': 1" in result.output
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "Jane Miller" not in record["text"] and "jane@example.com" not in record["text"]
+    assert record["output"]["persons"][0] in record["text"] and record["output"]["organizations"] == ["ACME"]

@@ -1,0 +1,106 @@
+"""Dataset loading/validation errors, import with column mapping, split determinism and the frozen-test guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.config import DEFAULT_CONFIG
+from service.tasks import load_tasks
+from training.datasets import ColumnMap, DatasetError, Record, import_records, load_dataset, write_dataset
+from training.split import FrozenTestError, check_frozen, split_records, write_split
+
+TASKS = load_tasks(DEFAULT_CONFIG.parent / "tasks")
+INVOICE = TASKS["invoice"]
+GOOD = {"company": "ACME", "invoice_date": "2024-01-02", "total_amount": 10.5, "currency": "EUR"}
+
+
+def lines(path: Path, *rows: object) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_load_reports_every_bad_line_with_its_number(tmp_path: Path) -> None:
+    path = lines(
+        tmp_path / "d.jsonl",
+        {"id": "1", "text": "ok", "output": GOOD},
+        "{not json",
+        {"id": "2", "text": "", "output": GOOD},
+        {"id": "1", "text": "dup", "output": GOOD},
+        {"id": "3", "text": "x", "output": {**GOOD, "currency": "euro"}},
+        {"id": "4", "text": "x", "output": GOOD, "extra": 1},
+        [1, 2],
+    )
+    with pytest.raises(DatasetError) as info:
+        load_dataset(path, INVOICE)
+    problems = info.value.problems
+    assert any(p.startswith("line 2: not JSON") for p in problems)
+    assert "line 3: `text` must be a non-empty string" in problems
+    assert "line 4: duplicate id '1'" in problems
+    assert any(p.startswith("line 5: output $.currency") for p in problems)
+    assert "line 6: unknown keys ['extra']" in problems
+    assert "line 7: not a JSON object" in problems
+    assert not any(p.startswith("line 1:") for p in problems)
+
+
+def test_round_trip_and_atomic_write(tmp_path: Path) -> None:
+    records = [Record("a", "Rechnung ü", GOOD), Record("b", "x", {**GOOD, "company": None})]
+    sha = write_dataset(tmp_path / "out" / "d.jsonl", records)
+    assert load_dataset(tmp_path / "out" / "d.jsonl", INVOICE) == records
+    assert len(sha) == 64 and [p.name for p in (tmp_path / "out").iterdir()] == ["d.jsonl"]
+
+
+def test_csv_import_with_column_mapping_and_type_coercion(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("ref,body,seller,day,amount,cur\nA1,Invoice one,ACME,2024-01-02,\"1,190.50\",EUR\n"
+                   "A2,Invoice two,,,,\n")  # fmt: skip
+    mapping = ColumnMap(text="body", id="ref",
+                        fields={"company": "seller", "invoice_date": "day", "total_amount": "amount", "currency": "cur"})  # fmt: skip
+    records = import_records(src, INVOICE, mapping)
+    assert records[0] == Record("A1", "Invoice one", {**GOOD, "total_amount": 1190.5})
+    assert records[1].output == {"company": None, "invoice_date": None, "total_amount": None, "currency": None}
+
+
+def test_import_rejects_bad_rows_with_line_numbers(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("text,category\nhello,card_arrival\nbye,not_an_intent\n")
+    with pytest.raises(DatasetError, match="line 3: output"):
+        import_records(src, TASKS["support_intent"], ColumnMap(fields={"intent": "category"}))
+    with pytest.raises(DatasetError, match="no column 'missing'"):
+        import_records(src, TASKS["support_intent"], ColumnMap(text="missing", fields={"intent": "category"}))
+
+
+def test_jsonl_import_with_output_column(tmp_path: Path) -> None:
+    src = lines(tmp_path / "in.jsonl", {"msg": "hi", "label": {"intent": "card_arrival"}, "key": 7})
+    records = import_records(src, TASKS["support_intent"], ColumnMap(text="msg", id="key", output="label"))
+    assert records == [Record("7", "hi", {"intent": "card_arrival"})]
+
+
+def test_split_is_deterministic_and_order_independent() -> None:
+    records = [Record(str(i), f"t{i}", GOOD) for i in range(100)]
+    a = split_records(records, 0.1, 0.2, seed=3)
+    b = split_records(list(reversed(records)), 0.1, 0.2, seed=3)
+    assert a == b
+    assert [len(p) for p in a] == [70, 10, 20]
+    assert {r.id for p in a for r in p} == {r.id for r in records}
+    assert split_records(records, 0.1, 0.2, seed=4)[2] != a[2]
+    with pytest.raises(ValueError):
+        split_records(records, 0.6, 0.5, seed=0)
+
+
+def test_frozen_test_is_written_once_and_guarded(tmp_path: Path) -> None:
+    records = [Record(str(i), f"t{i}", GOOD) for i in range(20)]
+    train, val, test = split_records(records, 0.1, 0.2, seed=0)
+    manifest = write_split({"train": train, "val": val, "test": test}, tmp_path, meta={"seed": 0})
+    assert manifest["files"]["test"]["records"] == 4
+    assert check_frozen(tmp_path / "test.jsonl") == {"sha256": manifest["files"]["test"]["sha256"],
+                                                     "frozen": True, "matches_manifest": True}  # fmt: skip
+    with pytest.raises(FrozenTestError, match="written once"):
+        write_split({"test": test}, tmp_path, meta={})
+    with (tmp_path / "test.jsonl").open("a") as f:
+        f.write(Record("new", "sneaked in", GOOD).as_json() + "\n")
+    with pytest.raises(FrozenTestError, match="changed since it was frozen"):
+        check_frozen(tmp_path / "test.jsonl")
+    assert check_frozen(tmp_path / "test.jsonl", allow_changed=True)["matches_manifest"] is False

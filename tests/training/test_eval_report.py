@@ -1,0 +1,121 @@
+"""`extraction eval` through the real service (loopback upstream) and the decision report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import backend_entry
+from training.datasets import Record
+from training.evaluate import EvalArgs, percentile, run_eval
+from training.report import build_report, decide
+from training.split import FrozenTestError, write_split
+
+GOLD = [
+    {"company": "ACME", "invoice_date": "2024-01-02", "total_amount": 10.0, "currency": "EUR"},
+    {"company": "Beta", "invoice_date": "2024-02-03", "total_amount": 20.0, "currency": "USD"},
+    {"company": "Gamma", "invoice_date": None, "total_amount": 30.0, "currency": "GBP"},
+]
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([5, 1, 3, 2, 4], 50) == 3
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert percentile([], 50) is None
+
+
+@pytest.mark.integration
+def test_eval_run_scores_items_through_the_service(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings({"mock": backend_entry(f"{upstream.url}/v1", max_attempts=2)})  # type: ignore[attr-defined]
+    records = [Record(f"r{i}", f"invoice {i}", gold) for i, gold in enumerate(GOLD)]
+    write_split({"test": records}, tmp_path / "data", meta={})
+    upstream.enqueue(
+        Reply(content=json.dumps(GOLD[0]), usage=(100, 10)),  # exact
+        Reply(content=json.dumps({**GOLD[1], "total_amount": 21.0}), usage=(100, 10)),  # one wrong value
+        Reply(content="not json", usage=(100, 5)), Reply(content="still not", usage=(120, 5)),  # 422
+    )
+    with ServerThread(create_app(settings)) as api:
+        args = EvalArgs("invoice", tmp_path / "data" / "test.jsonl", "mock", api.url, tmp_path / "run.json", 1)
+        run = asyncio.run(run_eval(args))
+    s = run["summary"]
+    assert s["items"] == 3 and s["exact_match"] == round(1 / 3, 4)
+    assert s["field_micro"]["tp"] == 7 and s["field_micro"]["fp"] == 1 and s["field_micro"]["fn"] == 1 + 3
+    assert s["schema_valid_first_attempt"] == round(2 / 3, 4) and s["schema_valid_after_reasks"] == round(2 / 3, 4)
+    assert s["error_buckets"]["invalid_json"] == 1 and s["error_buckets"]["wrong_value"] == 1
+    assert s["attempts_per_request"] == pytest.approx(4 / 3, abs=1e-4)
+    assert s["input_tokens_per_request"] == pytest.approx((100 + 100 + 220) / 3, abs=1e-3)
+    assert s["cost_total_usd"] == pytest.approx((420 * 0.003 + 30 * 0.006) / 1000)
+    assert run["meta"]["test_frozen"] and run["meta"]["prompt_style"] == "few_shot"
+    assert json.loads((tmp_path / "run.json").read_text())["summary"] == s
+    disagreements = [json.loads(x) for x in (tmp_path / "run.disagreements.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in disagreements] == ["r1", "r2"]
+    assert disagreements[0]["field_errors"] == {"total_amount": "wrong_value"}
+
+
+def test_eval_refuses_a_changed_frozen_test(tmp_path: Path) -> None:
+    write_split({"test": [Record("a", "x", GOLD[0])]}, tmp_path, meta={})
+    (tmp_path / "test.jsonl").write_text(Record("b", "y", GOLD[1]).as_json() + "\n")
+    with pytest.raises(FrozenTestError):
+        asyncio.run(run_eval(EvalArgs("invoice", tmp_path / "test.jsonl", "mock", "http://127.0.0.1:9")))
+
+
+def run_file(backend: str, style: str, f1: float, cost: float, in_tokens: float, sha: str = "abc") -> dict[str, Any]:
+    return {
+        "meta": {"task": "invoice", "backend": backend, "model": "m", "prompt_style": style, "test_sha256": sha},
+        "summary": {"items": 100, "exact_match": f1 - 0.1, "field_micro": {"f1": f1},
+                    "schema_valid_first_attempt": 0.95, "schema_valid_after_reasks": 1.0,
+                    "attempts_per_request": 1.05, "input_tokens_per_request": in_tokens,
+                    "output_tokens_per_request": 40.0, "cost_per_request_usd": cost,
+                    "latency_ms": {"p50": 900, "p95": 1500}, "requests_per_s": 2.0},  # fmt: skip
+        "items": [{"latency_ms": 800 + i} for i in range(10)],
+    }
+
+
+def test_report_numbers_plots_and_recommendation(tmp_path: Path) -> None:
+    runs = [run_file("openai", "few_shot", 0.90, 0.0030, 700), run_file("local-ft", "finetuned", 0.91, 0.00068, 120)]
+    report = build_report(runs, requests_per_day=12_000, training_cost=417.60, horizon_days=30, out=tmp_path)
+    assert report["saving_per_day_usd"] == pytest.approx(27.84)
+    assert report["break_even_training_budget_usd"] == pytest.approx(835.20)
+    assert report["payback_days"] == pytest.approx(15.0)
+    assert report["input_token_ratio"] == pytest.approx(5.83)
+    assert report["recommendation"] == "fine-tuning"
+    for name in ("report.md", "report.html", "report.json", "cost_vs_accuracy.png", "latency.png"):
+        assert (tmp_path / name).stat().st_size > 200, name
+    assert "$835.20" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "cost_vs_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("ft_f1", "ft_cost", "training_cost", "expected"),
+    [
+        (0.91, 0.0007, 100, "fine-tuning"),  # as accurate, cheaper, pays back
+        (0.70, 0.0007, 100, "prompting"),  # much less accurate
+        (0.87, 0.0007, 100, "hybrid"),  # a little less accurate, much cheaper
+        (0.91, 0.0007, 1e9, "prompting"),  # never pays back within the horizon
+        (0.91, 0.0040, 100, "prompting"),  # costs more per request
+        (0.99, 0.0040, 100, "fine-tuning"),  # clearly more accurate: quality wins
+    ],
+)
+def test_decision_rules(ft_f1: float, ft_cost: float, training_cost: float, expected: str) -> None:
+    prompted = {"field_f1": 0.90, "cost_per_request": 0.003, "p95_ms": 1000, "schema_valid": 1.0}
+    finetuned = {"field_f1": ft_f1, "cost_per_request": ft_cost, "p95_ms": 500, "schema_valid": 1.0}
+    saving = (0.003 - ft_cost) * 10_000
+    payback = training_cost / saving if saving > 0 else None
+    assert decide(prompted, finetuned, saving, payback, 30)[0] == expected
+
+
+def test_report_refuses_runs_of_different_tasks(tmp_path: Path) -> None:
+    a, b = run_file("a", "few_shot", 0.9, 0.001, 100), run_file("b", "finetuned", 0.9, 0.001, 100)
+    b["meta"]["task"] = "receipt"
+    with pytest.raises(ValueError, match="different tasks"):
+        build_report([a, b], 1, 0, 30, tmp_path)

@@ -1,0 +1,296 @@
+"""`extraction data|train|eval|report`: datasets, LoRA training, evaluation and the decision report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: import, validate, synthesise, split, from logs.")
+console = Console()
+err = Console(stderr=True)
+
+TasksDir = Annotated[Path | None, typer.Option(help="Task YAML folder (default: the shipped tasks).")]
+
+
+def _task(name: str, tasks_dir: Path | None):  # type: ignore[no-untyped-def]
+    from service.config import DEFAULT_CONFIG
+    from service.tasks import TaskLoadError, load_tasks
+
+    try:
+        tasks = load_tasks(tasks_dir or DEFAULT_CONFIG.parent / "tasks")
+    except TaskLoadError as e:
+        err.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2) from None
+    if name not in tasks:
+        err.print(f"[red]error[/red] unknown task {name!r}; available: {', '.join(sorted(tasks))}")
+        raise typer.Exit(2)
+    return tasks[name]
+
+
+def _fail(e: Exception, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error[/red] {e}")
+    return typer.Exit(code)
+
+
+@data_app.command("validate")
+def validate(
+    path: Path, task: Annotated[str, typer.Option(help="Task whose schema the outputs must match.")],
+    tasks_dir: TasksDir = None,
+) -> None:  # fmt: skip
+    """Check a dataset file: every bad line is reported with its number (exit 1)."""
+    from training.datasets import DatasetError, file_sha256, load_dataset
+
+    try:
+        records = load_dataset(path, _task(task, tasks_dir))
+    except DatasetError as e:
+        raise _fail(e) from None
+    console.print(f"ok: {len(records)} records, sha256 {file_sha256(path)}")
+
+
+@data_app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="CSV or JSONL file.")],
+    task: Annotated[str, typer.Option(help="Task whose schema the outputs must match.")],
+    out: Annotated[Path, typer.Option(help="Dataset JSONL to write.")],
+    text_col: Annotated[str, typer.Option(help="Column with the text.")] = "text",
+    id_col: Annotated[str | None, typer.Option(help="Column with a unique id (default: row number).")] = None,
+    output_col: Annotated[str | None, typer.Option(help="Column holding the whole output as JSON.")] = None,
+    field: Annotated[list[str] | None, typer.Option(help="FIELD=COLUMN, repeatable (default: same names).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv or jsonl (default: by extension).")] = None,
+    tasks_dir: TasksDir = None,
+) -> None:
+    """Import labelled examples with a column mapping; all rows are checked before anything is written."""
+    from training.datasets import ColumnMap, DatasetError, import_records, write_dataset
+
+    fields = dict(f.split("=", 1) for f in field) if field else None
+    if field and any("=" not in f for f in field):
+        raise _fail(ValueError("--field takes FIELD=COLUMN"), 2)
+    try:
+        records = import_records(source, _task(task, tasks_dir), ColumnMap(text_col, id_col, output_col, fields), fmt)
+    except (DatasetError, ValueError, OSError) as e:
+        raise _fail(e) from None
+    sha = write_dataset(out, records)
+    console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
+
+
+@data_app.command("synth")
+def synth(
+    task: Annotated[str, typer.Option(help="invoice, receipt, email_triage, contract_clause or entities.")],
+    n: Annotated[int, typer.Option(min=1, help="Records.")],
+    out: Annotated[Path, typer.Option(help="Dataset JSONL to write.")],
+    seed: int = 0,
+    mix: Annotated[str | None, typer.Option(help="e.g. easy=0.3,medium=0.3,hard=0.2,adversarial=0.1,ood=0.1")] = None,
+    tasks_dir: TasksDir = None,
+) -> None:
+    """Seeded synthetic records (Faker), checked against the task schema, written atomically."""
+    from training.datasets import check_record, validator_for, write_dataset
+    from training.synthetic import generate
+
+    try:
+        weights = {k: float(v) for k, v in (p.split("=") for p in mix.split(","))} if mix else None
+        records = generate(task, n, seed, weights)
+    except ValueError as e:
+        raise _fail(e, 2) from None
+    validator, seen = validator_for(_task(task, tasks_dir)), set[str]()
+    for record in records:
+        _, problems = check_record({"id": record.id, "text": record.text, "output": record.output}, validator, seen)
+        if problems:
+            raise _fail(ValueError(f"generator bug, {record.id}: {problems}"))
+    sha = write_dataset(out, records)
+    console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
+
+
+@data_app.command("split")
+def split(
+    source: Path,
+    task: Annotated[str, typer.Option(help="Task whose schema the outputs must match.")],
+    out_dir: Annotated[Path, typer.Option(help="Folder for train/val/test JSONL and manifest.json.")],
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing frozen test set.")] = False,
+    tasks_dir: TasksDir = None,
+) -> None:
+    """Deterministic train / validation / frozen test split; the test set's hash goes into manifest.json."""
+    from training.datasets import DatasetError, file_sha256, load_dataset
+    from training.split import FrozenTestError, split_records, write_split
+
+    try:
+        records = load_dataset(source, _task(task, tasks_dir))
+        train, validation, frozen = split_records(records, val, test, seed)
+        manifest = write_split(
+            {"train": train, "val": validation, "test": frozen}, out_dir, force=force,
+            meta={"task": task, "source": str(source), "source_sha256": file_sha256(source), "seed": seed,
+                  "val": val, "test": test},
+        )  # fmt: skip
+    except (DatasetError, FrozenTestError, ValueError) as e:
+        raise _fail(e) from None
+    for name, info in manifest["files"].items():
+        console.print(f"{name}: {info['records']} records  sha256 {info['sha256'][:16]}...")
+
+
+@data_app.command("from-logs")
+def from_logs(
+    log: Annotated[Path, typer.Argument(help="The service's request log (JSONL).")],
+    task: Annotated[str, typer.Option(help="Keep this task's successful requests.")],
+    out: Annotated[Path, typer.Option(help="Dataset JSONL to write.")],
+    anonymize: Annotated[bool, typer.Option(help="Replace PII by consistent fakes (default on).")] = True,
+    seed: int = 0,
+    tasks_dir: TasksDir = None,
+) -> None:
+    """Turn request logs into a dataset; PII is anonymised and a report says what was replaced."""
+    from training.anonymize import Anonymizer
+    from training.datasets import Record, check_record, validator_for, write_dataset
+
+    spec = _task(task, tasks_dir)
+    validator, seen, records, problems = validator_for(spec), set[str](), [], []
+    anonymizer = Anonymizer(seed)
+    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as e:
+            problems.append(f"line {number}: not JSON ({e})")
+            continue
+        if entry.get("task") != task or entry.get("outcome") != "ok":
+            continue
+        text, output = entry.get("text", ""), entry.get("output")
+        if anonymize:
+            text, output = anonymizer.record(text, output)
+        raw = {"id": str(entry.get("request_id") or f"log-{number}"), "text": text, "output": output}
+        record, issues = check_record(raw, validator, seen)
+        problems += [f"line {number}: {issue}" for issue in issues]
+        if record:
+            records.append(Record(record.id, record.text, record.output))
+    if problems:
+        raise _fail(ValueError(f"{log}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:50])))
+    if not records:
+        raise _fail(ValueError(f"{log}: no successful {task!r} requests"))
+    sha = write_dataset(out, records)
+    console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
+    replaced = dict(anonymizer.counts) if anonymize else "anonymisation off"
+    console.print(f"replaced: {replaced}")
+
+
+@data_app.command("banking77")
+def banking77_cmd(
+    out_dir: Annotated[Path, typer.Option(help="Folder for train/val/test JSONL and manifest.json.")],
+    src: Annotated[Path, typer.Option(help="BANKING77 folder (text,category CSVs).")] = Path(
+        "../shared/data/banking77"
+    ),
+    test_limit: Annotated[int | None, typer.Option(help="Seeded test subset (default: all 3,080).")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Seeded train subset (default: all).")] = None,
+    seed: int = 0,
+    force: bool = False,
+) -> None:
+    """BANKING77 -> the `support_intent` dataset format (official test split frozen)."""
+    from training.importers import banking77
+    from training.split import FrozenTestError, write_split
+
+    parts = banking77(src, test_limit=test_limit, seed=seed)
+    if train_limit is not None:
+        parts["train"] = parts["train"][:train_limit]  # the train part is already in a seeded order
+    try:
+        manifest = write_split(parts, out_dir, force=force, meta={"task": "support_intent", "source": str(src),
+                                                                  "seed": seed, "test_limit": test_limit})  # fmt: skip
+    except FrozenTestError as e:
+        raise _fail(e) from None
+    console.print({k: v["records"] for k, v in manifest["files"].items()})
+
+
+@data_app.command("wnut17")
+def wnut17_cmd(
+    out_dir: Annotated[Path, typer.Option(help="Folder for train/val/test JSONL and manifest.json.")],
+    src: Annotated[Path, typer.Option(help="WNUT-17 folder (CoNLL files).")] = Path("../shared/data/wnut17"),
+    test_limit: Annotated[int | None, typer.Option(help="First N test sentences (default: all 1,287).")] = None,
+    force: bool = False,
+) -> None:
+    """WNUT-17 -> the `entities` dataset format (person, location, corporation+group -> organizations)."""
+    from training.importers import wnut17
+    from training.split import FrozenTestError, write_split
+
+    parts = wnut17(src)
+    parts["test"] = parts["test"][:test_limit]
+    try:
+        manifest = write_split(parts, out_dir, force=force, meta={"task": "entities", "source": str(src)})
+    except FrozenTestError as e:
+        raise _fail(e) from None
+    console.print({k: v["records"] for k, v in manifest["files"].items()})
+
+
+def train_command(ctx: typer.Context) -> None:
+    """LoRA fine-tuning; arguments as in `python -m training.train --help` (or --config_file train.yaml)."""
+    from training.train import cli
+
+    cli(list(ctx.args))
+
+
+def eval_command(
+    task: Annotated[str, typer.Option(help="Task to evaluate.")],
+    data: Annotated[Path, typer.Option(help="Frozen test JSONL.")],
+    backend: Annotated[str, typer.Option(help="Backend to evaluate (as configured in the service).")],
+    out: Annotated[Path, typer.Option(help="Run file to write (JSON).")],
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8080",
+    concurrency: Annotated[int, typer.Option(min=1)] = 8,
+    limit: Annotated[int | None, typer.Option(help="First N items only.")] = None,
+    fields: Annotated[str | None, typer.Option(help="Comma-separated fields to score (default: all).")] = None,
+    allow_changed_test: Annotated[bool, typer.Option(help="Evaluate a test set whose hash changed.")] = False,
+    api_key: Annotated[str | None, typer.Option(envvar="EXTRACTION_API_KEY", help="Bearer key, if needed.")] = None,
+) -> None:
+    """Run a frozen test set through the running service against one backend; write the run file."""
+    from rich.progress import Progress
+
+    from training.datasets import DatasetError
+    from training.evaluate import EvalArgs, run_eval
+    from training.split import FrozenTestError
+
+    args = EvalArgs(task, data, backend, url, out, concurrency, limit, fields.split(",") if fields else None,
+                    allow_changed_test, api_key=api_key)  # fmt: skip
+    try:
+        with Progress(console=err) as progress:
+            bar = progress.add_task(f"{task} on {backend}", total=None)
+            run = asyncio.run(run_eval(args, progress=lambda: progress.advance(bar)))
+    except (FrozenTestError, DatasetError) as e:
+        raise _fail(e) from None
+    s = run["summary"]
+    table = Table(title=f"{task} / {backend}: {s['items']} items")
+    for column in ("exact match", "field F1", "valid 1st", "valid", "attempts", "in tok", "out tok", "USD/req",
+                   "P50 ms", "P95 ms", "req/s"):  # fmt: skip
+        table.add_column(column)
+    table.add_row(
+        f"{s['exact_match']:.3f}", f"{s['field_micro']['f1']:.3f}", f"{s['schema_valid_first_attempt']:.1%}",
+        f"{s['schema_valid_after_reasks']:.1%}", f"{s['attempts_per_request']:.2f}",
+        f"{s['input_tokens_per_request']:.0f}", f"{s['output_tokens_per_request']:.1f}",
+        f"{s['cost_per_request_usd']:.6f}", str(s["latency_ms"]["p50"]), str(s["latency_ms"]["p95"]),
+        str(s["requests_per_s"]),
+    )  # fmt: skip
+    console.print(table)
+    console.print(f"errors: {s['error_buckets']}\nrun: {out}  disagreements: {out.with_suffix('.disagreements.jsonl')}")
+
+
+def report_command(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run files of one task.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md/.html/.json and plots.")],
+    requests_per_day: Annotated[int, typer.Option(min=0)] = 10_000,
+    training_cost: Annotated[float, typer.Option(min=0, help="USD the fine-tune cost.")] = 0.0,
+    horizon_days: Annotated[int, typer.Option(min=1)] = 30,
+) -> None:
+    """Prompting vs fine-tuning, side by side: table, break-even, payback, plots, recommendation."""
+    from training.report import build_report, load_run
+
+    if len(runs) < 2:
+        raise _fail(ValueError("give two or more run files"), 2)
+    try:
+        report = build_report([load_run(p) for p in runs], requests_per_day, training_cost, horizon_days, out)
+    except (ValueError, OSError, KeyError) as e:
+        raise _fail(e) from None
+    sys.stdout.write((out / "report.md").read_text())
+    console.print(f"\nrecommendation: [bold]{report['recommendation']}[/bold]  ({out}/report.html)")

@@ -1,0 +1,222 @@
+"""Evaluate one backend on a frozen test set through the running service.
+
+    extraction eval --task receipt --data data/receipt/test.jsonl --backend local-finetuned \\
+        --url http://127.0.0.1:8080 --out runs/receipt-local-finetuned.json
+
+Writes a run file (meta, summary, per-item results) and, beside it, `*.disagreements.jsonl` with every item
+whose output differs from the gold answer. The test file's hash is checked against its split manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.tasks import Task
+from training.datasets import Record, load_dataset
+from training.metrics import Scores, error_kind
+from training.split import check_frozen
+
+REQUEST_ERRORS = ("invalid_json", "schema_invalid", "upstream_error", "timeout", "rejected")
+
+
+@dataclass
+class EvalArgs:
+    task: str
+    data: Path
+    backend: str
+    url: str = "http://127.0.0.1:8080"
+    out: Path | None = None
+    concurrency: int = 8
+    limit: int | None = None
+    fields: list[str] | None = None
+    allow_changed_test: bool = False
+    timeout_s: float = 600.0
+    api_key: str | None = None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def request_error_kind(status: int, error: dict[str, Any] | None) -> str | None:
+    if status == 200:
+        return None
+    code = (error or {}).get("code", "")
+    if code in ("schema_validation_failed", "budget_exceeded"):
+        messages = " ".join(e.get("message", "") for e in (error or {}).get("details", {}).get("errors", []))
+        return "invalid_json" if "JSON" in messages else "schema_invalid"
+    if code == "deadline_exceeded":
+        return "timeout"
+    if status < 500:
+        return "rejected"
+    return "upstream_error"
+
+
+def summarize(task: Task, fields: list[str], items: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """The run's summary: accuracy, structure adherence, tokens, cost, latency, throughput, error buckets."""
+    scores = Scores()
+    buckets: dict[str, int] = dict.fromkeys(("missing_field", "wrong_value", "wrong_type", *REQUEST_ERRORS), 0)
+    for item in items:
+        pred = item["output"] if isinstance(item["output"], dict) else None
+        scores.add(item["gold"], pred, fields)
+        if item["error_kind"]:
+            buckets[item["error_kind"]] += 1
+        for kind in item["field_errors"].values():
+            buckets[kind] += 1
+    n = len(items)
+    ok = [i for i in items if i["status"] == 200]
+    latencies = [i["latency_ms"] for i in items]
+    costed = [i for i in items if i["attempts"] is not None]
+
+    def mean(key: str, subset: list[dict[str, Any]]) -> float:
+        return round(sum(i[key] or 0 for i in subset) / len(subset), 6) if subset else 0.0
+
+    return {
+        **scores.as_dict(),
+        "fields_scored": fields,
+        "schema_valid_first_attempt": round(sum(i["attempts"] == 1 for i in ok) / n, 4) if n else 0.0,
+        "schema_valid_after_reasks": round(len(ok) / n, 4) if n else 0.0,
+        "attempts_per_request": mean("attempts", costed),
+        "input_tokens_per_request": mean("input_tokens", costed),
+        "output_tokens_per_request": mean("output_tokens", costed),
+        "cost_per_request_usd": mean("cost_usd", costed),
+        "cost_total_usd": round(sum(i["cost_usd"] or 0 for i in items), 6),
+        "latency_ms": {
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+            "mean": round(sum(latencies) / n, 1) if n else None,
+        },  # fmt: skip
+        "requests_per_s": round(n / wall_s, 3) if wall_s else None,
+        "wall_s": round(wall_s, 1),
+        "error_buckets": buckets,
+    }
+
+
+def _item(record: Record, status: int, body: dict[str, Any], latency_ms: float, fields: list[str]) -> dict[str, Any]:
+    error = body.get("error") if status != 200 else None
+    details = (error or {}).get("details", {})
+    usage = body.get("usage") or details.get("usage") or {}
+    output = body.get("data") if status == 200 else None
+    field_errors = {}
+    for name in fields:
+        present = isinstance(output, dict) and name in output
+        kind = error_kind(record.output.get(name), output.get(name) if isinstance(output, dict) else None, present)
+        if kind and status == 200:
+            field_errors[name] = kind
+    return {
+        "id": record.id,
+        "status": status,
+        "output": output,
+        "gold": record.output,
+        "error": {"code": error.get("code"), "message": error.get("message")} if error else None,
+        "error_kind": request_error_kind(status, error),
+        "field_errors": field_errors,
+        "attempts": body.get("attempts", details.get("attempts")),
+        "retries": body.get("retries", details.get("retries")),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "cost_usd": body.get("cost_usd", details.get("cost_usd")),
+        "latency_ms": round(latency_ms, 1),
+        "server_latency_ms": body.get("latency_ms"),
+    }
+
+
+async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
+    """Send every test item through the service (bounded concurrency); returns the run (also written to disk)."""
+    frozen = check_frozen(args.data, args.allow_changed_test)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers) as client:
+        detail = (await client.get(f"/v1/tasks/{args.task}")).raise_for_status().json()
+        backends = {b["name"]: b for b in (await client.get("/v1/backends")).raise_for_status().json()}
+        if args.backend not in backends:
+            raise SystemExit(f"unknown backend {args.backend!r}; the service has: {', '.join(sorted(backends))}")
+        task = Task.model_validate(
+            {"name": args.task, "schema": detail["schema"], "instructions": detail["instructions"]}
+        )
+        records = load_dataset(args.data, task)[: args.limit]
+        properties = list(task.json_schema.get("properties", {}))
+        fields = args.fields or [f for f in properties if f not in detail.get("eval_ignore", [])]
+        limit = asyncio.Semaphore(args.concurrency)
+
+        async def one(record: Record) -> dict[str, Any]:
+            async with limit:
+                started = time.perf_counter()
+                try:
+                    r = await client.post("/v1/extract", json={"task": args.task, "text": record.text,
+                                                               "backend": args.backend})  # fmt: skip
+                    status, body = r.status_code, r.json()
+                except (httpx.HTTPError, ValueError) as e:
+                    status, body = 599, {"error": {"code": "client_error", "message": str(e)}}
+                latency = (time.perf_counter() - started) * 1000
+            if progress is not None:
+                progress()
+            return _item(record, status, body, latency, fields)
+
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        t0 = time.perf_counter()
+        items = await asyncio.gather(*(one(r) for r in records))
+        wall = time.perf_counter() - t0
+    backend = backends[args.backend]
+    run = {
+        "meta": {
+            "task": args.task,
+            "backend": args.backend,
+            "model": backend["model"],
+            "kind": backend["kind"],
+            "prompt_style": backend["prompt_style"],
+            "pricing": backend["pricing"],
+            "url": args.url,
+            "test_file": str(args.data),
+            "test_sha256": frozen["sha256"],
+            "test_frozen": frozen["frozen"],
+            "concurrency": args.concurrency,
+            "started": started_at,
+            "items": len(items),
+        },  # fmt: skip
+        "summary": summarize(task, fields, items, wall),
+        "items": items,
+    }
+    if args.out:
+        write_run(run, args.out)
+    return run
+
+
+def write_run(run: dict[str, Any], out: Path) -> None:
+    """The run JSON and its disagreements file, each written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    disagreements = [
+        {
+            "id": i["id"],
+            "gold": i["gold"],
+            "output": i["output"],
+            "field_errors": i["field_errors"],
+            "error": i["error"],
+        }  # fmt: skip
+        for i in run["items"]
+        if i["field_errors"] or i["status"] != 200
+    ]
+    _atomic_write(out, json.dumps(run, indent=1, ensure_ascii=False))
+    lines = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in disagreements)
+    _atomic_write(out.with_suffix(".disagreements.jsonl"), lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,70 @@
+"""Deterministic train / validation / frozen-test split; the test set's hash guards every later evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.datasets import Record, file_sha256, write_dataset
+
+MANIFEST = "manifest.json"
+
+
+class FrozenTestError(Exception):
+    """The frozen test set is missing, would be overwritten, or changed since it was written."""
+
+
+def _rank(seed: int, record_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()
+
+
+def split_records(
+    records: Sequence[Record], val: float, test: float, seed: int
+) -> tuple[list[Record], list[Record], list[Record]]:
+    """(train, val, test) by a seeded hash of each id: the same input gives the same split in any order."""
+    if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
+        raise ValueError("val and test are fractions with val + test < 1")
+    ordered = sorted(records, key=lambda r: _rank(seed, r.id))
+    n_test, n_val = round(len(ordered) * test), round(len(ordered) * val)
+    return ordered[n_test + n_val :], ordered[n_test : n_test + n_val], ordered[:n_test]
+
+
+def write_split(
+    parts: dict[str, Sequence[Record]], out_dir: Path, *, meta: dict[str, Any], force: bool = False
+) -> dict[str, Any]:
+    """Write train/val/test JSONL and a manifest with their hashes. A frozen test set is written once."""
+    test_path = out_dir / "test.jsonl"
+    if test_path.exists() and not force:
+        raise FrozenTestError(
+            f"{test_path} already holds a frozen test set; it is written once so results stay comparable. "
+            "Pass --force to replace it (earlier runs then no longer compare)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, records in parts.items():
+        if records:
+            sha = write_dataset(out_dir / f"{name}.jsonl", records)
+            files[name] = {"file": f"{name}.jsonl", "records": len(records), "sha256": sha}
+    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta, "files": files}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def check_frozen(test_file: Path, allow_changed: bool = False) -> dict[str, Any]:
+    """The test file's hash, checked against the manifest beside it; FrozenTestError if it changed."""
+    sha = file_sha256(test_file)
+    manifest_path = test_file.parent / MANIFEST
+    recorded = None
+    if manifest_path.is_file():
+        files = json.loads(manifest_path.read_text()).get("files", {})
+        recorded = next((f["sha256"] for f in files.values() if f.get("file") == test_file.name), None)
+    if recorded is not None and recorded != sha and not allow_changed:
+        raise FrozenTestError(
+            f"{test_file} changed since it was frozen (sha256 {sha[:12]}... != recorded {recorded[:12]}...); "
+            "results would not compare with earlier runs. Pass --allow-changed-test to evaluate anyway"
+        )
+    return {"sha256": sha, "frozen": recorded is not None, "matches_manifest": recorded == sha}
