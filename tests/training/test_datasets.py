@@ -56,8 +56,11 @@ def test_csv_import_with_column_mapping_and_type_coercion(tmp_path: Path) -> Non
     src = tmp_path / "in.csv"
     src.write_text("ref,body,seller,day,amount,cur\nA1,Invoice one,ACME,2024-01-02,\"1,190.50\",EUR\n"
                    "A2,Invoice two,,,,\n")  # fmt: skip
-    mapping = ColumnMap(text="body", id="ref",
-                        fields={"company": "seller", "invoice_date": "day", "total_amount": "amount", "currency": "cur"})  # fmt: skip
+    mapping = ColumnMap(
+        text="body",
+        id="ref",
+        fields={"company": "seller", "invoice_date": "day", "total_amount": "amount", "currency": "cur"},
+    )
     records = import_records(src, INVOICE, mapping)
     assert records[0] == Record("A1", "Invoice one", {**GOOD, "total_amount": 1190.5})
     assert records[1].output == {"company": None, "invoice_date": None, "total_amount": None, "currency": None}

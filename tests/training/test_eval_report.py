@@ -42,7 +42,8 @@ def test_eval_run_scores_items_through_the_service(
     upstream.enqueue(
         Reply(content=json.dumps(GOLD[0]), usage=(100, 10)),  # exact
         Reply(content=json.dumps({**GOLD[1], "total_amount": 21.0}), usage=(100, 10)),  # one wrong value
-        Reply(content="not json", usage=(100, 5)), Reply(content="still not", usage=(120, 5)),  # 422
+        Reply(content="not json", usage=(100, 5)),
+        Reply(content="still not", usage=(120, 5)),  # 422
     )
     with ServerThread(create_app(settings)) as api:
         args = EvalArgs("invoice", tmp_path / "data" / "test.jsonl", "mock", api.url, tmp_path / "run.json", 1)
@@ -72,11 +73,19 @@ def test_eval_refuses_a_changed_frozen_test(tmp_path: Path) -> None:
 def run_file(backend: str, style: str, f1: float, cost: float, in_tokens: float, sha: str = "abc") -> dict[str, Any]:
     return {
         "meta": {"task": "invoice", "backend": backend, "model": "m", "prompt_style": style, "test_sha256": sha},
-        "summary": {"items": 100, "exact_match": f1 - 0.1, "field_micro": {"f1": f1},
-                    "schema_valid_first_attempt": 0.95, "schema_valid_after_reasks": 1.0,
-                    "attempts_per_request": 1.05, "input_tokens_per_request": in_tokens,
-                    "output_tokens_per_request": 40.0, "cost_per_request_usd": cost,
-                    "latency_ms": {"p50": 900, "p95": 1500}, "requests_per_s": 2.0},  # fmt: skip
+        "summary": {
+            "items": 100,
+            "exact_match": f1 - 0.1,
+            "field_micro": {"f1": f1},
+            "schema_valid_first_attempt": 0.95,
+            "schema_valid_after_reasks": 1.0,
+            "attempts_per_request": 1.05,
+            "input_tokens_per_request": in_tokens,
+            "output_tokens_per_request": 40.0,
+            "cost_per_request_usd": cost,
+            "latency_ms": {"p50": 900, "p95": 1500},
+            "requests_per_s": 2.0,
+        },  # fmt: skip
         "items": [{"latency_ms": 800 + i} for i in range(10)],
     }
 

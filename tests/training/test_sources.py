@@ -83,8 +83,10 @@ def test_checksums() -> None:
 
 def test_anonymizer_replaces_pii_consistently_in_text_and_output() -> None:
     anon = Anonymizer(seed=1)
-    text = ("Hi, this is Dr. Jane Miller (jane.miller@example.com, +49 30 1234 5678). "
-            "Refund to DE89 3704 0044 0532 0130 00, card 4111 1111 1111 1111. Invoice total 1,190.00 on 2024-03-14.")  # fmt: skip
+    text = (
+        "Hi, this is Dr. Jane Miller (jane.miller@example.com, +49 30 1234 5678). "
+        "Refund to DE89 3704 0044 0532 0130 00, card 4111 1111 1111 1111. Invoice total 1,190.00 on 2024-03-14."
+    )
     new_text, output = anon.record(text, {"persons": ["Jane Miller"], "email": "jane.miller@example.com"})
     for secret in ("Jane Miller", "jane.miller@example.com", "1234 5678", "DE89 3704", "4111 1111"):
         assert secret not in new_text

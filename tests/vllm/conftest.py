@@ -61,6 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "local-prompted": {**local, "model": "smollm2-135m", "prompt_style": "few_shot"},
             "local-finetuned": {**local, "model": "test-lora", "prompt_style": "finetuned"},
             "spare": {**local, "model": "spare-lora", "prompt_style": "finetuned"},
+            "e2e": {**local, "model": "e2e-lora", "prompt_style": "finetuned"},
         },
         retry={"deadline_s": 300},
     )
