@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -147,33 +146,24 @@ def from_logs(
 ) -> None:
     """Turn request logs into a dataset; PII is anonymised and a report says what was replaced."""
     from training.anonymize import Anonymizer
-    from training.datasets import Record, check_record, validator_for, write_dataset
+    from training.datasets import DatasetError, Problem, check_all, json_lines, write_dataset
 
-    spec = _task(task, tasks_dir)
-    validator, seen, records, problems = validator_for(spec), set[str](), [], []
     anonymizer = Anonymizer(seed)
-    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError as e:
-            problems.append(f"line {number}: not JSON ({e})")
-            continue
-        if entry.get("task") != task or entry.get("outcome") != "ok":
-            continue
-        text, output = entry.get("text", ""), entry.get("output")
-        if anonymize:
-            text, output = anonymizer.record(text, output)
-        raw = {"id": str(entry.get("request_id") or f"log-{number}"), "text": text, "output": output}
-        record, issues = check_record(raw, validator, seen)
-        problems += [f"line {number}: {issue}" for issue in issues]
-        if record:
-            records.append(Record(record.id, record.text, record.output))
-    if problems:
-        raise _fail(ValueError(f"{log}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:50])))
-    if not records:
-        raise _fail(ValueError(f"{log}: no successful {task!r} requests"))
+
+    def rows():  # type: ignore[no-untyped-def]
+        for number, entry in json_lines(log.read_text(encoding="utf-8")):
+            if isinstance(entry, Problem) or not isinstance(entry, dict):
+                yield number, entry if isinstance(entry, Problem) else Problem("not a JSON object")
+            elif entry.get("task") == task and entry.get("outcome") == "ok":
+                text, output = entry.get("text", ""), entry.get("output")
+                if anonymize:
+                    text, output = anonymizer.record(text, output)
+                yield number, {"id": str(entry.get("request_id") or f"log-{number}"), "text": text, "output": output}
+
+    try:
+        records = check_all(log, rows(), _task(task, tasks_dir))
+    except (DatasetError, OSError) as e:
+        raise _fail(e) from None
     sha = write_dataset(out, records)
     console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
     replaced = dict(anonymizer.counts) if anonymize else "anonymisation off"

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,31 +77,46 @@ def check_record(raw: Any, validator: Draft202012Validator, seen: set[str]) -> t
     return Record(str(rid), text, output), []  # type: ignore[arg-type]
 
 
-def load_dataset(path: Path, task: Task) -> list[Record]:
-    """Every record of a JSONL dataset, or DatasetError listing every bad line (none are dropped silently)."""
-    validator = validator_for(task)
-    records, problems, seen = [], [], set()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(path, [f"cannot read: {e}"]) from e
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except ValueError as e:
-            problems.append(f"line {number}: not JSON ({e.msg})")
+class Problem(str):
+    """A row that could not even be parsed; `check_all` reports it with its line number."""
+
+
+def json_lines(text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON or Problem) for each non-blank line."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except ValueError as e:
+                yield number, Problem(f"not JSON ({e.msg})")
+
+
+def check_all(source: Path | str, rows: Iterable[tuple[int, Any]], task: Task) -> list[Record]:
+    """Records from (line number, row) pairs, or DatasetError listing every bad line (none dropped silently)."""
+    validator, seen = validator_for(task), set[str]()
+    records, problems = [], []
+    for number, raw in rows:
+        if isinstance(raw, Problem):
+            problems.append(f"line {number}: {raw}")
             continue
         record, issues = check_record(raw, validator, seen)
         problems += [f"line {number}: {issue}" for issue in issues]
         if record:
             records.append(record)
     if problems:
-        raise DatasetError(path, problems)
+        raise DatasetError(source, problems)
     if not records:
-        raise DatasetError(path, ["no records"])
+        raise DatasetError(source, ["no records"])
     return records
+
+
+def load_dataset(path: Path, task: Task) -> list[Record]:
+    """Every record of a JSONL dataset, or DatasetError listing every bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(path, [f"cannot read: {e}"]) from e
+    return check_all(path, json_lines(text), task)
 
 
 def write_dataset(path: Path, records: Iterable[Record]) -> str:
@@ -152,37 +167,27 @@ class ColumnMap:
 def import_records(source: Path, task: Task, mapping: ColumnMap, fmt: str | None = None) -> list[Record]:
     """Records from a CSV or JSONL file with a column mapping; every row is checked like `load_dataset`."""
     fmt = fmt or ("csv" if source.suffix.lower() == ".csv" else "jsonl")
+    numbered: list[tuple[int, Any]]
     if fmt == "csv":
         with source.open(newline="", encoding="utf-8") as f:
-            rows: list[dict[str, Any]] = list(csv.DictReader(f))
-        first_line = 2  # after the header
+            numbered = list(enumerate(csv.DictReader(f), 2))  # line 1 is the header
     elif fmt == "jsonl":
-        rows, first_line = [], 1
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise DatasetError(source, [f"line {number}: not JSON ({e.msg})"]) from e
+        numbered = list(json_lines(source.read_text(encoding="utf-8")))
     else:
         raise ValueError(f"unknown format {fmt!r}: csv or jsonl")
     properties = task.json_schema.get("properties", {})
-    validator = validator_for(task)
-    records, problems, seen = [], [], set()
-    for offset, row in enumerate(rows):
-        number = first_line + offset
-        try:
-            raw = _row_to_raw(row, mapping, properties, offset)
-        except (KeyError, ValueError) as e:
-            problems.append(f"line {number}: {e}")
-            continue
-        record, issues = check_record(raw, validator, seen)
-        problems += [f"line {number}: {issue}" for issue in issues]
-        if record:
-            records.append(record)
-    if problems:
-        raise DatasetError(source, problems)
-    return records
+
+    def raws() -> Iterator[tuple[int, Any]]:
+        for index, (number, row) in enumerate(numbered):
+            if isinstance(row, Problem):
+                yield number, row
+                continue
+            try:
+                yield number, _row_to_raw(row, mapping, properties, index)
+            except (KeyError, ValueError, AttributeError) as e:
+                yield number, Problem(str(e).strip("'\""))
+
+    return check_all(source, raws(), task)
 
 
 def _row_to_raw(

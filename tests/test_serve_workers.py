@@ -1,0 +1,63 @@
+"""`extraction serve --workers 2`: one /metrics adds up the counters of every worker process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest.mock_upstream import MockUpstream
+from tests.conftest import backend_entry, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(upstream: MockUpstream, tmp_path: Path) -> Iterator[str]:
+    config = write_config(tmp_path / "c.yaml", {"mock": backend_entry(f"{upstream.url}/v1")})  # type: ignore[attr-defined]
+    port = free_port()
+    env = {**os.environ, "MOCK_UPSTREAM_KEY": "k", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    (tmp_path / "prom").mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:  # a child process gives no readiness signal but its health endpoint
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, "extraction serve exited"
+        assert time.monotonic() < deadline, "extraction serve did not come up"
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_metrics_add_up_across_workers(served: str) -> None:
+    with httpx.Client(base_url=served, timeout=10) as client:
+        for _ in range(10):  # new connections: the kernel spreads them over both workers
+            with httpx.Client(base_url=served, timeout=10) as fresh:
+                assert fresh.post("/v1/extract", json={"task": "invoice", "text": "x"}).status_code == 200
+        text = client.get("/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith("extraction_requests_total{"))
+    assert 'outcome="ok"' in line and line.endswith(" 10.0")
