@@ -9,18 +9,17 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from backends.base import Backend, BackendRequest, BackendResponse, StructuredMode, Usage
+from backends.base import Backend, BackendRequest, BackendResponse, StructuredMode
 from backends.config import BackendConfig
 from backends.errors import (
     BackendError,
-    BackendNotConfigured,
     RetryableBackendError,
     UpstreamBadResponse,
     UpstreamConnectionError,
@@ -31,7 +30,6 @@ from backends.errors import (
 from service.config import Settings
 from service.cost import request_cost
 from service.errors import (
-    BackendUnavailable,
     BadRequest,
     BudgetExceeded,
     DeadlineExceeded,
@@ -40,19 +38,19 @@ from service.errors import (
     SchemaValidationFailed,
     TextTooLong,
     UnknownTask,
-    UpstreamError,
 )
 from service.metrics import Metrics
 from service.parsing import OutputNotJSON, parse_output
 from service.prompts import build_messages, reask_messages
 from service.request_log import RequestLog
+from service.results import Options, Result, Spend, failure_details, translate_backend_error
 from service.routing import route
 from service.tasks import Task, adhoc_task
 from service.validation import Issue, ValidatorCache, dialect_gaps, schema_errors, schema_key, validate
 
 log = structlog.get_logger("extraction")
 
-RAW_SNIPPET_CHARS = 500
+
 _RETRY_REASON: dict[type[BaseException] | None, str] = {
     UpstreamRateLimited: "retry_rate_limited",
     UpstreamServerError: "retry_server_error",
@@ -60,50 +58,6 @@ _RETRY_REASON: dict[type[BaseException] | None, str] = {
     UpstreamConnectionError: "retry_connection",
     UpstreamBadResponse: "retry_bad_response",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """Per-request limits; each can only tighten what the backend's config allows."""
-
-    max_attempts: int | None = None
-    max_cost_usd: float | None = None
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    timeout_s: float | None = None
-
-
-@dataclass(slots=True)
-class Result:
-    data: Any
-    task: str
-    backend: str
-    model: str
-    attempts: int
-    retries: int
-    usage: Usage
-    cost_usd: float
-    latency_ms: float
-    structured_output: StructuredMode
-    repaired: bool = False
-
-
-@dataclass(slots=True)
-class _Spend:
-    """What a request has consumed so far; travels into error details."""
-
-    answers: int = 0
-    calls: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost: Decimal = Decimal(0)
-
-    def details(self) -> dict[str, Any]:
-        return {
-            "attempts": self.answers,
-            "retries": self.calls - self.answers,
-            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
-            "cost_usd": float(self.cost),
-        }
 
 
 class Extractor:
@@ -241,7 +195,7 @@ class Extractor:
         mode, strict = self._structured_mode(cfg, task)
         validator = self.validators.get(task.json_schema)
         messages = build_messages(task, text, cfg.prompt_style)
-        spend = _Spend()
+        spend = Spend()
         last_text, last_issues = "", list[Issue]()
         try:
             async with asyncio.timeout(deadline_s - (time.monotonic() - started)):
@@ -286,14 +240,14 @@ class Extractor:
                 f"no valid answer within the deadline of {deadline_s:g} s", details=spend.details()
             ) from None
         except BackendError as e:
-            raise _translate(e, spend) from e
+            raise translate_backend_error(e, spend) from e
         raise SchemaValidationFailed(
             f"the output did not validate against the schema after {spend.answers} attempt(s)",
-            details=_failure_details(spend, last_issues, last_text),
+            details=failure_details(spend, last_issues, last_text),
         )
 
     async def _call(
-        self, cfg: BackendConfig, request: BackendRequest, reason: str, deadline_at: float, spend: _Spend
+        self, cfg: BackendConfig, request: BackendRequest, reason: str, deadline_at: float, spend: Spend
     ) -> BackendResponse:
         backend = self.backends[cfg.name]
         policy = self.settings.retry
@@ -336,7 +290,7 @@ class Extractor:
         spend.answers += 1
         return response
 
-    def _account(self, cfg: BackendConfig, task: Task, response: BackendResponse, spend: _Spend) -> None:
+    def _account(self, cfg: BackendConfig, task: Task, response: BackendResponse, spend: Spend) -> None:
         usage = response.usage
         cost = request_cost(usage.input_tokens, usage.output_tokens, cfg.pricing)
         spend.usage += usage
@@ -363,7 +317,7 @@ class Extractor:
         cfg: BackendConfig,
         messages: list[dict[str, str]],
         max_tokens: int,
-        spend: _Spend,
+        spend: Spend,
         last_issues: list[Issue],
         last_text: str,
     ) -> None:
@@ -374,7 +328,7 @@ class Extractor:
         estimate = request_cost(est_input, max_tokens, cfg.pricing)
         budget = Decimal(str(options.max_cost_usd))
         if spend.cost + estimate > budget:
-            details = _failure_details(spend, last_issues, last_text) if spend.answers else spend.details()
+            details = failure_details(spend, last_issues, last_text) if spend.answers else spend.details()
             details.update(max_cost_usd=options.max_cost_usd, next_attempt_estimate_usd=float(estimate))
             raise BudgetExceeded(
                 f"stopped before attempt {spend.answers + 1}: it could cost up to ${estimate:.6f}, "
@@ -409,29 +363,3 @@ class Extractor:
             for name, value in data.items():
                 if value is None or value == [] or value == "":
                     self.metrics.field_null.labels(task.name, name).inc()
-
-
-def _failure_details(spend: _Spend, issues: list[Issue], raw: str) -> dict[str, Any]:
-    return {
-        **spend.details(),
-        "errors": [i.as_dict() for i in issues],
-        "raw_output": raw[:RAW_SNIPPET_CHARS],
-    }
-
-
-def _translate(error: BackendError, spend: _Spend) -> ExtractionError:
-    details = {**spend.details(), "backend": error.backend}
-    if error.status_code is not None:
-        details["upstream_status"] = error.status_code
-    if isinstance(error, BackendNotConfigured):
-        return BackendUnavailable(error.message, details=details)
-    if isinstance(error, UpstreamRateLimited):
-        headers = {"Retry-After": str(math.ceil(error.retry_after_s))} if error.retry_after_s else {}
-        return BackendUnavailable(
-            f"backend {error.backend!r} is rate limited upstream; retries exhausted",
-            details=details,
-            headers=headers,
-        )
-    if isinstance(error, UpstreamTimeout):
-        return DeadlineExceeded(f"backend {error.backend!r} timed out: {error.message}", details=details)
-    return UpstreamError(f"backend {error.backend!r} failed: {error.message}", details=details)

@@ -316,7 +316,14 @@ def cli(argv: list[str] | None = None) -> None:
         (args,) = parser.parse_yaml_file(argv[1])
     else:
         (args,) = parser.parse_args_into_dataclasses(argv)
-    card = main(args)
+    from service.tasks import TaskLoadError
+    from training.base_model import ModelPrepareError
+    from training.datasets import DatasetError
+
+    try:
+        card = main(args)
+    except (DatasetError, TaskLoadError, ModelPrepareError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps({k: card[k] for k in ("adapter", "steps", "train_loss", "best_eval_loss", "wall_time_s")}))  # noqa: T201
 
 

@@ -19,7 +19,8 @@ from service.api_models import (
 )
 from service.deps import RequestIdDep, StateDep
 from service.errors import BadRequest, ExtractionError
-from service.extract import Extractor, Options, Result
+from service.extract import Extractor
+from service.results import Options, Result
 
 router = APIRouter(prefix="/v1", tags=["extract"])
 

@@ -29,8 +29,9 @@ from service.errors import (
     UnknownTask,
     UpstreamError,
 )
-from service.extract import Extractor, Options
+from service.extract import Extractor
 from service.metrics import Metrics, sample
+from service.results import Options
 from service.state import AppState
 from tests.fakes import FakeBackend
 
