@@ -85,6 +85,8 @@ def single(upstream: MockUpstream, tmp_path: Path) -> Iterator[tuple[str, subpro
     if process.poll() is None:
         process.kill()
         process.wait()
+    if process.stderr:
+        process.stderr.close()
 
 
 def test_sigterm_drains_in_flight_requests(single: tuple[str, subprocess.Popen[bytes]], upstream: MockUpstream) -> None:
