@@ -168,6 +168,7 @@ def demo(
         raise _fail(e) from None
 
 
+from loadtest.cli import loadtest_command  # noqa: E402
 from training.cli import data_app, eval_command, report_command, train_command  # noqa: E402
 
 app.add_typer(data_app, name="data")
@@ -175,6 +176,7 @@ app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown
             add_help_option=False)(train_command)  # fmt: skip
 app.command("eval")(eval_command)
 app.command("report")(report_command)
+app.command("loadtest")(loadtest_command)
 
 model_app = typer.Typer(no_args_is_help=True, help="The base model.")
 vllm_app = typer.Typer(no_args_is_help=True, help="The local vLLM server (loopback only).")
