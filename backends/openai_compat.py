@@ -71,6 +71,13 @@ class OpenAIBackend:
             backend=self.name,
         )
 
+    def configured(self) -> bool:
+        try:
+            self._api_key()
+        except BackendNotConfigured:
+            return False
+        return True
+
     def _base_url(self) -> str | None:
         if self.config.base_url:
             return self.config.base_url

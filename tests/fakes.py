@@ -33,5 +33,8 @@ class FakeBackend:
     async def ping(self, timeout_s: float = 2.0) -> None:
         return None
 
+    def configured(self) -> bool:
+        return True
+
     async def aclose(self) -> None:
         self.closed = True

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backends.errors import BackendNotConfigured
-from backends.openai_compat import OpenAIBackend
 from service.api_models import BackendInfo, ErrorResponse, TaskDetail, TaskSummary
 from service.deps import StateDep
 from service.errors import UnknownTask
@@ -46,13 +44,6 @@ async def list_backends(state: StateDep) -> list[BackendInfo]:
     """Configured backends with models and pricing. Never keys."""
     out = []
     for name, cfg in sorted(state.settings.backends.items()):
-        backend = state.backends[name]
-        configured = True
-        if isinstance(backend, OpenAIBackend):
-            try:
-                backend.client()
-            except BackendNotConfigured:
-                configured = False
         out.append(
             BackendInfo(
                 name=name,
@@ -66,7 +57,7 @@ async def list_backends(state: StateDep) -> list[BackendInfo]:
                 max_concurrency=cfg.max_concurrency,
                 timeout_s=cfg.timeout_s,
                 default=name == state.settings.default_backend,
-                configured=configured,
+                configured=state.backends[name].configured(),
             )
         )
     return out
