@@ -64,7 +64,7 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
     ]
     pays_back = payback_days is not None and payback_days <= horizon_days
     factors.append(
-        f"training pays back in {payback_days:.1f} days (horizon {horizon_days})" if payback_days is not None
+        f"training pays back in {payback_days:.2f} days (horizon {horizon_days})" if payback_days is not None
         else "fine-tuning saves nothing per request, so training never pays back"
     )  # fmt: skip
     if gap >= -ACCURACY_TOLERANCE and (pays_back or gap > HYBRID_BAND):
@@ -138,7 +138,7 @@ def markdown(report: dict[str, Any]) -> str:
     header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     rule = "|" + "---|" * len(COLUMNS)
     body = "\n".join("| " + " | ".join(_cells(r)) + " |" for r in report["rows"])
-    payback = f"{report['payback_days']:.1f} days" if report["payback_days"] is not None else "never"
+    payback = f"{report['payback_days']:.2f} days" if report["payback_days"] is not None else "never"
     warn = "" if report["same_test_set"] else "\n> Warning: the runs used different test files (hashes differ).\n"
     factors = "\n".join(f"- {f}" for f in report["factors"])
     return f"""# Prompting vs fine-tuning: `{report["task"]}`
@@ -167,7 +167,7 @@ def to_html(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in report["rows"])
     factors = "".join(f"<li>{html.escape(f)}</li>" for f in report["factors"])
-    payback = f"{report['payback_days']:.1f} days" if report["payback_days"] is not None else "never"
+    payback = f"{report['payback_days']:.2f} days" if report["payback_days"] is not None else "never"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report["task"])}: prompting vs fine-tuning</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}</style></head><body>
