@@ -19,6 +19,15 @@ class Pricing(BaseModel):
     output_per_1k: float = Field(0.0, ge=0)
 
 
+class CircuitConfig(BaseModel):
+    """Per-backend circuit breaker: open after this many consecutive failed calls, probe after reset_after_s."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int = Field(5, ge=1)
+    reset_after_s: float = Field(30.0, gt=0)
+
+
 class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,6 +51,15 @@ class BackendConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, le=10, description="Answers asked for (first try + re-asks).")
     max_retries: int = Field(4, ge=0, le=20, description="Transport retries (429/5xx/timeouts) per answer.")
     max_concurrency: int = Field(32, ge=1)
+    max_queue: int = Field(
+        256, ge=0, description="Calls waiting for a max_concurrency slot; more get 503 overloaded at once."
+    )
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Backends tried in order when this one fails (upstream error, open circuit, or no valid "
+        "answer after its re-asks). The response's `backend` says who answered.",
+    )
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     max_output_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
 

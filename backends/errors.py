@@ -9,7 +9,8 @@ BackendError
  │    └── UpstreamBadResponse       (2xx whose body is not a usable completion)
  └── FatalBackendError              (retrying cannot help)
       ├── UpstreamRejected          (4xx other than 429: bad request, unknown model, auth)
-      └── BackendNotConfigured      (e.g. the API key variable is unset)
+      ├── BackendNotConfigured      (e.g. the API key variable is unset)
+      └── CircuitOpen               (the pipeline's breaker refuses calls after repeated failures)
 """
 
 from __future__ import annotations
@@ -61,3 +62,9 @@ class UpstreamRejected(FatalBackendError):
 
 class BackendNotConfigured(FatalBackendError):
     pass
+
+
+class CircuitOpen(FatalBackendError):
+    def __init__(self, message: str, *, backend: str, retry_after_s: float) -> None:
+        super().__init__(message, backend=backend)
+        self.retry_after_s = retry_after_s

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from backends.base import BackendRequest, BackendResponse, Usage
 from backends.config import BackendConfig
@@ -88,12 +89,13 @@ class OpenAIBackend:
     def client(self) -> openai.AsyncOpenAI:
         # Built once per backend and reused: one connection pool, no per-request client creation.
         if self._client is None:
+            timeout = openai.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key(),
                 base_url=self._base_url(),
                 max_retries=0,  # the pipeline's tenacity loop is the only retry loop
-                timeout=openai.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s),
-                http_client=self._http_client,
+                timeout=timeout,
+                http_client=self._http_client or default_http_client(timeout),
             )
         return self._client
 
@@ -119,8 +121,18 @@ class OpenAIBackend:
 
     async def complete(self, request: BackendRequest) -> BackendResponse:
         started = time.perf_counter()
+        params = self._params(request)
+        body = {**params, **params.pop("extra_body", {})}
         try:
-            completion = await self.client().chat.completions.create(**self._params(request), timeout=request.timeout_s)
+            # The client's raw `post` with the body we built: `chat.completions.create` would first walk every
+            # message and the whole schema through its typed-parameter transform, which measured ~17% of
+            # this service's CPU per request against a zero-latency upstream. Same wire format, errors, auth.
+            completion = await self.client().post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body=body,
+                options={"timeout": request.timeout_s, "security": {"bearer_auth": True}},
+            )
         except openai.APIError as e:
             raise self._translate(e) from e
         except ValueError as e:  # a 2xx body that is not JSON
@@ -173,6 +185,16 @@ class OpenAIBackend:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def default_http_client(timeout: openai.Timeout) -> Any | None:
+    """aiohttp as the transport when installed (the `serve` extra has it): it needs markedly less CPU per
+    request than the default pure-Python HTTP stack, which matters at hundreds of requests/s. None: the
+    openai package's default client."""
+    try:
+        return openai.DefaultAioHttpClient(timeout=timeout)
+    except RuntimeError:  # openai without the aiohttp extra
+        return None
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -26,6 +26,8 @@ class Limits(BaseModel):
     max_text_chars: int = Field(50_000, ge=1, description="Longer texts get 400 text_too_long.")
     max_batch_items: int = Field(64, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Larger bodies get 413.")
+    max_inflight: int = Field(512, ge=1, description="Extractions running at once in one worker process.")
+    max_queue: int = Field(1024, ge=0, description="Extractions waiting for a slot; more get 503 overloaded.")
 
 
 class RetryPolicy(BaseModel):
@@ -111,6 +113,15 @@ class Settings(BaseSettings):
             if backend.name and backend.name != key:
                 raise ValueError(f"backends.{key}.name is {backend.name!r}; leave it out or make it {key!r}")
             backend.name = key
+        for key, backend in self.backends.items():
+            for name in backend.fallback:
+                if name not in self.backends or name == key:
+                    raise ValueError(
+                        f"backends.{key}.fallback names {name!r}: "
+                        f"use other configured backends: {sorted(self.backends)}"
+                    )
+            if len(set(backend.fallback)) != len(backend.fallback):
+                raise ValueError(f"backends.{key}.fallback repeats a backend: {backend.fallback}")
         if self.default_backend not in self.backends:
             raise ValueError(f"default_backend {self.default_backend!r} is not among backends: {sorted(self.backends)}")
         if not self.tasks_dir.is_absolute():

@@ -1,4 +1,8 @@
-"""FastAPI dependencies as `Annotated` aliases."""
+"""FastAPI dependencies as `Annotated` aliases.
+
+All `async def`: FastAPI runs a plain `def` dependency in a thread pool, a thread hop per request that
+measured ~15% of the CPU of an extraction against a zero-latency upstream.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from fastapi import Depends, Request
 from service.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.extraction
     return state
 
 
-def get_request_id() -> str | None:
+async def get_request_id() -> str | None:
     return correlation_id.get()
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from backends.base import Backend, BackendRequest, BackendResponse, StructuredMode
+from backends.base import Backend, BackendRequest, BackendResponse, StructuredMode, Usage
 from backends.config import BackendConfig
 from backends.errors import (
     BackendError,
+    CircuitOpen,
     RetryableBackendError,
     UpstreamBadResponse,
     UpstreamConnectionError,
@@ -30,6 +31,7 @@ from backends.errors import (
 from service.config import Settings
 from service.cost import request_cost
 from service.errors import (
+    BackendUnavailable,
     BadRequest,
     BudgetExceeded,
     DeadlineExceeded,
@@ -38,11 +40,13 @@ from service.errors import (
     SchemaValidationFailed,
     TextTooLong,
     UnknownTask,
+    UpstreamError,
 )
 from service.metrics import Metrics
 from service.parsing import OutputNotJSON, parse_output
 from service.prompts import build_messages, reask_messages
 from service.request_log import RequestLog
+from service.resilience import Bulkhead, CircuitBreaker
 from service.results import Options, Result, Spend, failure_details, translate_backend_error
 from service.routing import route
 from service.tasks import Task, adhoc_task
@@ -80,7 +84,16 @@ class Extractor:
         self.request_log = request_log
         self.validators = ValidatorCache()
         self._sleep = sleep
-        self._limits = {name: asyncio.Semaphore(cfg.max_concurrency) for name, cfg in settings.backends.items()}
+        limits = settings.limits
+        self.gate = Bulkhead(limits.max_inflight, limits.max_queue, "the service")
+        self._limits = {
+            name: Bulkhead(cfg.max_concurrency, cfg.max_queue, f"backend {name!r}")
+            for name, cfg in settings.backends.items()
+        }
+        self.breakers = {
+            name: CircuitBreaker(cfg.circuit.failure_threshold, cfg.circuit.reset_after_s)
+            for name, cfg in settings.backends.items()
+        }
         self._gaps: dict[tuple[str, str], list[str]] = {}
 
     def resolve_task(
@@ -128,7 +141,8 @@ class Extractor:
             labels[0] = spec.name
             cfg = route(self.settings, spec, backend)
             labels[1] = cfg.name
-            result = await self._run(spec, text, cfg, options, started)
+            async with self.gate.slot():
+                result = await self._run_chain(spec, text, cfg, options, started, labels)
             spent = {
                 "attempts": result.attempts,
                 "retries": result.retries,
@@ -178,6 +192,36 @@ class Extractor:
             "text": text, "output": result.data if result else None, "usage": usage,
             "latency_ms": round(elapsed * 1000, 1),
         })  # fmt: skip
+
+    async def _run_chain(
+        self, task: Task, text: str, first: BackendConfig, options: Options, started: float, labels: list[str]
+    ) -> Result:
+        """`first`, then its fallback chain in order, until one answers with valid data.
+
+        A backend is skipped on an upstream error (after its retries), an open circuit, a deadline hit by
+        its own timeout, or no valid answer after its re-asks. Bad input and budget stops never fall back.
+        What the failed backends consumed stays in the request's attempts, tokens and cost.
+        """
+        chain = [first, *(self.settings.backends[name] for name in first.fallback)]
+        carried: list[dict[str, Any]] = []
+        for index, cfg in enumerate(chain):
+            labels[1] = cfg.name
+            try:
+                result = await self._run(task, text, cfg, options, started)
+            except (UpstreamError, BackendUnavailable, DeadlineExceeded, SchemaValidationFailed) as e:
+                if isinstance(e, BudgetExceeded) or index == len(chain) - 1:
+                    if carried:
+                        _merge_spend(e.details, carried)
+                        e.details["tried"] = [*(c["tried"] for c in carried), {"backend": cfg.name, "error": e.code}]
+                    raise
+                self.metrics.fallbacks.labels(cfg.name, chain[index + 1].name, e.code).inc()
+                log.warning("fallback", backend=cfg.name, to=chain[index + 1].name, reason=e.code)
+                carried.append({**e.details, "tried": {"backend": cfg.name, "error": e.code}})
+                continue
+            if carried:
+                _merge_result(result, carried)
+            return result
+        raise AssertionError("unreachable: the chain is never empty")
 
     async def _run(self, task: Task, text: str, cfg: BackendConfig, options: Options, started: float) -> Result:
         max_chars = task.max_text_chars or self.settings.limits.max_text_chars
@@ -278,15 +322,34 @@ class Extractor:
             before_sleep=before_sleep,
         ):
             with try_:
+                breaker = self.breakers[cfg.name]
+                if not breaker.allow():
+                    raise CircuitOpen(
+                        f"backend {cfg.name!r} is failing: its circuit is open after {breaker.failures} "
+                        f"consecutive failed calls",
+                        backend=cfg.name,
+                        retry_after_s=breaker.retry_after_s(),
+                    )
                 self.metrics.attempts.labels(cfg.name, reason).inc()
                 spend.calls += 1
                 timeout = max(0.001, min(cfg.timeout_s, deadline_at - time.monotonic()))
-                async with self._limits[cfg.name]:
-                    t0 = time.perf_counter()
-                    try:
-                        response = await backend.complete(replace(request, timeout_s=timeout))
-                    finally:
-                        self.metrics.backend_duration.labels(cfg.name).observe(time.perf_counter() - t0)
+                try:
+                    async with self._limits[cfg.name].slot():
+                        t0 = time.perf_counter()
+                        try:
+                            response = await backend.complete(replace(request, timeout_s=timeout))
+                        finally:
+                            self.metrics.backend_duration.labels(cfg.name).observe(time.perf_counter() - t0)
+                except RetryableBackendError:
+                    breaker.failure()
+                    raise
+                except BaseException:
+                    breaker.release()  # shed, rejected or cancelled: says nothing of the backend's health
+                    raise
+                else:
+                    breaker.success()
+                finally:
+                    self.metrics.circuit_state.labels(cfg.name).set(int(breaker.state))
         spend.answers += 1
         return response
 
@@ -363,3 +426,24 @@ class Extractor:
             for name, value in data.items():
                 if value is None or value == [] or value == "":
                     self.metrics.field_null.labels(task.name, name).inc()
+
+
+def _merge_spend(details: dict[str, Any], carried: list[dict[str, Any]]) -> None:
+    """Add what earlier backends of a fallback chain consumed to an error's details."""
+    for c in carried:
+        details["attempts"] = details.get("attempts", 0) + c.get("attempts", 0)
+        details["retries"] = details.get("retries", 0) + c.get("retries", 0)
+        details["cost_usd"] = details.get("cost_usd", 0.0) + c.get("cost_usd", 0.0)
+        usage = details.setdefault("usage", {"input_tokens": 0, "output_tokens": 0})
+        for key in ("input_tokens", "output_tokens"):
+            usage[key] = usage.get(key, 0) + c.get("usage", {}).get(key, 0)
+
+
+def _merge_result(result: Result, carried: list[dict[str, Any]]) -> None:
+    """Add what earlier backends of a fallback chain consumed to the final result."""
+    for c in carried:
+        result.attempts += c.get("attempts", 0)
+        result.retries += c.get("retries", 0)
+        result.cost_usd += c.get("cost_usd", 0.0)
+        usage = c.get("usage", {})
+        result.usage = result.usage + Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))

@@ -60,6 +60,20 @@ class Metrics:
             registry=r,
         )
 
+        self.fallbacks = Counter(
+            "extraction_fallbacks",
+            "Requests handed to the next backend of a fallback chain, by why.",
+            ["from_backend", "to_backend", "reason"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "extraction_circuit_state",
+            "Circuit breaker per backend: 0 closed, 1 open, 2 half-open.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+
     def render(self) -> bytes:
         """The text exposition; aggregated across workers when PROMETHEUS_MULTIPROC_DIR is set."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from backends.base import StructuredMode, Usage
-from backends.errors import BackendError, BackendNotConfigured, UpstreamRateLimited, UpstreamTimeout
+from backends.errors import BackendError, BackendNotConfigured, CircuitOpen, UpstreamRateLimited, UpstreamTimeout
 from service.errors import BackendUnavailable, DeadlineExceeded, ExtractionError, UpstreamError
 from service.validation import Issue
 
@@ -71,6 +71,10 @@ def translate_backend_error(error: BackendError, spend: Spend) -> ExtractionErro
     details = {**spend.details(), "backend": error.backend}
     if error.status_code is not None:
         details["upstream_status"] = error.status_code
+    if isinstance(error, CircuitOpen):
+        return BackendUnavailable(
+            error.message, details=details, headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
+        )
     if isinstance(error, BackendNotConfigured):
         return BackendUnavailable(error.message, details=details)
     if isinstance(error, UpstreamRateLimited):

