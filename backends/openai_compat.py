@@ -152,6 +152,8 @@ class OpenAIBackend:
 
     def _translate(self, e: openai.APIError) -> BackendError:
         name = self.name
+        if isinstance(e, openai.APITimeoutError) and _refused(e):
+            return UpstreamConnectionError(f"cannot reach upstream: {_refused(e)}", backend=name)
         if isinstance(e, openai.APITimeoutError):
             return UpstreamTimeout(f"upstream timed out: {e}", backend=name)
         if isinstance(e, openai.APIConnectionError):
@@ -195,6 +197,19 @@ def default_http_client(timeout: openai.Timeout) -> Any | None:
         return openai.DefaultAioHttpClient(timeout=timeout)
     except RuntimeError:  # openai without the aiohttp extra
         return None
+
+
+def _refused(error: BaseException) -> str | None:
+    """The connection failure behind a 'timeout', if any: the aiohttp transport reports a refused or reset
+    connection as a connect timeout, which would send the caller a misleading 504."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return str(cause) or type(cause).__name__
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _short(text: str, limit: int = 300) -> str:

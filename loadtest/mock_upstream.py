@@ -3,7 +3,7 @@
     python -m loadtest.mock_upstream --port 9100      # answers every call with a schema-valid object
 
 Scripted replies (`enqueue`) are served first, in order: status codes with headers (429 + Retry-After),
-delays (hangs past a timeout), wrong or broken JSON, `finish_reason: length`, raw bodies. With the queue
+delays (hangs past a timeout), wrong or broken JSON, `finish_reason: length`, raw bodies, connections reset mid-body. With the queue
 empty it answers with the smallest object valid against the request's `response_format` schema.
 """
 
@@ -37,6 +37,7 @@ class Reply:
     finish_reason: str = "stop"
     body: bytes | None = None
     usage: tuple[int, int] | None = None
+    reset: bool = False  # send headers and part of the body, then drop the connection
 
 
 def minimal_instance(schema: dict[str, Any] | None) -> Any:
@@ -71,6 +72,7 @@ class MockUpstream:
         self.model = model
         self.replies: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
+        self._arrived = threading.Condition()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -82,6 +84,11 @@ class MockUpstream:
     def enqueue(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
+    def wait_for_requests(self, count: int, timeout_s: float = 10.0) -> bool:
+        """Block (another thread) until `count` requests have arrived in total; False on timeout."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.requests) >= count, timeout=timeout_s)
+
     async def _models(self, _: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
@@ -90,12 +97,16 @@ class MockUpstream:
 
     async def _chat(self, request: Request) -> Response:
         payload = json.loads(await request.body())
-        self.requests.append(payload)
+        with self._arrived:
+            self.requests.append(payload)
+            self._arrived.notify_all()
         reply = self.replies.popleft() if self.replies else None
         if reply is None:
             reply = Reply(content=json.dumps(minimal_instance(_schema_of(payload)), separators=(",", ":")))
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.reset:
+            return _ResetMidBody()  # type: ignore[return-value]
         if reply.body is not None:
             return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type="application/json")
         if reply.status != 200:
@@ -121,6 +132,16 @@ class MockUpstream:
             },
             headers=reply.headers,
         )
+
+
+class _ResetMidBody:
+    """An ASGI response that promises 1000 bytes, sends 18, and dies: the client sees a reset mid-body."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"1000")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"id": "x", "choi', "more_body": True})
+        raise ConnectionResetError("mock upstream: connection reset mid-body")
 
 
 def _schema_of(payload: dict[str, Any]) -> dict[str, Any] | None:
