@@ -79,13 +79,17 @@ def measure(url: str, backend: str, task: str, levels: list[int], duration: str,
 
 def serve(backends: dict[str, Any], tmp: Path) -> ServerThread:
     config = tmp / f"config-{len(list(tmp.iterdir()))}.yaml"
-    config.write_text(json.dumps({
-        "default_backend": next(iter(backends)),
-        "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
-        "backends": backends,
-        "retry": {"deadline_s": 600},
-        "log_level": "warning",
-    }))  # fmt: skip  (JSON is YAML)
+    config.write_text(
+        json.dumps(
+            {
+                "default_backend": next(iter(backends)),
+                "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
+                "backends": backends,
+                "retry": {"deadline_s": 600},
+                "log_level": "warning",
+            }
+        )
+    )  # fmt: skip  (JSON is YAML)
     return ServerThread(create_app(Settings(config=config)))
 
 

@@ -3,8 +3,8 @@
     python -m loadtest.mock_upstream --port 9100      # answers every call with a schema-valid object
 
 Scripted replies (`enqueue`) are served first, in order: status codes with headers (429 + Retry-After),
-delays (hangs past a timeout), wrong or broken JSON, `finish_reason: length`, raw bodies, connections reset mid-body. With the queue
-empty it answers with the smallest object valid against the request's `response_format` schema.
+delays (hangs past a timeout), wrong or broken JSON, `finish_reason: length`, raw bodies, connections reset
+mid-body. With the queue empty it answers with the smallest object valid against the request's `response_format` schema.
 """
 
 from __future__ import annotations
