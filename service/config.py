@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from backends.config import BackendConfig
+from service.auth import AuthConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
 
@@ -87,6 +88,10 @@ class Settings(BaseSettings):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     vllm: VllmServer = Field(default_factory=VllmServer)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated API keys with no restrictions (EXTRACTION_API_KEYS), for quick setups."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -11,6 +11,8 @@ from typing import Annotated
 from asgi_correlation_id import correlation_id
 from fastapi import Depends, Request
 
+from service.auth import Principal
+from service.errors import ExtractionError
 from service.state import AppState
 
 
@@ -23,5 +25,28 @@ async def get_request_id() -> str | None:
     return correlation_id.get()
 
 
+async def get_principal(request: Request) -> Principal | None:
+    """The caller's key (None when auth is off); 401 otherwise, counted as a rejected request."""
+    state: AppState = request.app.state.extraction
+    try:
+        return state.authenticator.authenticate(request.headers.get("authorization"))
+    except ExtractionError:
+        state.metrics.requests.labels("-", "-", "rejected").inc()
+        raise
+
+
+async def protect_metrics(request: Request) -> None:
+    state: AppState = request.app.state.extraction
+    if state.settings.auth.protect_metrics:
+        state.authenticator.authenticate(request.headers.get("authorization"))
+
+
+async def protect_health(request: Request) -> None:
+    state: AppState = request.app.state.extraction
+    if state.settings.auth.protect_health:
+        state.authenticator.authenticate(request.headers.get("authorization"))
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
+PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]

@@ -6,9 +6,13 @@ ExtractionError
  │    ├── UnknownBackend      400 unknown_backend
  │    ├── InvalidSchema       400 invalid_schema
  │    └── TextTooLong         400 text_too_long
+ ├── Unauthorized             401 unauthorized       (no key, or an unknown one; WWW-Authenticate)
+ ├── Forbidden                403 forbidden          (the key may not use this task or backend)
  ├── PayloadTooLarge          413 payload_too_large
  ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
  │    └── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
+ ├── RateLimited              429 rate_limited       (the key's requests or tokens per minute; Retry-After)
+ │    └── QuotaExceeded       429 quota_exceeded     (the key's daily USD budget; Retry-After: next UTC day)
  ├── UpstreamError            502 upstream_error
  ├── BackendUnavailable       503 backend_unavailable        (not configured, or rate limited upstream)
  ├── Overloaded               503 overloaded
@@ -60,6 +64,22 @@ class InvalidSchema(BadRequest):
 
 class TextTooLong(BadRequest):
     code = "text_too_long"
+
+
+class Unauthorized(ExtractionError):
+    status, code, outcome = 401, "unauthorized", "rejected"
+
+
+class Forbidden(ExtractionError):
+    status, code, outcome = 403, "forbidden", "rejected"
+
+
+class RateLimited(ExtractionError):
+    status, code, outcome = 429, "rate_limited", "rejected"
+
+
+class QuotaExceeded(RateLimited):
+    code = "quota_exceeded"
 
 
 class PayloadTooLarge(ExtractionError):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backends import Backend, BackendConfig, create_backend
+from service.auth import Authenticator, load_keys
 from service.config import ConfigError, Settings
 from service.extract import Extractor
 from service.metrics import Metrics
@@ -23,6 +24,7 @@ class AppState:
     metrics: Metrics
     extractor: Extractor
     request_log: RequestLog | None = None
+    authenticator: Authenticator = field(default_factory=lambda: Authenticator([]))
 
     @classmethod
     def build(cls, settings: Settings, backend_factory: BackendFactory = create_backend) -> AppState:
@@ -33,11 +35,15 @@ class AppState:
                 raise ConfigError(
                     f"task {task.name!r}: backend {task.backend!r} is not among backends: {sorted(settings.backends)}"
                 )
+        try:
+            authenticator = Authenticator(load_keys(settings.auth, settings.api_keys, settings.config.parent))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         backends = {name: backend_factory(cfg) for name, cfg in settings.backends.items()}
         metrics = Metrics()
         request_log = RequestLog(settings.request_log.path) if settings.request_log.enabled else None
         extractor = Extractor(settings, backends, metrics, tasks, request_log=request_log)
-        return cls(settings, tasks, backends, metrics, extractor, request_log)
+        return cls(settings, tasks, backends, metrics, extractor, request_log, authenticator)
 
     async def aclose(self) -> None:
         for backend in self.backends.values():

@@ -17,10 +17,11 @@ from service.api_models import (
     ExtractResponse,
     TokenUsage,
 )
-from service.deps import RequestIdDep, StateDep
+from service.auth import Principal
+from service.deps import PrincipalDep, RequestIdDep, StateDep
 from service.errors import BadRequest, ExtractionError
-from service.extract import Extractor
 from service.results import Options, Result
+from service.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["extract"])
 
@@ -29,11 +30,18 @@ ERRORS: dict[int | str, dict[str, object]] = {
         "model": ErrorResponse,
         "description": "bad_request, unknown_task, unknown_backend, invalid_schema, text_too_long",
     },
+    401: {"model": ErrorResponse, "description": "unauthorized: no API key, or an unknown one (when keys are on)"},
+    403: {"model": ErrorResponse, "description": "forbidden: the key may not use this task or backend"},
     413: {"model": ErrorResponse, "description": "payload_too_large"},
     422: {
         "model": ErrorResponse,
         "description": "schema_validation_failed (with the last validation errors and "
         "a raw-output snippet) or budget_exceeded",
+    },
+    429: {
+        "model": ErrorResponse,
+        "description": "rate_limited (the key's requests or tokens per minute) or quota_exceeded (its daily "
+        "budget), with Retry-After",
     },
     502: {"model": ErrorResponse, "description": "upstream_error"},
     503: {"model": ErrorResponse, "description": "backend_unavailable or overloaded"},
@@ -42,16 +50,50 @@ ERRORS: dict[int | str, dict[str, object]] = {
 BackendHeader = Annotated[str | None, Header(alias="X-Extraction-Backend", description="Backend override.")]
 
 
-async def _run(extractor: Extractor, body: ExtractRequest, backend: str | None, request_id: str | None) -> Result:
-    return await extractor.extract(
-        body.text,
-        task=body.task,
-        schema=body.json_schema,
-        instructions=body.instructions,
-        backend=body.backend or backend,
-        options=Options(**body.options.model_dump()),
-        request_id=request_id,
-    )
+def _authorize(state: AppState, principal: Principal | None, body: ExtractRequest, backend: str | None) -> None:
+    """403 unless the key may use this task and the backend the request would be routed to."""
+    if principal is None:
+        return
+    task = state.tasks.get(body.task) if body.task else None
+    wanted = body.backend or backend or (task.backend if task else None) or state.settings.default_backend
+    try:
+        principal.authorize(body.task, wanted)
+    except ExtractionError:
+        state.metrics.requests.labels("-", "-", "rejected").inc()
+        raise
+
+
+async def _run(
+    state: AppState, body: ExtractRequest, backend: str | None, request_id: str | None, principal: Principal | None
+) -> Result:
+    try:
+        result = await state.extractor.extract(
+            body.text,
+            task=body.task,
+            schema=body.json_schema,
+            instructions=body.instructions,
+            backend=body.backend or backend,
+            options=Options(**body.options.model_dump()),
+            request_id=request_id,
+        )
+    except ExtractionError as e:
+        if principal is not None:  # failed attempts were billed too
+            usage = e.details.get("usage", {})
+            principal.charge(usage.get("input_tokens", 0) + usage.get("output_tokens", 0), e.details.get("cost_usd", 0))
+        raise
+    if principal is not None:
+        principal.charge(result.usage.input_tokens + result.usage.output_tokens, result.cost_usd)
+    return result
+
+
+def _admit(state: AppState, principal: Principal | None, items: int) -> None:
+    if principal is None:
+        return
+    try:
+        principal.admit(items)
+    except ExtractionError:
+        state.metrics.requests.labels("-", "-", "rejected").inc(items)
+        raise
 
 
 def _response(result: Result, request_id: str | None) -> ExtractResponse:
@@ -72,15 +114,29 @@ def _response(result: Result, request_id: str | None) -> ExtractResponse:
 
 @router.post("/extract", response_model=ExtractResponse, responses=ERRORS)
 async def extract(
-    body: ExtractRequest, state: StateDep, request_id: RequestIdDep, x_backend: BackendHeader = None
+    body: ExtractRequest,
+    state: StateDep,
+    request_id: RequestIdDep,
+    principal: PrincipalDep,
+    x_backend: BackendHeader = None,
 ) -> ExtractResponse:
     """Extract JSON that validates against the task's (or the given) schema."""
-    return _response(await _run(state.extractor, body, x_backend, request_id), request_id)
+    _authorize(state, principal, body, x_backend)
+    _admit(state, principal, 1)
+    return _response(await _run(state, body, x_backend, request_id, principal), request_id)
 
 
-@router.post("/extract/batch", response_model=BatchResponse, responses={400: ERRORS[400], 413: ERRORS[413]})
+@router.post(
+    "/extract/batch",
+    response_model=BatchResponse,
+    responses={code: ERRORS[code] for code in (400, 401, 413, 429)},
+)
 async def extract_batch(
-    body: BatchRequest, state: StateDep, request_id: RequestIdDep, x_backend: BackendHeader = None
+    body: BatchRequest,
+    state: StateDep,
+    request_id: RequestIdDep,
+    principal: PrincipalDep,
+    x_backend: BackendHeader = None,
 ) -> BatchResponse:
     """Independent extractions run concurrently (each backend's max_concurrency applies); per-item results."""
     limit = state.settings.limits.max_batch_items
@@ -89,10 +145,12 @@ async def extract_batch(
             f"batch has {len(body.items)} items; the limit is {limit}",
             details={"items": len(body.items), "limit": limit},
         )
+    _admit(state, principal, len(body.items))  # each item is a request for the key's rate
 
     async def one(index: int, item: ExtractRequest) -> BatchItemResult:
         try:
-            result = await _run(state.extractor, item, body.backend or x_backend, request_id)
+            _authorize(state, principal, item, body.backend or x_backend)
+            result = await _run(state, item, body.backend or x_backend, request_id, principal)
         except ExtractionError as e:
             error = ErrorInfo(code=e.code, message=e.message, details=e.details)
             return BatchItemResult(index=index, ok=False, error=error, status=e.status)

@@ -5,23 +5,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from backends.errors import BackendError, BackendNotConfigured
-from service.deps import StateDep
+from service.deps import StateDep, protect_health, protect_metrics
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", dependencies=[Depends(protect_health)])
 async def healthz() -> dict[str, str]:
     """The process is up (liveness)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "the default backend is unreachable"}})
+@router.get(
+    "/readyz",
+    dependencies=[Depends(protect_health)],
+    responses={503: {"description": "the default backend is unreachable"}},
+)
 async def readyz(state: StateDep) -> JSONResponse:
     """Pings every configured backend; ready when the default backend answers."""
 
@@ -44,7 +48,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", include_in_schema=True)
+@router.get("/metrics", include_in_schema=True, dependencies=[Depends(protect_metrics)])
 async def metrics(state: StateDep) -> Response:
     """Prometheus text exposition: extraction_* and http_* metrics."""
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

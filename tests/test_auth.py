@@ -1,0 +1,202 @@
+"""API keys: 401/403/429 with Retry-After, per-key limits and budgets, hashed key files, protected endpoints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
+from service.app import create_app
+from service.auth import ApiKeyConfig, Authenticator, Principal, hash_key
+from service.cli import app as cli
+from service.config import ConfigError, Settings
+from service.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
+from service.metrics import sample
+from service.state import AppState
+from tests.conftest import backend_entry
+
+GOOD = {"company": "ACME GmbH", "invoice_date": "2024-03-14", "total_amount": 1190.0, "currency": "EUR"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.day = dt.datetime(2026, 11, 24, 23, 59, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def principal(clock: Clock, **limits: Any) -> Principal:
+    return Principal(ApiKeyConfig(name="k", key_sha256="0" * 64, **limits), clock=clock, now=lambda: clock.day)
+
+
+def test_requests_per_minute_refill_continuously() -> None:
+    clock = Clock()
+    p = principal(clock, requests_per_minute=2)
+    p.admit()
+    p.admit()
+    with pytest.raises(RateLimited) as e:
+        p.admit()
+    assert e.value.headers["Retry-After"] == "30" and e.value.details["limit"] == "requests_per_minute"
+    clock.t += 30
+    p.admit()
+    with pytest.raises(RateLimited):
+        p.admit()
+
+
+def test_a_batch_needs_room_for_all_its_items() -> None:
+    clock = Clock()
+    p = principal(clock, requests_per_minute=3)
+    with pytest.raises(RateLimited):
+        p.admit(4)
+    p.admit(3)
+
+
+def test_tokens_per_minute_are_charged_after_the_call() -> None:
+    clock = Clock()
+    p = principal(clock, tokens_per_minute=600)
+    p.admit()
+    p.charge(900, 0.0)  # one big request may overdraw; the debt blocks the next
+    with pytest.raises(RateLimited) as e:
+        p.admit()
+    assert e.value.details["limit"] == "tokens_per_minute" and e.value.headers["Retry-After"] == "31"
+    clock.t += 31
+    p.admit()
+
+
+def test_daily_budget_blocks_until_the_next_utc_day() -> None:
+    clock = Clock()
+    p = principal(clock, daily_budget_usd=0.01)
+    p.admit()
+    p.charge(100, 0.011)
+    with pytest.raises(QuotaExceeded) as e:
+        p.admit()
+    assert e.value.status == 429 and e.value.headers["Retry-After"] == "60"
+    clock.day += dt.timedelta(minutes=2)  # past midnight
+    p.admit()
+
+
+def test_allowed_tasks_backends_and_adhoc() -> None:
+    p = principal(Clock(), tasks=["invoice"], backends=["cheap"])
+    p.authorize("invoice", "cheap")
+    with pytest.raises(Forbidden):
+        p.authorize("receipt", "cheap")
+    with pytest.raises(Forbidden):
+        p.authorize("invoice", "expensive")
+    with pytest.raises(Forbidden, match="ad-hoc"):
+        p.authorize(None, "cheap")
+    principal(Clock(), tasks=["adhoc"]).authorize(None, "any")
+
+
+def test_authenticator_checks_bearer_keys_by_hash() -> None:
+    auth = Authenticator([ApiKeyConfig(name="a", key_sha256=hash_key("sk-a"))])
+    assert auth.authenticate("Bearer sk-a").name == "a"  # type: ignore[union-attr]
+    for header in (None, "", "Basic sk-a", "Bearer ", "Bearer sk-b"):
+        with pytest.raises(Unauthorized) as e:
+            auth.authenticate(header)
+        assert e.value.status == 401 and "Bearer" in e.value.headers["WWW-Authenticate"]
+    assert Authenticator([]).authenticate(None) is None  # off without keys
+
+
+def test_key_config_errors_stop_start_up(make_settings: Callable[..., Settings]) -> None:
+    entry = {"mock": backend_entry("http://127.0.0.1:9/v1")}
+    with pytest.raises(ConfigError, match="NO_SUCH_KEY_VAR"):
+        AppState.build(make_settings(entry, auth={"keys": [{"name": "x", "key_env": "NO_SUCH_KEY_VAR"}]}))
+    same = {"keys": [{"name": "x", "key_sha256": hash_key("k")}, {"name": "y", "key_sha256": hash_key("k")}]}
+    with pytest.raises(ConfigError, match="same key"):
+        AppState.build(make_settings(entry, auth=same))
+
+
+def test_keys_create_stores_only_the_hash(tmp_path: Path) -> None:
+    file = tmp_path / "keys.yaml"
+    r = CliRunner().invoke(cli, ["keys", "create", "team", "--file", str(file), "--tasks", "invoice", "--rpm", "5"])
+    assert r.exit_code == 0, r.output
+    key = r.stdout.strip().splitlines()[-1]
+    assert key.startswith("sk-ex-") and key not in file.read_text()
+    stored = yaml.safe_load(file.read_text())["keys"]
+    assert stored == [{"name": "team", "key_sha256": hash_key(key), "tasks": ["invoice"], "requests_per_minute": 5}]
+    before = file.read_text()
+    again = CliRunner().invoke(cli, ["keys", "create", "team", "--file", str(file)])
+    assert again.exit_code == 2 and file.read_text() == before
+
+
+class Api:
+    def __init__(self, app: Any, url: str) -> None:
+        self.app = app
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def extract(self, key: str | None, **body: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return self.http.post("/v1/extract", json={"task": "invoice", "text": "x", **body}, headers=headers)
+
+
+@pytest.fixture
+def api(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Api]:
+    url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
+    keyfile = tmp_path / "keys.yaml"
+    keyfile.write_text(yaml.safe_dump({"keys": [
+        {"name": "limited", "key_sha256": hash_key("sk-limited"), "tasks": ["invoice"], "backends": ["mock"],
+         "requests_per_minute": 2},
+    ]}))  # fmt: skip
+    monkeypatch.setenv("EXTRACTION_API_KEYS", "sk-admin-1, sk-admin-2")
+    settings = make_settings(
+        {"mock": backend_entry(url), "other": backend_entry(url, model="other-model")},
+        auth={"key_file": str(keyfile), "protect_metrics": True},
+    )
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        a = Api(app, server.url)
+        yield a
+        a.http.close()
+
+
+def test_http_auth_answers_401_403_429_and_serves_good_keys(api: Api, upstream: MockUpstream) -> None:
+    upstream.enqueue(*(Reply(content=json.dumps(GOOD)) for _ in range(4)))
+    r = api.extract(None)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert api.extract("sk-wrong").status_code == 401
+    assert api.extract("sk-admin-2").status_code == 200  # EXTRACTION_API_KEYS
+    r = api.extract("sk-limited", task="receipt")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = api.http.post("/v1/extract", json={"task": "invoice", "text": "x"},
+                      headers={"Authorization": "Bearer sk-limited", "X-Extraction-Backend": "other"})  # fmt: skip
+    assert r.status_code == 403 and "backend 'other'" in r.json()["error"]["message"]
+    assert api.extract("sk-limited").status_code == 200
+    assert api.extract("sk-limited").status_code == 200
+    r = api.extract("sk-limited")
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) > 0
+    assert len(upstream.requests) == 3  # rejected requests never reach the upstream
+    registry = api.app.state.extraction.metrics.registry
+    assert (
+        sample(registry, "extraction_requests_total", task="-", backend="-", outcome="rejected") == 5
+    )  # 2 x 401, 2 x 403, 1 x 429
+
+
+def test_http_batch_checks_each_item_and_counts_items_against_the_rate(api: Api, upstream: MockUpstream) -> None:
+    upstream.enqueue(Reply(content=json.dumps(GOOD)))
+    items = [{"task": "invoice", "text": "x"}, {"task": "receipt", "text": "y"}]
+    r = api.http.post("/v1/extract/batch", json={"items": items}, headers={"Authorization": "Bearer sk-limited"})
+    assert r.status_code == 200
+    assert [(i["ok"], i["status"]) for i in r.json()["results"]] == [(True, 200), (False, 403)]
+    r = api.http.post("/v1/extract/batch", json={"items": items}, headers={"Authorization": "Bearer sk-limited"})
+    assert r.status_code == 429
+
+
+def test_protected_metrics_and_open_health(api: Api) -> None:
+    assert api.http.get("/metrics").status_code == 401
+    assert api.http.get("/metrics", headers={"Authorization": "Bearer sk-admin-1"}).status_code == 200
+    assert api.http.get("/healthz").status_code == 200
+    catalogue = api.http.get("/v1/backends").text
+    assert "sk-" not in catalogue and hash_key("sk-limited") not in catalogue
