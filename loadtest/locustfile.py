@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import gevent
 from jsonschema import Draft202012Validator, FormatChecker
 from locust import HttpUser, between, events, task
 
@@ -53,6 +54,9 @@ def load_texts(tasks: list[str]) -> dict[str, list[str]]:
 
 WEIGHTS = task_weights()
 TEXTS = load_texts(list(WEIGHTS))
+# gevent's loop caches "now": after seconds of loading above (a busy machine), Locust's --run-time timer
+# would be armed from a stale clock and fire at once, ending the run before a single request.
+gevent.get_hub().loop.update_now()
 VALIDATORS: dict[str, Draft202012Validator] = {}
 
 

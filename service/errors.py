@@ -9,6 +9,7 @@ ExtractionError
  ├── Unauthorized             401 unauthorized       (no key, or an unknown one; WWW-Authenticate)
  ├── Forbidden                403 forbidden          (the key may not use this task or backend)
  ├── PayloadTooLarge          413 payload_too_large
+ ├── ClientClosedRequest      499 client_closed_request  (the caller went away; the work was cancelled)
  ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
  │    └── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
  ├── RateLimited              429 rate_limited       (the key's requests or tokens per minute; Retry-After)
@@ -84,6 +85,10 @@ class QuotaExceeded(RateLimited):
 
 class PayloadTooLarge(ExtractionError):
     status, code, outcome = 413, "payload_too_large", "rejected"
+
+
+class ClientClosedRequest(ExtractionError):
+    status, code, outcome = 499, "client_closed_request", "rejected"
 
 
 class SchemaValidationFailed(ExtractionError):

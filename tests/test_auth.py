@@ -23,6 +23,8 @@ from service.metrics import sample
 from service.state import AppState
 from tests.conftest import backend_entry
 
+pytestmark = pytest.mark.integration  # most tests here run servers on loopback
+
 GOOD = {"company": "ACME GmbH", "invoice_date": "2024-03-14", "total_amount": 1190.0, "currency": "EUR"}
 
 

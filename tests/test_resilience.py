@@ -23,6 +23,8 @@ from service.metrics import sample
 from service.resilience import Bulkhead, CircuitBreaker, CircuitState
 from tests.conftest import backend_entry
 
+pytestmark = pytest.mark.integration  # most tests here run servers on loopback
+
 GOOD = {"company": "ACME GmbH", "invoice_date": "2024-03-14", "total_amount": 1190.0, "currency": "EUR"}
 OUTCOMES = ("ok", "schema_invalid", "upstream_error", "timeout", "rejected")
 
@@ -280,3 +282,37 @@ def test_upstream_down_at_start_then_recovering(make_settings: Callable[..., Set
             assert http.get("/readyz").status_code == 200
             r = http.post("/v1/extract", json={"task": "invoice", "text": "x"})
             assert r.status_code == 200 and r.json()["data"] == GOOD
+
+
+def test_client_disconnect_cancels_the_upstream_call(
+    upstream: MockUpstream, make_settings: Callable[..., Settings]
+) -> None:
+    from backends import create_backend
+
+    cancelled = threading.Event()
+
+    class Watched:
+        def __init__(self, cfg: Any) -> None:
+            self.inner = create_backend(cfg)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def complete(self, request: Any) -> Any:
+            try:
+                return await self.inner.complete(request)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
+    app = create_app(make_settings({"primary": backend_entry(url, timeout_s=30)}), backend_factory=Watched)
+    upstream.enqueue(Reply(content=json.dumps(GOOD), delay_s=4))
+    with ServerThread(app) as api:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{api.url}/v1/extract", json={"task": "invoice", "text": "x"}, timeout=httpx.Timeout(5, read=0.5)
+            )
+        assert cancelled.wait(timeout=3.5)  # set only by a cancel: the upstream answers after 4 s
+        metrics = app.state.extraction.metrics
+        assert sample(metrics.registry, "extraction_inflight_requests") == 0

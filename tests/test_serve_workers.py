@@ -106,14 +106,12 @@ def test_sigterm_drains_in_flight_requests(single: tuple[str, subprocess.Popen[b
         )
     )
     caller.start()
-    deadline = time.monotonic() + 10
-    while not upstream.requests:  # the request is in flight once the upstream has it
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert upstream.wait_for_requests(1)  # the request is in flight once the upstream has it
     process.send_signal(signal.SIGTERM)
     caller.join(timeout=30)
     assert results and results[0].status_code == 200 and results[0].json()["data"] == answer
     assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
     logs = process.stderr.read().decode() if process.stderr else ""
-    event = next(json.loads(line) for line in logs.splitlines() if '"event": "extraction"' in line)
+    events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    event = next(e for e in events if e.get("event") == "extraction")
     assert event["outcome"] == "ok" and event["input_tokens"] > 0 and "text" not in event

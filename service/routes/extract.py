@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import contextlib
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 
 from service.api_models import (
     BatchItemResult,
@@ -19,11 +21,12 @@ from service.api_models import (
 )
 from service.auth import Principal
 from service.deps import PrincipalDep, RequestIdDep, StateDep
-from service.errors import BadRequest, ExtractionError
+from service.errors import BadRequest, ClientClosedRequest, ExtractionError
 from service.results import Options, Result
 from service.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["extract"])
+T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {
@@ -48,6 +51,29 @@ ERRORS: dict[int | str, dict[str, object]] = {
     504: {"model": ErrorResponse, "description": "deadline_exceeded"},
 }
 BackendHeader = Annotated[str | None, Header(alias="X-Extraction-Backend", description="Backend override.")]
+
+
+async def _until_disconnected(request: Request) -> None:
+    # The body has been read, so the next ASGI message is the client going away (or never comes).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`; if the client disconnects first, cancel it, so the upstream call is cancelled too and
+    no tokens are spent on an answer nobody reads."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientClosedRequest("the client disconnected; the extraction was cancelled")
+    return task.result()
 
 
 def _authorize(state: AppState, principal: Principal | None, body: ExtractRequest, backend: str | None) -> None:
@@ -114,6 +140,7 @@ def _response(result: Result, request_id: str | None) -> ExtractResponse:
 
 @router.post("/extract", response_model=ExtractResponse, responses=ERRORS)
 async def extract(
+    request: Request,
     body: ExtractRequest,
     state: StateDep,
     request_id: RequestIdDep,
@@ -123,7 +150,8 @@ async def extract(
     """Extract JSON that validates against the task's (or the given) schema."""
     _authorize(state, principal, body, x_backend)
     _admit(state, principal, 1)
-    return _response(await _run(state, body, x_backend, request_id, principal), request_id)
+    result = await _cancel_on_disconnect(request, _run(state, body, x_backend, request_id, principal))
+    return _response(result, request_id)
 
 
 @router.post(
@@ -132,6 +160,7 @@ async def extract(
     responses={code: ERRORS[code] for code in (400, 401, 413, 429)},
 )
 async def extract_batch(
+    request: Request,
     body: BatchRequest,
     state: StateDep,
     request_id: RequestIdDep,
@@ -156,7 +185,7 @@ async def extract_batch(
             return BatchItemResult(index=index, ok=False, error=error, status=e.status)
         return BatchItemResult(index=index, ok=True, result=_response(result, request_id), status=200)
 
-    results = await asyncio.gather(*(one(i, item) for i, item in enumerate(body.items)))
+    results = await _cancel_on_disconnect(request, asyncio.gather(*(one(i, item) for i, item in enumerate(body.items))))
     # Failed items cost too (their attempts were billed): totals cover every item.
     spent = [_spent(r) for r in results]
     succeeded = sum(r.ok for r in results)
