@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 from backends.config import BackendConfig
 from service.auth import AuthConfig
+from service.pii import PiiPolicy
 
 DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
 
@@ -47,6 +48,7 @@ class RequestLogConfig(BaseModel):
 
     enabled: bool = False
     path: Path = Field(Path("var/requests.jsonl"), description="Relative paths start at the working directory.")
+    redact_pii: bool = Field(True, description="Replace e-mails, phones, IBANs, card numbers before writing.")
 
 
 class VllmServer(BaseModel):
@@ -89,6 +91,7 @@ class Settings(BaseSettings):
     vllm: VllmServer = Field(default_factory=VllmServer)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    pii: PiiPolicy = Field(default_factory=PiiPolicy, description="PII policy for outputs of tasks without one.")
     api_keys: SecretStr | None = Field(
         None, description="Comma-separated API keys with no restrictions (EXTRACTION_API_KEYS), for quick setups."
     )

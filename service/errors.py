@@ -12,6 +12,7 @@ ExtractionError
  ├── ClientClosedRequest      499 client_closed_request  (the caller went away; the work was cancelled)
  ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
  │    └── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
+ ├── PiiDetected              422 pii_detected       (the task's PII policy rejects what the output holds)
  ├── RateLimited              429 rate_limited       (the key's requests or tokens per minute; Retry-After)
  │    └── QuotaExceeded       429 quota_exceeded     (the key's daily USD budget; Retry-After: next UTC day)
  ├── UpstreamError            502 upstream_error
@@ -97,6 +98,10 @@ class SchemaValidationFailed(ExtractionError):
 
 class BudgetExceeded(SchemaValidationFailed):
     code = "budget_exceeded"
+
+
+class PiiDetected(ExtractionError):
+    status, code, outcome = 422, "pii_detected", "rejected"
 
 
 class UpstreamError(ExtractionError):

@@ -37,6 +37,7 @@ from service.errors import (
     DeadlineExceeded,
     ExtractionError,
     InvalidSchema,
+    PiiDetected,
     SchemaValidationFailed,
     TextTooLong,
     UnknownTask,
@@ -44,6 +45,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.parsing import OutputNotJSON, parse_output
+from service.pii import ALL_KINDS, PiiPolicy, find_pii, redact_text, scan
 from service.prompts import build_messages, reask_messages
 from service.request_log import RequestLog
 from service.resilience import Bulkhead, CircuitBreaker
@@ -53,6 +55,7 @@ from service.tasks import Task, adhoc_task
 from service.validation import Issue, ValidatorCache, dialect_gaps, schema_errors, schema_key, validate
 
 log = structlog.get_logger("extraction")
+LOG_POLICY = PiiPolicy(action="redact")
 
 
 _RETRY_REASON: dict[type[BaseException] | None, str] = {
@@ -187,9 +190,13 @@ class Extractor:
             if result
             else spent.get("usage")
         )
+        output = result.data if result else None
+        if self.settings.request_log.redact_pii:
+            text = redact_text(text, find_pii(text, ALL_KINDS, LOG_POLICY.phone_regions))
+            output = scan(output, LOG_POLICY)[0]
         self.request_log.write({
             "ts": time.time(), "request_id": request_id, "task": labels[0], "backend": labels[1], "outcome": outcome,
-            "text": text, "output": result.data if result else None, "usage": usage,
+            "text": text, "output": output, "usage": usage,
             "latency_ms": round(elapsed * 1000, 1),
         })  # fmt: skip
 
@@ -261,6 +268,7 @@ class Extractor:
                     self._account(cfg, task, response, spend)
                     data, issues, repaired = self._check(cfg, response, validator)
                     if not issues:
+                        data = self._apply_pii_policy(task, data, validator, spend)
                         self._record_success(task, cfg, data, first_attempt=attempt == 1)
                         return Result(
                             data=data,
@@ -352,6 +360,29 @@ class Extractor:
                     self.metrics.circuit_state.labels(cfg.name).set(int(breaker.state))
         spend.answers += 1
         return response
+
+    def _apply_pii_policy(self, task: Task, data: Any, validator: Any, spend: Spend) -> Any:
+        policy = task.pii or self.settings.pii
+        if policy.action == "allow":
+            return data
+        redacted, hits = scan(data, policy)
+        if not hits:
+            return data
+        for _, kind in hits:
+            self.metrics.pii_findings.labels(task.name, kind, policy.action).inc()
+        found = [{"path": path, "kind": kind} for path, kind in hits]
+        if policy.action == "reject":
+            raise PiiDetected(
+                f"the output holds {len(hits)} PII value(s) ({', '.join(sorted({k for _, k in hits}))}) and "
+                f"task {task.name!r} rejects PII",
+                details={**spend.details(), "findings": found},
+            )
+        if problems := validate(redacted, validator):
+            raise PiiDetected(
+                "redacting PII made the output invalid against the schema",
+                details={**spend.details(), "findings": found, "errors": [i.as_dict() for i in problems]},
+            )
+        return redacted
 
     def _account(self, cfg: BackendConfig, task: Task, response: BackendResponse, spend: Spend) -> None:
         usage = response.usage

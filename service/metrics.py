@@ -66,6 +66,12 @@ class Metrics:
             ["from_backend", "to_backend", "reason"],
             registry=r,
         )
+        self.pii_findings = Counter(
+            "extraction_pii_findings",
+            "PII found in outputs, by kind and what the policy did.",
+            ["task", "kind", "action"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "extraction_circuit_state",
             "Circuit breaker per backend: 0 closed, 1 open, 2 half-open.",

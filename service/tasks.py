@@ -9,6 +9,7 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.pii import PiiPolicy
 from service.validation import schema_errors
 
 ADHOC = "adhoc"
@@ -32,6 +33,7 @@ class Task(BaseModel):
     backend: str | None = Field(None, description="This task's backend; None: the default backend.")
     max_output_tokens: int | None = Field(None, ge=1)
     max_text_chars: int | None = Field(None, ge=1, description="Overrides limits.max_text_chars.")
+    pii: PiiPolicy | None = Field(None, description="PII policy for outputs; None: the config's `pii`.")
     eval_ignore: list[str] = Field(
         default_factory=list, description="Free-text fields left out of field-level accuracy (e.g. a reason)."
     )

@@ -17,26 +17,11 @@ from typing import Any
 
 from faker import Faker
 
-EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+from service.pii import CARD, EMAIL, IBAN, iban_ok, luhn_ok
+
 PHONE = re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?![\w.])")
-IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){2,7}(?:\s?[A-Z0-9]{1,3})?\b")
-CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 HONORIFIC = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|Herr|Frau|Sr|Sra)\.?\s+((?:[A-Z][a-zà-ÿ'-]+\s?){1,3})")
 NAME_FIELDS = ("persons", "person", "name", "names", "customer_name", "contact", "parties_people")
-
-
-def luhn_ok(number: str) -> bool:
-    digits = [int(d) for d in re.sub(r"\D", "", number)]
-    total = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
-    return 13 <= len(digits) <= 19 and total % 10 == 0
-
-
-def iban_ok(candidate: str) -> bool:
-    compact = candidate.replace(" ", "")
-    if not 15 <= len(compact) <= 34:
-        return False
-    rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
 @cache

@@ -49,7 +49,7 @@ def test_request_log_to_anonymised_dataset(
 ) -> None:
     log = tmp_path / "requests.jsonl"
     settings = make_settings({"mock": backend_entry(f"{upstream.url}/v1")},
-                             request_log={"enabled": True, "path": str(log)})  # fmt: skip
+                             request_log={"enabled": True, "path": str(log), "redact_pii": False})  # fmt: skip
     people = {"persons": ["Jane Miller"], "organizations": ["ACME"], "locations": [], "dates": []}
     upstream.enqueue(Reply(content=json.dumps(people)), Reply(content="nope"), Reply(content="nope"),
                      Reply(content="nope"))  # fmt: skip
@@ -67,3 +67,20 @@ def test_request_log_to_anonymised_dataset(
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert "Jane Miller" not in record["text"] and "jane@example.com" not in record["text"]
     assert record["output"]["persons"][0] in record["text"] and record["output"]["organizations"] == ["ACME"]
+
+
+def test_request_log_redacts_pii_unless_told_otherwise(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    log = tmp_path / "requests.jsonl"
+    settings = make_settings(
+        {"mock": backend_entry(f"{upstream.url}/v1")}, request_log={"enabled": True, "path": str(log)}
+    )
+    answer = {"persons": ["Jane Miller"], "organizations": ["jane@example.com"], "locations": [], "dates": []}
+    upstream.enqueue(Reply(content=json.dumps(answer)))
+    with ServerThread(create_app(settings)) as api:
+        text = "Jane Miller (jane@example.com, +1 415 555 0132) works at ACME."
+        assert httpx.post(f"{api.url}/v1/extract", json={"task": "entities", "text": text}).status_code == 200
+    (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entry["text"] == "Jane Miller ([EMAIL], [PHONE]) works at ACME."
+    assert entry["output"]["organizations"] == ["[EMAIL]"]
