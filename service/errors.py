@@ -3,6 +3,7 @@
 ExtractionError
  ├── BadRequest               400 bad_request        (body is not a valid request)
  │    ├── UnknownTask         400 unknown_task
+ │    │    └── TaskNotFound   404 unknown_task         (GET /v1/tasks/{name})
  │    ├── UnknownBackend      400 unknown_backend
  │    ├── InvalidSchema       400 invalid_schema
  │    └── TextTooLong         400 text_too_long
@@ -54,6 +55,10 @@ class BadRequest(ExtractionError):
 
 class UnknownTask(BadRequest):
     code = "unknown_task"
+
+
+class TaskNotFound(UnknownTask):
+    status = 404
 
 
 class UnknownBackend(BadRequest):

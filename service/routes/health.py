@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from backends.errors import BackendError, BackendNotConfigured
@@ -48,7 +48,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", include_in_schema=True, dependencies=[Depends(protect_metrics)])
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(protect_metrics)])
 async def metrics(state: StateDep) -> Response:
     """Prometheus text exposition: extraction_* and http_* metrics."""
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.api_models import BackendInfo, ErrorResponse, TaskDetail, TaskSummary
 from service.deps import StateDep
-from service.errors import UnknownTask
+from service.errors import TaskNotFound
 from service.routing import route
 from service.state import AppState
 
@@ -28,7 +28,7 @@ async def list_tasks(state: StateDep) -> list[TaskSummary]:
 async def get_task(name: str, state: StateDep) -> TaskDetail:
     """One task: schema, instructions, few-shot examples, routed backend."""
     if name not in state.tasks:
-        raise UnknownTask(f"unknown task {name!r}", details={"available": sorted(state.tasks)})
+        raise TaskNotFound(f"unknown task {name!r}", details={"available": sorted(state.tasks)})
     task = state.tasks[name]
     return TaskDetail(
         **_summary(state, name),
