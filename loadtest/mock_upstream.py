@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import socket
 import threading
 import time
@@ -68,8 +69,13 @@ def minimal_instance(schema: dict[str, Any] | None) -> Any:
 class MockUpstream:
     """The upstream's state: a reply queue and the requests it received."""
 
-    def __init__(self, model: str = "mock-model") -> None:
+    def __init__(self, model: str = "mock-model", chaos: dict[str, float] | None = None, seed: int = 0) -> None:
         self.model = model
+        # With the queue empty, each call fails at random with these probabilities: "500", "429", "hang"
+        # (sleeps `hang_s`), "reset" (mid-body), "broken" (truncated JSON body). For soak tests.
+        self.chaos = chaos or {}
+        self.hang_s = 5.0
+        self._rng = random.Random(seed)
         self.replies: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
         self._arrived = threading.Condition()
@@ -89,6 +95,20 @@ class MockUpstream:
         with self._arrived:
             return self._arrived.wait_for(lambda: len(self.requests) >= count, timeout=timeout_s)
 
+    def _chaos_reply(self) -> Reply | None:
+        roll = self._rng.random()
+        for fault, p in self.chaos.items():
+            if roll < p:
+                return {
+                    "500": Reply(status=500),
+                    "429": Reply(status=429, headers={"retry-after-ms": "50"}),
+                    "hang": Reply(content="{}", delay_s=self.hang_s),
+                    "reset": Reply(reset=True),
+                    "broken": Reply(body=b'{"id": "x", "choices": [{"message": {"content": "{\\"comp'),
+                }[fault]
+            roll -= p
+        return None
+
     async def _models(self, _: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
@@ -100,7 +120,7 @@ class MockUpstream:
         with self._arrived:
             self.requests.append(payload)
             self._arrived.notify_all()
-        reply = self.replies.popleft() if self.replies else None
+        reply = self.replies.popleft() if self.replies else self._chaos_reply()
         if reply is None:
             reply = Reply(content=json.dumps(minimal_instance(_schema_of(payload)), separators=(",", ":")))
         if reply.delay_s:

@@ -80,3 +80,16 @@ def test_step_mode_with_a_worker_process_finds_capacity_and_plots(
     assert all(s["requests"] > 0 and s["within_slo"] for s in steps["steps"])
     assert steps["capacity_requests_per_s"] == max(s["requests_per_s"] for s in steps["steps"])
     assert (tmp_path / "latency_vs_load.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.integration
+def test_soak_under_injected_faults_loses_nothing(tmp_path: Path) -> None:
+    from loadtest.soak import soak
+
+    chaos = {"500": 0.08, "429": 0.04, "hang": 0.02, "reset": 0.03, "broken": 0.03}
+    r = soak("15s", users=6, chaos=chaos, out=tmp_path)
+    assert r["requests"] > 20
+    assert r["books_balance"], (r["requests"], r["service_responses"], r["service_outcomes"])  # counted once each
+    assert r["upstream_calls"] > r["requests"]  # faults were injected and retried
+    assert r["error_rate"] <= 0.05  # retries + a fallback chain absorb a ~20% upstream fault rate
+    assert (tmp_path / "soak.json").is_file() and (tmp_path / "locust_stats.csv").is_file()
