@@ -58,8 +58,20 @@ class ValidatorCache:
         return validator
 
 
+_KEYS: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()
+
+
 def schema_key(schema: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """A content hash of the schema. A task's schema is the same object on every request, so the hash is
+    remembered by identity (the entry holds the object, so its id cannot be reused while cached)."""
+    entry = _KEYS.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    key = hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    _KEYS[id(schema)] = (schema, key)
+    if len(_KEYS) > 256:
+        _KEYS.popitem(last=False)
+    return key
 
 
 def validate(instance: Any, validator: Draft202012Validator) -> list[Issue]:
