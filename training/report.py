@@ -86,8 +86,13 @@ def build_report(
     if len(tasks) > 1:
         raise ValueError(f"runs cover different tasks {sorted(tasks)}; compare runs of one task")
     rows = [row(r, requests_per_day) for r in runs]
-    prompted = next((r for r in rows if r["prompt_style"] == "few_shot"), rows[0])
-    finetuned = next((r for r in rows if r["prompt_style"] == "finetuned"), rows[-1])
+    # With several runs of a kind, the decision compares the best of each (field F1, then cost per request).
+    def best(style: str, fallback: dict[str, Any]) -> dict[str, Any]:
+        kind = [r for r in rows if r["prompt_style"] == style]
+        return max(kind, key=lambda r: (r["field_f1"], -r["cost_per_request"])) if kind else fallback
+
+    prompted = best("few_shot", rows[0])
+    finetuned = best("finetuned", rows[-1])
     saving = (
         Decimal(str(prompted["cost_per_request"])) - Decimal(str(finetuned["cost_per_request"]))
     ) * requests_per_day

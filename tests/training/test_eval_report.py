@@ -128,3 +128,14 @@ def test_report_refuses_runs_of_different_tasks(tmp_path: Path) -> None:
     b["meta"]["task"] = "receipt"
     with pytest.raises(ValueError, match="different tasks"):
         build_report([a, b], 1, 0, 30, tmp_path)
+
+
+def test_report_with_several_runs_decides_on_the_best_of_each_kind(tmp_path: Path) -> None:
+    runs = [
+        run_file("local-prompted", "few_shot", 0.09, 0.000214, 1058),
+        run_file("ft-v1", "finetuned", 0.39, 0.000011, 43),
+        run_file("ft-v2", "finetuned", 0.85, 0.000011, 43),
+    ]
+    report = build_report(runs, requests_per_day=12_000, training_cost=0.07, horizon_days=30, out=tmp_path)
+    assert (report["prompted"], report["finetuned"]) == ("local-prompted", "ft-v2")
+    assert [r["backend"] for r in report["rows"]] == ["local-prompted", "ft-v1", "ft-v2"]
