@@ -16,6 +16,8 @@ from typing import Any
 
 ACCURACY_TOLERANCE = 0.01  # a fine-tuned model this close to the prompted one counts as "as accurate"
 HYBRID_BAND = 0.05  # within this accuracy loss, a cheaper fine-tuned model is worth a fallback design
+USEFUL_F1 = 0.5  # below this field F1 neither backend is fit for the task
+HYBRID_KEEPS = 0.9  # "a little lower": the fine-tuned model keeps at least this share of the prompted F1
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -69,7 +71,12 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
     )  # fmt: skip
     if gap >= -ACCURACY_TOLERANCE and (pays_back or gap > HYBRID_BAND):
         return "fine-tuning", factors
-    if gap < -HYBRID_BAND or saving_per_day <= 0:
+    if max(finetuned["field_f1"], prompted["field_f1"]) < USEFUL_F1:
+        factors.append(f"both score below {USEFUL_F1} field F1 on this test set: neither is ready for the task; "
+                       "more or better training data, or a larger model, before switching")  # fmt: skip
+    # "A little lower" is small in absolute and in relative terms: 0.045 -> 0.0 is not a little lower.
+    kept = finetuned["field_f1"] / prompted["field_f1"] if prompted["field_f1"] > 0 else 1.0
+    if gap < -HYBRID_BAND or saving_per_day <= 0 or kept < HYBRID_KEEPS:
         return "prompting", factors
     if gap < -ACCURACY_TOLERANCE and pays_back:
         factors.append("accuracy is a little lower: serve the fine-tuned model first and fall back to the prompted "
@@ -86,6 +93,7 @@ def build_report(
     if len(tasks) > 1:
         raise ValueError(f"runs cover different tasks {sorted(tasks)}; compare runs of one task")
     rows = [row(r, requests_per_day) for r in runs]
+
     # With several runs of a kind, the decision compares the best of each (field F1, then cost per request).
     def best(style: str, fallback: dict[str, Any]) -> dict[str, Any]:
         kind = [r for r in rows if r["prompt_style"] == style]

@@ -139,3 +139,11 @@ def test_report_with_several_runs_decides_on_the_best_of_each_kind(tmp_path: Pat
     report = build_report(runs, requests_per_day=12_000, training_cost=0.07, horizon_days=30, out=tmp_path)
     assert (report["prompted"], report["finetuned"]) == ("local-prompted", "ft-v2")
     assert [r["backend"] for r in report["rows"]] == ["local-prompted", "ft-v1", "ft-v2"]
+
+
+def test_a_collapsed_adapter_is_not_a_hybrid_candidate() -> None:
+    prompted = {"field_f1": 0.045, "cost_per_request": 0.000156, "p95_ms": 7000, "schema_valid": 0.98}
+    finetuned = {"field_f1": 0.0, "cost_per_request": 0.000016, "p95_ms": 15000, "schema_valid": 1.0}
+    recommendation, factors = decide(prompted, finetuned, 1.68, 0.01, 30)
+    assert recommendation == "prompting"
+    assert any("neither is ready" in f for f in factors)
