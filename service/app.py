@@ -75,7 +75,7 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
             for err in exc.errors()
         ]
         if request.url.path.startswith("/v1/extract"):
-            state.metrics.requests.labels("-", "-", "rejected").inc()
+            state.metrics.rejected_before_pipeline()
         first: dict[str, Any] = problems[0] if problems else {"loc": [], "message": "invalid request"}
         where = ".".join(first["loc"][1:]) or "body"
         message = f"invalid request: {where}: {first['message']}"

@@ -45,7 +45,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.parsing import OutputNotJSON, parse_output
-from service.pii import ALL_KINDS, PiiPolicy, find_pii, redact_text, scan
+from service.pii import PiiPolicy, scan
 from service.prompts import build_messages, reask_messages
 from service.request_log import RequestLog
 from service.resilience import Bulkhead, CircuitBreaker
@@ -192,8 +192,7 @@ class Extractor:
         )
         output = result.data if result else None
         if self.settings.request_log.redact_pii:
-            text = redact_text(text, find_pii(text, ALL_KINDS, LOG_POLICY.phone_regions))
-            output = scan(output, LOG_POLICY)[0]
+            text, output = scan(text, LOG_POLICY)[0], scan(output, LOG_POLICY)[0]
         self.request_log.write({
             "ts": time.time(), "request_id": request_id, "task": labels[0], "backend": labels[1], "outcome": outcome,
             "text": text, "output": output, "usage": usage,

@@ -80,6 +80,10 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+    def rejected_before_pipeline(self, requests: int = 1) -> None:
+        """Requests turned away before a task or backend is known (bad body, auth, rate): outcome rejected."""
+        self.requests.labels("-", "-", "rejected").inc(requests)
+
     def render(self) -> bytes:
         """The text exposition; aggregated across workers when PROMETHEUS_MULTIPROC_DIR is set."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

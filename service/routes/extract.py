@@ -85,7 +85,7 @@ def _authorize(state: AppState, principal: Principal | None, body: ExtractReques
     try:
         principal.authorize(body.task, wanted)
     except ExtractionError:
-        state.metrics.requests.labels("-", "-", "rejected").inc()
+        state.metrics.rejected_before_pipeline()
         raise
 
 
@@ -118,7 +118,7 @@ def _admit(state: AppState, principal: Principal | None, items: int) -> None:
     try:
         principal.admit(items)
     except ExtractionError:
-        state.metrics.requests.labels("-", "-", "rejected").inc(items)
+        state.metrics.rejected_before_pipeline(items)
         raise
 
 
