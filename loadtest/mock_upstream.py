@@ -39,6 +39,7 @@ class Reply:
     body: bytes | None = None
     usage: tuple[int, int] | None = None
     reset: bool = False  # send headers and part of the body, then drop the connection
+    hold: threading.Event | None = None  # answer only once the test sets it (a request held in flight)
 
 
 def minimal_instance(schema: dict[str, Any] | None) -> Any:
@@ -69,8 +70,14 @@ def minimal_instance(schema: dict[str, Any] | None) -> Any:
 class MockUpstream:
     """The upstream's state: a reply queue and the requests it received."""
 
-    def __init__(self, model: str = "mock-model", chaos: dict[str, float] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, model: str = "mock-model", chaos: dict[str, float] | None = None, seed: int = 0, record: bool = True
+    ) -> None:
         self.model = model
+        # Tests read `requests`; a benchmark upstream keeps none (a list of every payload grows without end and
+        # makes the garbage collector's full passes ever slower: hundreds of ms of latency outliers).
+        self.record = record
+        self.received = 0
         # With the queue empty, each call fails at random with these probabilities: "500", "429", "hang"
         # (sleeps `hang_s`), "reset" (mid-body), "broken" (truncated JSON body). For soak tests.
         self.chaos = chaos or {}
@@ -93,7 +100,7 @@ class MockUpstream:
     def wait_for_requests(self, count: int, timeout_s: float = 10.0) -> bool:
         """Block (another thread) until `count` requests have arrived in total; False on timeout."""
         with self._arrived:
-            return self._arrived.wait_for(lambda: len(self.requests) >= count, timeout=timeout_s)
+            return self._arrived.wait_for(lambda: self.received >= count, timeout=timeout_s)
 
     def _chaos_reply(self) -> Reply | None:
         roll = self._rng.random()
@@ -118,13 +125,17 @@ class MockUpstream:
     async def _chat(self, request: Request) -> Response:
         payload = json.loads(await request.body())
         with self._arrived:
-            self.requests.append(payload)
+            self.received += 1
+            if self.record:
+                self.requests.append(payload)
             self._arrived.notify_all()
         reply = self.replies.popleft() if self.replies else self._chaos_reply()
         if reply is None:
             reply = Reply(content=json.dumps(minimal_instance(_schema_of(payload)), separators=(",", ":")))
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, 60)
         if reply.reset:
             return _ResetMidBody()  # type: ignore[return-value]
         if reply.body is not None:
@@ -137,7 +148,7 @@ class MockUpstream:
         usage = reply.usage or (max(1, prompt_chars // 4), max(1, len(content) // 4))
         return JSONResponse(
             {
-                "id": f"chatcmpl-{len(self.requests)}",
+                "id": f"chatcmpl-{self.received}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": payload.get("model", self.model),
@@ -199,7 +210,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     args = parser.parse_args()
-    uvicorn.run(MockUpstream().app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(MockUpstream(record=False).app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

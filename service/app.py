@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings, get_settings
 from service.errors import BadRequest, ExtractionError, PayloadTooLarge
+from service.lifecycle import DrainGuard, install_signal_handler
 from service.logs import configure_logging
 from service.routes import extract, health, meta
 from service.state import AppState, BackendFactory
@@ -32,6 +34,8 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.shutdown.drain:
+            install_signal_handler(state.drain, settings.shutdown)
         log.info(
             "started",
             tasks=sorted(state.tasks),
@@ -53,6 +57,9 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     app.include_router(health.router)
     Instrumentator(registry=state.metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(
+        DrainGuard, drain=state.drain, respond=_error_response, on_reject=state.metrics.rejected_before_pipeline
+    )
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=None)
     _install_error_handlers(app, state)
     return app
@@ -142,4 +149,9 @@ class _TooLarge(Exception):
 
 def app_factory() -> Any:
     """Entry point for `uvicorn --factory service.app:app_factory` (each worker builds its own app)."""
-    return create_app()
+    app = create_app()
+    # Everything built so far (settings, tasks, compiled validators, clients, tokenizers) lives as long as the
+    # process: moved out of the collector's sight, full collections stay short (fewer latency outliers).
+    gc.collect()
+    gc.freeze()
+    return app

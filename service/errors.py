@@ -19,6 +19,7 @@ ExtractionError
  ├── UpstreamError            502 upstream_error
  ├── BackendUnavailable       503 backend_unavailable        (not configured, or rate limited upstream)
  ├── Overloaded               503 overloaded
+ │    └── ShuttingDown        503 shutting_down      (SIGTERM received: in-flight requests finish; Retry-After)
  └── DeadlineExceeded         504 deadline_exceeded
 
 The single place that turns these into HTTP responses is `service.app`'s exception handler.
@@ -119,6 +120,10 @@ class BackendUnavailable(ExtractionError):
 
 class Overloaded(ExtractionError):
     status, code, outcome = 503, "overloaded", "rejected"
+
+
+class ShuttingDown(Overloaded):
+    code = "shutting_down"
 
 
 class DeadlineExceeded(ExtractionError):

@@ -9,6 +9,7 @@ from backends import Backend, BackendConfig, create_backend
 from service.auth import Authenticator, load_keys
 from service.config import ConfigError, Settings
 from service.extract import Extractor
+from service.lifecycle import Drain
 from service.metrics import Metrics
 from service.request_log import RequestLog
 from service.tasks import Task, load_tasks
@@ -25,6 +26,7 @@ class AppState:
     extractor: Extractor
     request_log: RequestLog | None = None
     authenticator: Authenticator = field(default_factory=lambda: Authenticator([]))
+    drain: Drain = field(default_factory=Drain)
 
     @classmethod
     def build(cls, settings: Settings, backend_factory: BackendFactory = create_backend) -> AppState:
@@ -42,7 +44,10 @@ class AppState:
         backends = {name: backend_factory(cfg) for name, cfg in settings.backends.items()}
         metrics = Metrics()
         request_log = RequestLog(settings.request_log.path) if settings.request_log.enabled else None
-        extractor = Extractor(settings, backends, metrics, tasks, request_log=request_log)
+        try:
+            extractor = Extractor(settings, backends, metrics, tasks, request_log=request_log)
+        except ValueError as e:  # an explicitly configured tokenizer that cannot be loaded
+            raise ConfigError(str(e)) from None
         return cls(settings, tasks, backends, metrics, extractor, request_log, authenticator)
 
     async def aclose(self) -> None:

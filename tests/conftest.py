@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,13 @@ from loadtest.mock_upstream import MockUpstream, ServerThread
 from service.config import DEFAULT_CONFIG, Settings
 
 SHIPPED_TASKS = DEFAULT_CONFIG.parent / "tasks"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for servers started as processes, and refused connections)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, backends: dict[str, dict[str, Any]], **top: Any) -> Path:

@@ -299,3 +299,16 @@ def test_metrics_add_up(service: Service) -> None:
     }
     assert outcomes == {"ok": 1, "schema_invalid": 1, "upstream_error": 1}
     assert service.metric("extraction_requests_total", task="-", backend="-", outcome="rejected") == 1
+
+
+def test_while_draining_new_work_gets_503_and_probes_say_so(service: Service) -> None:
+    service.app.state.extraction.drain.begin()  # what the SIGTERM handler does first
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+    assert r.headers["retry-after"] == "1" and r.json()["request_id"] == r.headers["x-request-id"]
+    assert service.http.get("/v1/tasks").status_code == 503
+    ready = service.http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert service.http.get("/healthz").status_code == 200  # alive: it is finishing work, not stuck
+    assert service.upstream.requests == []
+    assert service.metric("extraction_requests_total", task="-", backend="-", outcome="rejected") == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
-import socket
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,16 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.mock_upstream import MockUpstream
-from tests.conftest import backend_entry, write_config
+from loadtest.mock_upstream import MockUpstream, Reply
+from tests.conftest import backend_entry, free_port, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -90,28 +86,39 @@ def single(upstream: MockUpstream, tmp_path: Path) -> Iterator[tuple[str, subpro
 
 
 def test_sigterm_drains_in_flight_requests(single: tuple[str, subprocess.Popen[bytes]], upstream: MockUpstream) -> None:
-    import json
-    import signal
-    import threading
-
-    from loadtest.mock_upstream import Reply
-
+    """In flight when SIGTERM comes: answered. Arriving during the drain: 503 shutting_down. Then it exits."""
     url, process = single
     answer = {"company": "A", "invoice_date": "2024-01-01", "total_amount": 1.0, "currency": "EUR"}
-    upstream.enqueue(Reply(content=json.dumps(answer), delay_s=1.5))
+    release = threading.Event()
+    upstream.enqueue(Reply(content=json.dumps(answer), hold=release))
     results: list[httpx.Response] = []
     caller = threading.Thread(
         target=lambda: results.append(
-            httpx.post(f"{url}/v1/extract", json={"task": "invoice", "text": "x"}, timeout=30)
+            httpx.post(f"{url}/v1/extract", json={"task": "invoice", "text": "x"}, timeout=60)
         )
     )
     caller.start()
-    assert upstream.wait_for_requests(1)  # the request is in flight once the upstream has it
-    process.send_signal(signal.SIGTERM)
-    caller.join(timeout=30)
+    try:
+        assert upstream.wait_for_requests(1)  # the request is in flight once the upstream has it
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (ready := httpx.get(f"{url}/readyz", timeout=5)).status_code != 503:  # the signal is async
+            assert time.monotonic() < deadline, "readyz never reported the drain"
+        assert ready.json()["status"] == "draining" and ready.json()["in_flight"] == 1
+        late = httpx.post(f"{url}/v1/extract", json={"task": "invoice", "text": "y"}, timeout=10)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+        assert late.headers["retry-after"] == "1" and late.json()["request_id"]
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        assert 'extraction_requests_total{backend="-",outcome="rejected",task="-"} 1.0' in metrics
+        assert process.poll() is None  # still up: the first request holds it
+    finally:
+        release.set()
+        caller.join(timeout=60)
     assert results and results[0].status_code == 200 and results[0].json()["data"] == answer
     assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
+    assert len(upstream.requests) == 1  # the late request never reached the model
     logs = process.stderr.read().decode() if process.stderr else ""
     events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     event = next(e for e in events if e.get("event") == "extraction")
     assert event["outcome"] == "ok" and event["input_tokens"] > 0 and "text" not in event
+    assert any(e.get("event") == "drained" and e["complete"] for e in events)

@@ -24,10 +24,13 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     dependencies=[Depends(protect_health)],
-    responses={503: {"description": "the default backend is unreachable"}},
+    responses={503: {"description": "the default backend is unreachable, or the server is draining"}},
 )
 async def readyz(state: StateDep) -> JSONResponse:
-    """Pings every configured backend; ready when the default backend answers."""
+    """Pings every configured backend; ready when the default backend answers and no shutdown has begun."""
+    if state.drain.draining:
+        body = {"status": "draining", "in_flight": state.drain.inflight}
+        return JSONResponse(body, status_code=503)
 
     async def probe(name: str) -> tuple[str, dict[str, Any]]:
         try:

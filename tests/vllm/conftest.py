@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +12,10 @@ from loadtest.mock_upstream import ServerThread
 from service.app import create_app
 from service.config import Settings, VllmServer
 from service.vllm_manager import VllmProcess, ensure_vllm
-from tests.conftest import SHIPPED_TASKS, write_config
+from tests.conftest import SHIPPED_TASKS, free_port, write_config
 from training.lora import tiny_adapter
 
 torch = pytest.importorskip("torch", reason="the vLLM tests need the [train] extra (torch, transformers, peft)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
