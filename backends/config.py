@@ -61,6 +61,14 @@ class BackendConfig(BaseModel):
     )
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     max_output_tokens: int = Field(512, ge=1)
+    context_window: int | None = Field(
+        None, ge=16, description="Model context in tokens; prompt + text + max output beyond it gets 400 text_too_long."
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="HF tokenizer folder or tokenizer.json counting input tokens for limits; None: the managed "
+        "vLLM model's for kind vllm, else an estimate of 4 characters per token.",
+    )
     temperature: float = Field(0.0, ge=0, le=2)
 
     @model_validator(mode="after")

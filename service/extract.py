@@ -52,9 +52,11 @@ from service.resilience import Bulkhead, CircuitBreaker
 from service.results import Options, Result, Spend, failure_details, translate_backend_error
 from service.routing import route
 from service.tasks import Task, adhoc_task
+from service.tokens import counter_for
 from service.validation import Issue, ValidatorCache, dialect_gaps, schema_errors, schema_key, validate
 
 log = structlog.get_logger("extraction")
+PER_MESSAGE_TOKENS = 8  # a chat template's role markers and separators, per message (a safe upper bound)
 LOG_POLICY = PiiPolicy(action="redact")
 
 
@@ -97,7 +99,10 @@ class Extractor:
             name: CircuitBreaker(cfg.circuit.failure_threshold, cfg.circuit.reset_after_s)
             for name, cfg in settings.backends.items()
         }
+        for name in self.breakers:  # every backend on the dashboard from the start, closed
+            metrics.circuit_state.labels(name).set(0)
         self._gaps: dict[tuple[str, str], list[str]] = {}
+        self.counters = {name: counter_for(cfg, settings.vllm) for name, cfg in settings.backends.items()}
 
     def resolve_task(
         self, name: str | None, schema: dict[str, Any] | None = None, instructions: str | None = None
@@ -205,7 +210,8 @@ class Extractor:
         """`first`, then its fallback chain in order, until one answers with valid data.
 
         A backend is skipped on an upstream error (after its retries), an open circuit, a deadline hit by
-        its own timeout, or no valid answer after its re-asks. Bad input and budget stops never fall back.
+        its own timeout, no valid answer after its re-asks, or a text too long for it (a smaller context window).
+        Bad input and budget stops never fall back.
         What the failed backends consumed stays in the request's attempts, tokens and cost.
         """
         chain = [first, *(self.settings.backends[name] for name in first.fallback)]
@@ -214,7 +220,7 @@ class Extractor:
             labels[1] = cfg.name
             try:
                 result = await self._run(task, text, cfg, options, started)
-            except (UpstreamError, BackendUnavailable, DeadlineExceeded, SchemaValidationFailed) as e:
+            except (UpstreamError, BackendUnavailable, DeadlineExceeded, SchemaValidationFailed, TextTooLong) as e:
                 if isinstance(e, BudgetExceeded) or index == len(chain) - 1:
                     if carried:
                         _merge_spend(e.details, carried)
@@ -228,6 +234,37 @@ class Extractor:
                 _merge_result(result, carried)
             return result
         raise AssertionError("unreachable: the chain is never empty")
+
+    def _check_tokens(
+        self, task: Task, text: str, cfg: BackendConfig, messages: list[dict[str, str]], max_output: int
+    ) -> None:
+        """400 text_too_long when the text passes the task's token limit, or the prompt + text + max output
+        passes the backend's context window. Counted only when the UTF-8 length says it might (a byte-level
+        tokenizer never makes more tokens than bytes), so short texts cost one `encode()`."""
+        limit = task.max_text_tokens or self.settings.limits.max_text_tokens
+        window = cfg.context_window
+        text_bytes = len(text.encode())
+        prompt_bytes = sum(len(m["content"].encode()) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
+        if text_bytes <= limit and (window is None or prompt_bytes + max_output <= window):
+            return
+        counter = self.counters[cfg.name]
+        tokens = counter.count(text)
+        how = {"counted_with": counter.name, "exact": counter.exact}
+        if tokens > limit:
+            raise TextTooLong(
+                f"text is {tokens} tokens ({counter.name}); the limit for task {task.name!r} is {limit}",
+                details={"tokens": tokens, "limit_tokens": limit, **how},
+            )
+        if window is None:
+            return
+        prompt = sum(counter.count(m["content"]) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
+        if prompt + max_output > window:
+            raise TextTooLong(
+                f"the prompt is {prompt} tokens with this text ({tokens}); with up to {max_output} output tokens it "
+                f"does not fit backend {cfg.name!r}'s context window of {window} tokens",
+                details={"tokens": tokens, "prompt_tokens": prompt, "max_output_tokens": max_output,
+                         "context_window": window, "backend": cfg.name, **how},
+            )  # fmt: skip
 
     async def _run(self, task: Task, text: str, cfg: BackendConfig, options: Options, started: float) -> Result:
         max_chars = task.max_text_chars or self.settings.limits.max_text_chars
@@ -245,6 +282,7 @@ class Extractor:
         mode, strict = self._structured_mode(cfg, task)
         validator = self.validators.get(task.json_schema)
         messages = build_messages(task, text, cfg.prompt_style)
+        self._check_tokens(task, text, cfg, messages, max_tokens)
         spend = Spend()
         last_text, last_issues = "", list[Issue]()
         try:

@@ -33,6 +33,7 @@ class Task(BaseModel):
     backend: str | None = Field(None, description="This task's backend; None: the default backend.")
     max_output_tokens: int | None = Field(None, ge=1)
     max_text_chars: int | None = Field(None, ge=1, description="Overrides limits.max_text_chars.")
+    max_text_tokens: int | None = Field(None, ge=1, description="Overrides limits.max_text_tokens.")
     pii: PiiPolicy | None = Field(None, description="PII policy for outputs; None: the config's `pii`.")
     eval_ignore: list[str] = Field(
         default_factory=list, description="Free-text fields left out of field-level accuracy (e.g. a reason)."
