@@ -16,6 +16,8 @@ DESIGN_METRICS = {
     "extraction_requests_total", "extraction_request_duration_seconds_bucket", "extraction_attempts_total",
     "extraction_tokens_total", "extraction_cost_usd_total", "extraction_inflight_requests",
     "extraction_schema_valid_total", "extraction_field_null_total", "extraction_backend_duration_seconds_bucket",
+    # beyond DESIGN.md: resilience and safety
+    "extraction_circuit_state", "extraction_fallbacks_total", "extraction_pii_findings_total",
 }  # fmt: skip
 promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (make test installs it)")
 
@@ -37,7 +39,8 @@ def test_alerts_cover_latency_errors_schema_cost_and_down() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {"ExtractionP95LatencyOverSLO", "ExtractionErrorRateHigh",
                                            "ExtractionSchemaFailureRateHigh", "ExtractionCostBurnOverBudget",
-                                           "ExtractionBackendDown"}  # fmt: skip
+                                           "ExtractionBackendDown", "ExtractionCircuitOpen",
+                                           "ExtractionFallbacksFrequent", "ExtractionPiiRejected"}  # fmt: skip
 
 
 def test_dashboard_uses_design_metric_names_and_template_variables() -> None:
