@@ -7,7 +7,8 @@
 2. Ceilings for the served model: batch 1 decode is bandwidth-bound (every weight is read once per token):
    tokens/s <= bandwidth / weight bytes; large-batch decode is compute-bound: tokens/s <= matmul FLOP/s /
    (2 x parameters). Attention and sampling are ignored, so the true ceilings are lower still.
-3. Starts vLLM once per lever setting (thread binding, KV-cache space, max-num-seqs, chunked prefill) and
+3. Starts vLLM once per lever setting (thread binding, KV-cache space, max-num-seqs, chunked prefill;
+   merged vs unmerged adapters: `bench_e2e` and `bench_local`; compact JSON: `bench_json_tokens`) and
    measures output tokens/s at concurrency 1 and 32 (64 output tokens per request, straight to vLLM), then
    reports measured / ceiling. Numbers, not a test.
 """
@@ -32,13 +33,14 @@ from training.base_model import prepare
 
 console = Console(stderr=True)
 
-# (name, extra vLLM args, environment, KV-cache GiB)
-LEVERS: list[tuple[str, list[str], dict[str, str], int]] = [
-    ("default", [], {}, 2),
-    ("omp-bind-all", [], {"VLLM_CPU_OMP_THREADS_BIND": "all"}, 2),
-    ("kv-cache-8g", [], {}, 8),
-    ("max-num-seqs-64", ["--max-num-seqs", "64"], {}, 2),
-    ("no-chunked-prefill", ["--no-enable-chunked-prefill"], {}, 2),
+# (name, extra vLLM args, VllmServer fields): each on top of the shipped defaults (cpu_threads_bind "all").
+LEVERS: list[tuple[str, list[str], dict[str, Any]]] = [
+    ("default", [], {}),
+    ("bind-auto", [], {"cpu_threads_bind": "auto"}),  # vLLM's own default: leaves a core to the frontend
+    ("bind-none", [], {"cpu_threads_bind": "nobind"}),
+    ("kv-cache-8g", [], {"kv_cache_gib": 8}),
+    ("max-num-seqs-64", ["--max-num-seqs", "64"], {}),
+    ("no-chunked-prefill", ["--no-enable-chunked-prefill"], {}),
 ]
 
 
@@ -111,12 +113,12 @@ def main() -> None:
     console.print({k: v for k, v in result.items() if k != "levers"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     wanted = set(args.levers.split(","))
-    for name, extra, env, kv in LEVERS:
+    if args.out.exists():  # a run of some levers keeps the other levers' rows from the last run
+        result["levers"] = [r for r in json.loads(args.out.read_text())["levers"] if r["lever"] not in wanted]
+    for name, extra, fields in LEVERS:
         if name not in wanted:
             continue
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        cfg = VllmServer(port=args.port, extra_args=extra, kv_cache_gib=kv)
+        cfg = VllmServer(port=args.port, extra_args=extra, **fields)
         server = VllmProcess(cfg)
         server.stop()
         try:
@@ -129,11 +131,6 @@ def main() -> None:
             continue
         finally:
             server.stop()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         row = {
             "lever": name,
             "tok_s_batch1": b1["output_tok_per_s"],

@@ -107,6 +107,20 @@ def resolve_adapters(cfg: VllmServer, base: Path) -> tuple[list[Adapter], list[A
     return present, missing
 
 
+def cpu_threads_bind(setting: str) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for a `cpu_threads_bind` setting: "all" = every core this process may use."""
+    if setting == "all":
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        ranges: list[list[int]] = []
+        for c in cores:  # "0-3,6-7": the form numa_parse_cpustring reads
+            if ranges and c == ranges[-1][1] + 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+        return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+    return None if setting == "auto" else setting
+
+
 class VllmProcess:
     """One vLLM server, identified by its port; its pid and log live in the cache's run folder."""
 
@@ -147,6 +161,8 @@ class VllmProcess:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cfg.kv_cache_gib))
+        if bind := cpu_threads_bind(self.cfg.cpu_threads_bind):
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: loopback only
         env.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
         env.setdefault("TRANSFORMERS_OFFLINE", "1")

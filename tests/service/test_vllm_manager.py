@@ -47,6 +47,16 @@ def test_environment_allows_runtime_lora_and_stays_offline() -> None:
     assert env.get("VLLM_CPU_KVCACHE_SPACE") == os.environ.get("VLLM_CPU_KVCACHE_SPACE", "3")
 
 
+def test_compute_threads_bind_every_core_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 6, 7}, raising=False)
+    assert VllmProcess(VllmServer()).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6-7"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in VllmProcess(VllmServer(cpu_threads_bind="auto")).environment()
+    assert VllmProcess(VllmServer(cpu_threads_bind="0-1")).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the operator's environment wins
+    assert VllmProcess(VllmServer()).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"use_dora": True}, "DoRA"), ({"r": 64}, "rank 64")],
