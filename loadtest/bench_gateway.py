@@ -215,34 +215,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             process([sys.executable, "-m", "loadtest.mock_upstream", "--port", str(up_port)], out / "upstream.log")
         )
         wait_http(f"{upstream}/health", up, 30)
-        svc = stack.enter_context(
-            process(
-                [sys.executable, "-m", "service.cli", "serve", "--config", str(work / "service.yaml"),
-                 "--port", str(svc_port), "--workers", str(args.workers)],
-                out / "service.log",
-                env={"BENCH_UPSTREAM_KEY": "sk-none"},
-            )
-        )  # fmt: skip
-        wait_http(f"http://127.0.0.1:{svc_port}/healthz", svc, 60)
-        if "litellm" in targets:
-            llm = stack.enter_context(
-                process(
-                    [str(litellm_binary(args.litellm)), "--config", str(work / "litellm.yaml"),
-                     "--port", str(llm_port), "--num_workers", str(args.workers)],
-                    out / "litellm.log",
-                    env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR",
-                         "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-                )
-            )  # fmt: skip
-            wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", llm, 180)
         for name, (url, payload) in targets.items():
-            check_answer(name, url, payload, MASTER_KEY)
-            console.print(f"[bold]{name}[/]: warm-up, latency (1 connection), saturation ({args.connections})")
-            wrk(url, payload, 8, 3, 1, MASTER_KEY)
-            results[name] = {
-                "latency": wrk(url, payload, 1, args.duration, 1, MASTER_KEY),
-                "saturation": wrk(url, payload, args.connections, args.duration, args.wrk_threads, MASTER_KEY),
-            }
+            # Only the gateway under test runs beside the upstream: an idle peer still takes CPU (LiteLLM's
+            # background loops put 150-380 ms outliers into the direct runs when all three were up at once).
+            with ExitStack() as gateway:
+                if name == "service":
+                    svc = gateway.enter_context(
+                        process(
+                            [sys.executable, "-m", "service.cli", "serve", "--config", str(work / "service.yaml"),
+                             "--port", str(svc_port), "--workers", str(args.workers)],
+                            out / "service.log",
+                            env={"BENCH_UPSTREAM_KEY": "sk-none"},
+                        )
+                    )  # fmt: skip
+                    wait_http(f"http://127.0.0.1:{svc_port}/healthz", svc, 60)
+                elif name == "litellm":
+                    llm = gateway.enter_context(
+                        process(
+                            [str(litellm_binary(args.litellm)), "--config", str(work / "litellm.yaml"),
+                             "--port", str(llm_port), "--num_workers", str(args.workers)],
+                            out / "litellm.log",
+                            env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR",
+                                 "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+                        )
+                    )  # fmt: skip
+                    wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", llm, 180)
+                check_answer(name, url, payload, MASTER_KEY)
+                console.print(f"[bold]{name}[/]: warm-up, latency (1 connection), saturation ({args.connections})")
+                wrk(url, payload, 8, 3, 1, MASTER_KEY)
+                results[name] = {
+                    "latency": wrk(url, payload, 1, args.duration, 1, MASTER_KEY),
+                    "saturation": wrk(url, payload, args.connections, args.duration, args.wrk_threads, MASTER_KEY),
+                }
     summary = summarise(results)
     report = {
         "date": time.strftime("%Y-%m-%d"),

@@ -1,13 +1,18 @@
-"""The OpenAI-compatible backend against the openai client's own HTTP layer (a MockTransport)."""
+"""The OpenAI-compatible backend over real loopback HTTP: what it sends, and every answer and fault typed."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from backends import BackendConfig, BackendRequest, create_backend
 from backends.errors import (
@@ -20,7 +25,10 @@ from backends.errors import (
     UpstreamTimeout,
 )
 from backends.openai_compat import OpenAIBackend, parse_retry_after
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
+from tests.conftest import free_port
 
+Make = Callable[..., tuple[OpenAIBackend, list[httpx2.Request]]]
 SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
 
 
@@ -35,16 +43,37 @@ def completion(content: str = '{"a":"x"}', finish: str = "stop") -> dict[str, An
     }
 
 
-def make(handler: Callable[[httpx2.Request], httpx2.Response], **cfg: Any) -> tuple[OpenAIBackend, list[Any]]:
-    seen: list[Any] = []
+Handler = Callable[[httpx2.Request], httpx2.Response]
 
-    def record(request: httpx2.Request) -> httpx2.Response:
-        seen.append(request)
-        return handler(request)
 
-    config = BackendConfig(name="b", base_url="http://upstream.test/v1", model="m", api_key_env="TEST_KEY", **cfg)
-    backend = OpenAIBackend(config, http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(record)))
-    return backend, seen
+@pytest.fixture
+async def make() -> AsyncIterator[Callable[..., tuple[OpenAIBackend, list[httpx2.Request]]]]:
+    """A backend pointed at a real loopback HTTP server whose answers come from `handler`."""
+    servers: list[ServerThread] = []
+    backends: list[OpenAIBackend] = []
+
+    def factory(handler: Handler, **cfg: Any) -> tuple[OpenAIBackend, list[httpx2.Request]]:
+        seen: list[httpx2.Request] = []
+
+        async def app(request: Request) -> Response:
+            recorded = httpx2.Request(
+                request.method, str(request.url), headers=request.headers.raw, content=await request.body()
+            )
+            seen.append(recorded)
+            answer = handler(recorded)
+            return Response(answer.content, status_code=answer.status_code, headers=dict(answer.headers))
+
+        server = ServerThread(Starlette(routes=[Route("/v1/{path:path}", app, methods=["GET", "POST"])]))
+        servers.append(server.__enter__())
+        config = BackendConfig(name="b", base_url=f"{server.url}/v1", model="m", api_key_env="TEST_KEY", **cfg)
+        backends.append(OpenAIBackend(config))
+        return backends[-1], seen
+
+    yield factory
+    for backend in backends:
+        await backend.aclose()
+    for server in servers:
+        server.__exit__()
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +85,7 @@ def request(**kw: Any) -> BackendRequest:
     return BackendRequest(messages=[{"role": "user", "content": "hi"}], schema=SCHEMA, **kw)
 
 
-async def test_sends_json_schema_and_reads_usage() -> None:
+async def test_sends_json_schema_and_reads_usage(make: Make) -> None:
     backend, seen = make(lambda r: httpx2.Response(200, json=completion()))
     response = await backend.complete(request(max_output_tokens=77))
     body = json.loads(seen[0].content)
@@ -71,7 +100,7 @@ async def test_sends_json_schema_and_reads_usage() -> None:
     assert (response.usage.input_tokens, response.usage.output_tokens) == (11, 4)
 
 
-async def test_vllm_kind_uses_max_tokens_and_json_object_mode() -> None:
+async def test_vllm_kind_uses_max_tokens_and_json_object_mode(make: Make) -> None:
     backend, seen = make(lambda r: httpx2.Response(200, json=completion()), kind="vllm")
     await backend.complete(request(mode="json_object"))
     body = json.loads(seen[0].content)
@@ -91,7 +120,7 @@ async def test_vllm_kind_uses_max_tokens_and_json_object_mode() -> None:
         (404, {}, UpstreamRejected),
     ],
 )
-async def test_status_codes_become_typed_errors(status: int, headers: dict[str, str], error: type) -> None:
+async def test_status_codes_become_typed_errors(make: Make, status: int, headers: dict[str, str], error: type) -> None:
     backend, seen = make(lambda r: httpx2.Response(status, headers=headers, json={"error": {"message": "nope"}}))
     with pytest.raises(error) as info:
         await backend.complete(request())
@@ -102,20 +131,27 @@ async def test_status_codes_become_typed_errors(status: int, headers: dict[str, 
         assert "api_key_env" in str(info.value)
 
 
-async def test_transport_faults_become_typed_errors() -> None:
-    def timeout(r: httpx2.Request) -> httpx2.Response:
-        raise httpx2.ReadTimeout("slow", request=r)
+async def test_transport_faults_become_typed_errors(upstream: MockUpstream) -> None:
+    url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
+    backend = OpenAIBackend(BackendConfig(name="b", base_url=url, model="m", api_key_env="TEST_KEY"))
+    release = threading.Event()
+    upstream.enqueue(Reply(content="{}", hold=release), Reply(reset=True))
+    try:
+        with pytest.raises(UpstreamTimeout, match="timed out after 0.3 s"):
+            await backend.complete(request(timeout_s=0.3))
+    finally:
+        release.set()
+    with pytest.raises(UpstreamConnectionError, match="connection lost"):
+        await backend.complete(request())  # headers sent, then the connection dropped mid-body
+    refused = OpenAIBackend(BackendConfig(name="b", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m",
+                                          api_key_env="TEST_KEY"))  # fmt: skip
+    with pytest.raises(UpstreamConnectionError, match="cannot reach upstream"):
+        await refused.complete(request())
+    for b in (backend, refused):
+        await b.aclose()
 
-    def refused(r: httpx2.Request) -> httpx2.Response:
-        raise httpx2.ConnectError("refused", request=r)
 
-    for handler, error in ((timeout, UpstreamTimeout), (refused, UpstreamConnectionError)):
-        backend, _ = make(handler)
-        with pytest.raises(error):
-            await backend.complete(request())
-
-
-async def test_non_json_body_is_a_bad_response() -> None:
+async def test_non_json_body_is_a_bad_response(make: Make) -> None:
     backend, _ = make(
         lambda r: httpx2.Response(200, content=b'{"id": "c1", "choi', headers={"content-type": "application/json"})
     )
@@ -126,28 +162,32 @@ async def test_non_json_body_is_a_bad_response() -> None:
         await backend.complete(request())
 
 
-async def test_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_missing_key_names_the_variable(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TEST_KEY")
     backend, _ = make(lambda r: httpx2.Response(200, json=completion()))
     with pytest.raises(BackendNotConfigured, match="TEST_KEY"):
         await backend.complete(request())
 
 
-async def test_openai_kind_honours_standard_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_openai_kind_honours_standard_env_vars(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, seen = make(lambda r: httpx2.Response(200, json=completion()))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://compatible.test/v1")
-    backend = create_backend(BackendConfig(name="openai", model="gpt-4o-mini"))
-    assert isinstance(backend, OpenAIBackend)
-    client = backend.client()
-    assert str(client.base_url).startswith("http://compatible.test/v1")
-    assert client.api_key == "sk-env"
-    assert client.max_retries == 0
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
+    monkeypatch.setenv("OPENAI_BASE_URL", backend.base_url() + "/")  # a trailing slash is fine
+    openai = create_backend(BackendConfig(name="openai", model="gpt-4o-mini"))
+    assert isinstance(openai, OpenAIBackend)
+    await openai.complete(request())
+    assert seen[0].headers["authorization"] == "Bearer sk-env" and seen[0].headers["openai-organization"] == "org-1"
+    assert seen[0].url.path == "/v1/chat/completions"
+    await openai.aclose()
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert create_backend(BackendConfig(name="openai", model="m")).base_url() == "https://api.openai.com/v1"
 
 
 def test_vllm_kind_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     backend = OpenAIBackend(BackendConfig(name="local", kind="vllm", model="m"))
-    assert str(backend.client().base_url).startswith("http://127.0.0.1:8000/v1")
+    assert backend.configured() and backend.base_url() == "http://127.0.0.1:8000/v1"
 
 
 def test_retry_after_parsing() -> None:
@@ -158,7 +198,7 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({"retry-after": "soon"}) is None
 
 
-async def test_unknown_model_error_says_what_to_check() -> None:
+async def test_unknown_model_error_says_what_to_check(make: Make) -> None:
     backend, _ = make(lambda r: httpx2.Response(404, json={"error": {"message": "The model `x` does not exist."}}))
-    with pytest.raises(UpstreamRejected, match="is model 'm' served at http://upstream.test/v1"):
+    with pytest.raises(UpstreamRejected, match=f"is model 'm' served at {backend.base_url()}"):
         await backend.complete(request())
