@@ -127,7 +127,7 @@ def upstream_body() -> dict[str, Any]:
         temperature=0.0,
         timeout_s=cfg.timeout_s,
     )
-    return OpenAIBackend(cfg)._params(request)
+    return OpenAIBackend(cfg)._body(request)
 
 
 def wrk(url: str, body: dict[str, Any], connections: int, duration_s: float, threads: int, key: str) -> dict[str, Any]:

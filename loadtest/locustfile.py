@@ -34,7 +34,9 @@ def task_weights() -> dict[str, float]:
     raw = os.environ.get("LOADTEST_TASKS")
     if not raw:
         return dict(DEFAULT_MIX)
-    return {name: float(weight) for name, weight in (part.split("=") for part in raw.split(","))}
+    # "invoice=3,receipt=1"; a bare name weighs 1 ("receipt" alone: only receipts)
+    parts = (part.strip().partition("=") for part in raw.split(",") if part.strip())
+    return {name: float(weight) if weight else 1.0 for name, _, weight in parts}
 
 
 def load_texts(tasks: list[str]) -> dict[str, list[str]]:
