@@ -20,11 +20,14 @@ class Pricing(BaseModel):
 
 
 class CircuitConfig(BaseModel):
-    """Per-backend circuit breaker: open after this many consecutive failed calls, probe after reset_after_s."""
+    """Per-backend circuit breaker: open after `failure_threshold` consecutive failed calls, or when the share
+    of failed calls among the last `window` reaches `error_rate` (0: off); probe after reset_after_s."""
 
     model_config = ConfigDict(extra="forbid")
 
     failure_threshold: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, ge=0, le=1, description="Open at this share of failures in the window; 0: off.")
+    window: int = Field(20, ge=2, description="Calls the error rate is computed over.")
     reset_after_s: float = Field(30.0, gt=0)
 
 

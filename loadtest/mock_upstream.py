@@ -3,8 +3,9 @@
     python -m loadtest.mock_upstream --port 9100      # answers every call with a schema-valid object
 
 Scripted replies (`enqueue`) are served first, in order: status codes with headers (429 + Retry-After),
-delays (hangs past a timeout), wrong or broken JSON, `finish_reason: length`, raw bodies, connections reset
-mid-body. With the queue empty it answers with the smallest object valid against the request's `response_format` schema.
+delays (hangs past a timeout), slow bodies (`trickle_s`), wrong or broken JSON, `finish_reason: length`,
+raw bodies, connections reset mid-body. With the queue empty it answers with the smallest object valid
+against the request's `response_format` schema.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Reply:
     usage: tuple[int, int] | None = None
     reset: bool = False  # send headers and part of the body, then drop the connection
     hold: threading.Event | None = None  # answer only once the test sets it (a request held in flight)
+    trickle_s: float = 0.0  # headers at once, then the body in 10 pieces, this long apart (a slow stream)
 
 
 def minimal_instance(schema: dict[str, Any] | None) -> Any:
@@ -146,7 +148,7 @@ class MockUpstream:
         content = reply.content or ""
         prompt_chars = sum(len(m.get("content") or "") for m in payload.get("messages", []))
         usage = reply.usage or (max(1, prompt_chars // 4), max(1, len(content) // 4))
-        return JSONResponse(
+        completion = JSONResponse(
             {
                 "id": f"chatcmpl-{self.received}",
                 "object": "chat.completion",
@@ -163,6 +165,24 @@ class MockUpstream:
             },
             headers=reply.headers,
         )
+        return _Trickle(completion.body, reply.trickle_s) if reply.trickle_s else completion  # type: ignore[return-value]
+
+
+class _Trickle:
+    """An ASGI response that sends its headers at once and its body in 10 pieces, `pause_s` apart."""
+
+    def __init__(self, body: bytes, pause_s: float) -> None:
+        self.body = body
+        self.pause_s = pause_s
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        step = max(1, -(-len(self.body) // 10))
+        for start in range(0, len(self.body), step):
+            await asyncio.sleep(self.pause_s)
+            more = start + step < len(self.body)
+            await send({"type": "http.response.body", "body": self.body[start : start + step], "more_body": more})
 
 
 class _ResetMidBody:

@@ -96,7 +96,12 @@ class Extractor:
             for name, cfg in settings.backends.items()
         }
         self.breakers = {
-            name: CircuitBreaker(cfg.circuit.failure_threshold, cfg.circuit.reset_after_s)
+            name: CircuitBreaker(
+                cfg.circuit.failure_threshold,
+                cfg.circuit.reset_after_s,
+                error_rate=cfg.circuit.error_rate,
+                window=cfg.circuit.window,
+            )
             for name, cfg in settings.backends.items()
         }
         for name in self.breakers:  # every backend on the dashboard from the start, closed

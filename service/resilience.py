@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import IntEnum
@@ -54,19 +55,29 @@ class CircuitState(IntEnum):
 
 
 class CircuitBreaker:
-    """Opens after `failure_threshold` consecutive failures; after `reset_after_s` lets one probe through
-    (half-open); the probe's success closes it, its failure opens it again for another `reset_after_s`."""
+    """Opens after `failure_threshold` consecutive failures, or when at least `error_rate` of the last `window`
+    calls failed (once `window` calls were seen; 0 turns this off); after `reset_after_s` lets one probe
+    through (half-open); the probe's success closes it, its failure opens it again for another `reset_after_s`.
+    The rate catches a backend that fails often but never N times in a row."""
 
     def __init__(
-        self, failure_threshold: int, reset_after_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        failure_threshold: int,
+        reset_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        error_rate: float = 0.0,
+        window: int = 20,
     ) -> None:
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
         self.clock = clock
+        self.error_rate = error_rate
         self.state = CircuitState.CLOSED
         self.failures = 0
         self.opened_at = 0.0
         self._probe_out = False
+        self._recent: deque[bool] = deque(maxlen=window)  # True: the call failed
 
     def allow(self) -> bool:
         """May a call go through now? In half-open state only one probe at a time."""
@@ -88,13 +99,21 @@ class CircuitBreaker:
         self.state = CircuitState.CLOSED
         self.failures = 0
         self._probe_out = False
+        self._recent.append(False)
 
     def failure(self) -> None:
         self.failures += 1
-        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
+        self._recent.append(True)
+        too_many_in_a_row = self.failures >= self.failure_threshold
+        if self.state is CircuitState.HALF_OPEN or too_many_in_a_row or self._rate_exceeded():
             self.state = CircuitState.OPEN
             self.opened_at = self.clock()
+            self._recent.clear()  # after the probe closes it, the rate starts afresh
         self._probe_out = False
+
+    def _rate_exceeded(self) -> bool:
+        full = self._recent.maxlen is not None and len(self._recent) == self._recent.maxlen
+        return self.error_rate > 0 and full and sum(self._recent) / len(self._recent) >= self.error_rate
 
     def release(self) -> None:
         """A call ended that says nothing about the backend's health (e.g. cancelled by the client)."""

@@ -136,6 +136,19 @@ def test_hang_past_timeout_is_retried_then_answered(service: Service) -> None:
     assert service.metric("extraction_attempts_total", backend="mock", reason="retry_timeout") == 1
 
 
+def test_slow_stream_within_the_timeout_is_read_and_past_it_is_retried(service: Service) -> None:
+    # The mock sends headers at once, then the body in 10 pieces: 10 x 0.02 s fits the 0.5 s timeout,
+    # 10 x 0.1 s does not (the read is abandoned mid-body and the call retried).
+    service.upstream.enqueue(Reply(content=json.dumps(GOOD), trickle_s=0.02))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 200 and r.json()["data"] == GOOD and r.json()["retries"] == 0
+    service.upstream.enqueue(Reply(content=json.dumps(GOOD), trickle_s=0.1), ok(GOOD))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 200 and r.json()["retries"] == 1
+    assert service.metric("extraction_attempts_total", backend="mock", reason="retry_timeout") == 1
+    assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="ok") == 2
+
+
 def test_deadline_from_options_gives_504(service: Service) -> None:
     service.upstream.enqueue(*(Reply(content=json.dumps(GOOD), delay_s=3) for _ in range(4)))
     r = service.post("/v1/extract", {"task": "invoice", "text": "x", "options": {"timeout_s": 0.3}})

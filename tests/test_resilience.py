@@ -64,6 +64,33 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
     assert b.state is CircuitState.CLOSED and b.allow() and b.allow()
 
 
+def test_breaker_opens_on_the_error_rate_without_a_run_of_failures() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=5, reset_after_s=10, clock=clock, error_rate=0.5, window=10)
+    for _ in range(4):  # fail, succeed, fail, succeed...: never 2 in a row, 50% of calls
+        b.failure()
+        b.success()
+    b.failure()
+    assert b.state is CircuitState.CLOSED  # 9 calls: the window is not full yet
+    b.success()
+    assert b.state is CircuitState.CLOSED  # successes never open it
+    b.failure()  # the last 10 calls: 5 failures
+    assert b.state is CircuitState.OPEN and b.retry_after_s() == 10
+    clock.now += 10
+    assert b.allow()
+    b.success()  # the probe closes it, and the window starts afresh
+    b.failure()
+    assert b.state is CircuitState.CLOSED
+
+
+def test_breaker_with_the_rate_off_counts_only_runs() -> None:
+    b = CircuitBreaker(failure_threshold=3, reset_after_s=10, clock=Clock(), error_rate=0.0, window=4)
+    for _ in range(10):
+        b.failure()
+        b.success()
+    assert b.state is CircuitState.CLOSED
+
+
 def test_breaker_release_frees_the_probe_without_judging() -> None:
     clock = Clock()
     b = CircuitBreaker(failure_threshold=1, reset_after_s=1, clock=clock)
