@@ -201,14 +201,25 @@ def wnut17_cmd(
     out_dir: Annotated[Path, typer.Option(help="Folder for train/val/test JSONL and manifest.json.")],
     src: Annotated[Path, typer.Option(help="WNUT-17 folder (CoNLL files).")] = Path("../shared/data/wnut17"),
     test_limit: Annotated[int | None, typer.Option(help="First N test sentences (default: all 1,287).")] = None,
+    train_max_empty_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=0.99,
+            help="Train: every sentence with an entity + a seeded sample of empty ones "
+            "up to this share (e.g. 0.33; default: all sentences as they come).",
+        ),
+    ] = None,
     force: bool = False,
 ) -> None:
     """WNUT-17 -> the `entities` dataset format (person, location, corporation+group -> organizations)."""
-    from training.importers import wnut17
+    from training.importers import cap_empty, wnut17
     from training.split import FrozenTestError, write_split
 
     parts = wnut17(src)
     parts["test"] = parts["test"][:test_limit]
+    if train_max_empty_share is not None:
+        parts["train"] = cap_empty(parts["train"], train_max_empty_share)
     try:
         manifest = write_split(parts, out_dir, force=force, meta={"task": "entities", "source": str(src)})
     except FrozenTestError as e:

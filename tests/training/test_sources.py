@@ -9,8 +9,8 @@ import pytest
 from service.config import DEFAULT_CONFIG
 from service.tasks import load_tasks
 from training.anonymize import Anonymizer, iban_ok, luhn_ok
-from training.datasets import validator_for
-from training.importers import banking77, read_conll, spans, wnut17, wnut_output
+from training.datasets import Record, validator_for
+from training.importers import banking77, cap_empty, read_conll, spans, wnut17, wnut_output
 from training.synthetic import GENERATORS, generate
 
 TASKS = load_tasks(DEFAULT_CONFIG.parent / "tasks")
@@ -100,3 +100,14 @@ def test_anonymizer_replaces_pii_consistently_in_text_and_output() -> None:
 def test_anonymizer_finds_known_first_names_without_output_hints() -> None:
     text, _ = Anonymizer().record("Please call Michael Johnson about the order.", {})
     assert "Michael Johnson" not in text
+
+
+def test_cap_empty_keeps_every_entity_and_a_seeded_share_of_empties() -> None:
+    records = [Record(f"r{i}", "t", {"persons": ["x"] if i % 4 == 0 else []}) for i in range(40)]  # 10 with
+    capped = cap_empty(records, 1 / 3, seed=1)
+    assert [r.id for r in capped if r.output["persons"]] == [f"r{i}" for i in range(0, 40, 4)]
+    assert sum(1 for r in capped if not r.output["persons"]) == 5  # 10 * (1/3) / (2/3)
+    assert [r.id for r in capped] == sorted((r.id for r in capped), key=lambda i: int(i[1:]))  # order kept
+    assert cap_empty(records, 1 / 3, seed=1) == capped and len(cap_empty(records, 0.0)) == 10
+    with pytest.raises(ValueError, match="max_share"):
+        cap_empty(records, 1.0)
