@@ -69,11 +69,11 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
         f"training pays back in {payback_days:.2f} days (horizon {horizon_days})" if payback_days is not None
         else "fine-tuning saves nothing per request, so training never pays back"
     )  # fmt: skip
-    if gap >= -ACCURACY_TOLERANCE and (pays_back or gap > HYBRID_BAND):
-        return "fine-tuning", factors
-    if max(finetuned["field_f1"], prompted["field_f1"]) < USEFUL_F1:
+    if max(finetuned["field_f1"], prompted["field_f1"]) < USEFUL_F1:  # said whichever way the choice goes
         factors.append(f"both score below {USEFUL_F1} field F1 on this test set: neither is ready for the task; "
                        "more or better training data, or a larger model, before switching")  # fmt: skip
+    if gap >= -ACCURACY_TOLERANCE and (pays_back or gap > HYBRID_BAND):
+        return "fine-tuning", factors
     # "A little lower" is small in absolute and in relative terms: 0.045 -> 0.0 is not a little lower.
     kept = finetuned["field_f1"] / prompted["field_f1"] if prompted["field_f1"] > 0 else 1.0
     if gap < -HYBRID_BAND or saving_per_day <= 0 or kept < HYBRID_KEEPS:

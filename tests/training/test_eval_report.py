@@ -147,3 +147,13 @@ def test_a_collapsed_adapter_is_not_a_hybrid_candidate() -> None:
     recommendation, factors = decide(prompted, finetuned, 1.68, 0.01, 30)
     assert recommendation == "prompting"
     assert any("neither is ready" in f for f in factors)
+
+
+def test_a_better_but_weak_adapter_wins_with_the_caveat_said() -> None:
+    prompted = {"field_f1": 0.045, "cost_per_request": 0.000156, "p95_ms": 7368, "schema_valid": 0.984}
+    finetuned = {"field_f1": 0.325, "cost_per_request": 0.000016, "p95_ms": 7800, "schema_valid": 1.0}
+    recommendation, factors = decide(prompted, finetuned, 1.68, 0.01, 30)
+    assert recommendation == "fine-tuning"
+    assert any("neither is ready" in f for f in factors)  # better than prompting is not good enough yet
+    strong = {**finetuned, "field_f1": 0.8}
+    assert not any("neither is ready" in f for f in decide(prompted, strong, 1.68, 0.01, 30)[1])
