@@ -55,9 +55,10 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 class OpenAIBackend:
     """Speaks chat completions over HTTP; a vLLM LoRA adapter is selected by `model=` like any other model.
 
-    The wire protocol is small (one POST, one GET), so it is spoken directly with aiohttp and orjson: the
-    openai SDK's request building, typed-parameter transform and response models measured about a quarter of
-    this service's CPU per request against a zero-latency upstream. One session (connection pool) per backend.
+    The wire protocol is small (one POST, one GET), so it is spoken directly with aiohttp and orjson: through
+    the openai SDK (request building, auth wrapper, typed response models) one worker served 524 requests/s
+    against a zero-latency upstream, spoken directly 904 (README, Performance). One session (connection pool)
+    per backend; the client never retries (the pipeline's tenacity loop does).
     """
 
     def __init__(self, config: BackendConfig) -> None:
