@@ -107,6 +107,8 @@ class OpenAIBackend:
                 headers=headers,
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),  # the pipeline bounds concurrency
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                # hosted APIs: HTTPS_PROXY / NO_PROXY as every HTTP client honours them; vLLM is on a private net
+                trust_env=self.config.kind == "openai",
             )
         return self._session
 
