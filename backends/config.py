@@ -69,8 +69,9 @@ class BackendConfig(BaseModel):
     )
     tokenizer: str | None = Field(
         None,
-        description="HF tokenizer folder or tokenizer.json counting input tokens for limits; None: the managed "
-        "vLLM model's for kind vllm, else an estimate of 4 characters per token.",
+        description="Counts input tokens for limits: an HF tokenizer folder or tokenizer.json, or 'remote' (the "
+        "server's /tokenize, vLLM); None: for kind vllm the managed model's file or else /tokenize, for hosted "
+        "APIs an estimate of 4 characters per token.",
     )
     temperature: float = Field(0.0, ge=0, le=2)
 

@@ -135,12 +135,14 @@ class OpenAIBackend:
     def _timeout(self, total_s: float) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=total_s, sock_connect=min(total_s, self.config.connect_timeout_s))
 
-    async def _send(self, method: str, path: str, timeout_s: float, body: bytes | None = None) -> tuple[int, Any]:
+    async def _send(
+        self, method: str, path: str, timeout_s: float, body: bytes | None = None, base: str | None = None
+    ) -> tuple[int, Any]:
         """(status, raw body bytes); transport faults become typed errors."""
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
             async with self.session().request(
-                method, self.base_url() + path, data=body, headers=headers, timeout=self._timeout(timeout_s)
+                method, (base or self.base_url()) + path, data=body, headers=headers, timeout=self._timeout(timeout_s)
             ) as response:
                 raw = await response.read()
                 if response.status >= 400:
@@ -198,6 +200,17 @@ class OpenAIBackend:
             404: f" (is model {self.config.model!r} served at {self.base_url()}?)",
         }.get(status, "")
         return UpstreamRejected(f"upstream {status}: {detail}{hint}", backend=name, status_code=status)
+
+    async def count_tokens(self, payload: dict[str, Any], timeout_s: float = 10.0) -> int:
+        """Tokens as the server counts them: vLLM's `POST /tokenize` (at the server root, beside `/v1`), with
+        `prompt` or chat `messages`. Other servers answer 404: an UpstreamRejected like any 4xx."""
+        root = self.base_url().removesuffix("/v1")
+        body = orjson.dumps({"model": self.config.model, **payload})
+        _, raw = await self._send("POST", "/tokenize", timeout_s, body, base=root)
+        try:
+            return int(orjson.loads(raw)["count"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UpstreamBadResponse(f"unreadable /tokenize answer: {e}", backend=self.name) from e
 
     async def ping(self, timeout_s: float = 2.0) -> None:
         await self._send("GET", "/models", timeout_s)

@@ -80,6 +80,7 @@ class MockUpstream:
         # makes the garbage collector's full passes ever slower: hundreds of ms of latency outliers).
         self.record = record
         self.received = 0
+        self.tokenize_status = 200
         # With the queue empty, each call fails at random with these probabilities: "500", "429", "hang"
         # (sleeps `hang_s`), "reset" (mid-body), "broken" (truncated JSON body). For soak tests.
         self.chaos = chaos or {}
@@ -92,6 +93,7 @@ class MockUpstream:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/tokenize", self._tokenize, methods=["POST"]),
                 Route("/health", self._health, methods=["GET"]),
             ]
         )
@@ -120,6 +122,14 @@ class MockUpstream:
 
     async def _models(self, _: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _tokenize(self, request: Request) -> JSONResponse:
+        """vLLM's token counter, with one token per whitespace-separated word; `tokenize_status` breaks it."""
+        if self.tokenize_status != 200:
+            return JSONResponse({"error": {"message": "no tokenizer here"}}, status_code=self.tokenize_status)
+        payload = json.loads(await request.body())
+        texts = [payload["prompt"]] if "prompt" in payload else [m["content"] for m in payload["messages"]]
+        return JSONResponse({"count": sum(len(t.split()) for t in texts), "max_model_len": 2048})
 
     async def _health(self, _: Request) -> Response:
         return Response(status_code=200)

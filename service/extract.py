@@ -52,11 +52,10 @@ from service.resilience import Bulkhead, CircuitBreaker
 from service.results import Options, Result, Spend, failure_details, translate_backend_error
 from service.routing import route
 from service.tasks import Task, adhoc_task
-from service.tokens import counter_for
+from service.tokens import PER_MESSAGE_TOKENS, counter_for
 from service.validation import Issue, ValidatorCache, dialect_gaps, schema_errors, schema_key, validate
 
 log = structlog.get_logger("extraction")
-PER_MESSAGE_TOKENS = 8  # a chat template's role markers and separators, per message (a safe upper bound)
 LOG_POLICY = PiiPolicy(action="redact")
 
 
@@ -107,7 +106,9 @@ class Extractor:
         for name in self.breakers:  # every backend on the dashboard from the start, closed
             metrics.circuit_state.labels(name).set(0)
         self._gaps: dict[tuple[str, str], list[str]] = {}
-        self.counters = {name: counter_for(cfg, settings.vllm) for name, cfg in settings.backends.items()}
+        self.counters = {
+            name: counter_for(cfg, settings.vllm, backends.get(name)) for name, cfg in settings.backends.items()
+        }
 
     def resolve_task(
         self, name: str | None, schema: dict[str, Any] | None = None, instructions: str | None = None
@@ -240,7 +241,7 @@ class Extractor:
             return result
         raise AssertionError("unreachable: the chain is never empty")
 
-    def _check_tokens(
+    async def _check_tokens(
         self, task: Task, text: str, cfg: BackendConfig, messages: list[dict[str, str]], max_output: int
     ) -> None:
         """400 text_too_long when the text passes the task's token limit, or the prompt + text + max output
@@ -253,21 +254,22 @@ class Extractor:
         if text_bytes <= limit and (window is None or prompt_bytes + max_output <= window):
             return
         counter = self.counters[cfg.name]
-        tokens = counter.count(text)
-        how = {"counted_with": counter.name, "exact": counter.exact}
-        if tokens > limit:
+        counted = await counter.count(text)
+        how = {"counted_with": counted.counted_with, "exact": counted.exact}
+        if counted.tokens > limit:
             raise TextTooLong(
-                f"text is {tokens} tokens ({counter.name}); the limit for task {task.name!r} is {limit}",
-                details={"tokens": tokens, "limit_tokens": limit, **how},
+                f"text is {counted.tokens} tokens ({counted.counted_with}); the limit for task {task.name!r} "
+                f"is {limit}",
+                details={"tokens": counted.tokens, "limit_tokens": limit, **how},
             )
         if window is None:
             return
-        prompt = sum(counter.count(m["content"]) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
-        if prompt + max_output > window:
+        prompt = await counter.count_messages(messages)
+        if prompt.tokens + max_output > window:
             raise TextTooLong(
-                f"the prompt is {prompt} tokens with this text ({tokens}); with up to {max_output} output tokens it "
-                f"does not fit backend {cfg.name!r}'s context window of {window} tokens",
-                details={"tokens": tokens, "prompt_tokens": prompt, "max_output_tokens": max_output,
+                f"the prompt is {prompt.tokens} tokens with this text ({counted.tokens}); with up to {max_output} "
+                f"output tokens it does not fit backend {cfg.name!r}'s context window of {window} tokens",
+                details={"tokens": counted.tokens, "prompt_tokens": prompt.tokens, "max_output_tokens": max_output,
                          "context_window": window, "backend": cfg.name, **how},
             )  # fmt: skip
 
@@ -287,7 +289,7 @@ class Extractor:
         mode, strict = self._structured_mode(cfg, task)
         validator = self.validators.get(task.json_schema)
         messages = build_messages(task, text, cfg.prompt_style)
-        self._check_tokens(task, text, cfg, messages, max_tokens)
+        await self._check_tokens(task, text, cfg, messages, max_tokens)
         spend = Spend()
         last_text, last_issues = "", list[Issue]()
         try:

@@ -1,49 +1,62 @@
-"""Counting input tokens for length limits, with the backend's own tokenizer where one is on disk.
+"""Counting input tokens for length limits, with the backend's own tokenizer.
 
-A backend's `tokenizer` names a Hugging Face tokenizer folder (or its `tokenizer.json`); a `kind: vllm`
-backend on the managed local server uses that server's model folder. Otherwise (a hosted API whose
-tokenizer is not available offline) the count is an estimate: 1 token per 4 characters, marked as such in
-the error. Counting is skipped when the text's UTF-8 length is already within the limit: byte-level
+A backend's `tokenizer` names a Hugging Face tokenizer folder (or its `tokenizer.json`), or `remote`: the
+serving engine's `/tokenize` endpoint (vLLM). Unset, a `kind: vllm` backend on the managed local server uses
+that server's model folder, and one elsewhere (a vLLM Service in Kubernetes) its `/tokenize`. Otherwise (a
+hosted API whose tokenizer is not available offline) the count is an estimate: 1 token per 4 characters,
+marked as such in the error. Counting is skipped when the text's UTF-8 length is already within the limit: byte-level
 tokenizers never make more tokens than bytes, so the common case costs nothing.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
 from backends.config import BackendConfig
+from backends.errors import BackendError
 from service.config import VllmServer
 
 log = structlog.get_logger("extraction.tokens")
 CHARS_PER_TOKEN = 4
+PER_MESSAGE_TOKENS = 8  # a chat template's role markers and separators, per message (a safe upper bound)
+
+
+@dataclass(frozen=True)
+class Count:
+    tokens: int
+    counted_with: str
+    exact: bool
 
 
 class TokenCounter(Protocol):
-    name: str
-    exact: bool
+    async def count(self, text: str) -> Count: ...
 
-    def count(self, text: str) -> int: ...
+    async def count_messages(self, messages: list[dict[str, str]]) -> Count:
+        """The whole prompt, chat template included (or bounded: PER_MESSAGE_TOKENS per message)."""
+        ...
 
 
 class Estimate:
     """No tokenizer at hand: ceil(characters / 4), the usual rule of thumb for English with BPE vocabularies."""
 
     name = "estimate (4 characters per token)"
-    exact = False
 
-    def count(self, text: str) -> int:
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
+    async def count(self, text: str) -> Count:
+        return Count(math.ceil(len(text) / CHARS_PER_TOKEN), self.name, exact=False)
+
+    async def count_messages(self, messages: list[dict[str, str]]) -> Count:
+        tokens = sum(math.ceil(len(m["content"]) / CHARS_PER_TOKEN) for m in messages)
+        return Count(tokens + PER_MESSAGE_TOKENS * len(messages), self.name, exact=False)
 
 
 class HfTokenizer:
     """A `tokenizer.json` loaded with the `tokenizers` library (no special tokens added)."""
-
-    exact = True
 
     def __init__(self, path: Path) -> None:
         from tokenizers import Tokenizer
@@ -52,8 +65,43 @@ class HfTokenizer:
         self.tokenizer = Tokenizer.from_file(str(file))
         self.name = f"tokenizer {file.parent.name}"
 
-    def count(self, text: str) -> int:
+    def _tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    async def count(self, text: str) -> Count:
+        return Count(self._tokens(text), self.name, exact=True)
+
+    async def count_messages(self, messages: list[dict[str, str]]) -> Count:
+        tokens = sum(self._tokens(m["content"]) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
+        return Count(tokens, self.name, exact=True)
+
+
+class RemoteTokenizer:
+    """The serving engine's own tokenizer over HTTP (vLLM's `POST /tokenize`): exact, chat template included,
+    one extra round trip, only for texts long enough to need counting. If the call fails, the estimate."""
+
+    def __init__(self, backend: Tokenizing, model: str) -> None:
+        self.backend = backend
+        self.name = f"vLLM /tokenize ({model})"
+
+    async def _remote(self, payload: dict[str, Any], fallback: Count) -> Count:
+        try:
+            return Count(await self.backend.count_tokens(payload), self.name, exact=True)
+        except BackendError as e:
+            log.warning("tokenize_failed", backend=getattr(self.backend, "name", "?"), error=e.message[:200])
+            return fallback
+
+    async def count(self, text: str) -> Count:
+        return await self._remote({"prompt": text, "add_special_tokens": False}, await Estimate().count(text))
+
+    async def count_messages(self, messages: list[dict[str, str]]) -> Count:
+        payload = {"messages": messages, "add_generation_prompt": True}
+        return await self._remote(payload, await Estimate().count_messages(messages))
+
+
+@runtime_checkable
+class Tokenizing(Protocol):
+    async def count_tokens(self, payload: dict[str, Any]) -> int: ...
 
 
 def managed_model_dir(vllm: VllmServer) -> Path:
@@ -64,22 +112,28 @@ def managed_model_dir(vllm: VllmServer) -> Path:
     return default_model_dir()
 
 
-def counter_for(cfg: BackendConfig, vllm: VllmServer) -> TokenCounter:
-    """The backend's tokenizer if configured or managed locally and present on disk; else an estimate."""
-    if cfg.tokenizer:  # configured explicitly: a missing one is a config error, not a silent estimate
+def counter_for(cfg: BackendConfig, vllm: VllmServer, backend: object | None = None) -> TokenCounter:
+    """`tokenizer: PATH` -> that file; `tokenizer: remote` or a kind vllm backend elsewhere -> its /tokenize;
+    kind vllm on the managed server -> its model's tokenizer.json; else (hosted APIs) the estimate."""
+    if cfg.tokenizer and cfg.tokenizer != "remote":  # a path: a missing one is a config error, not an estimate
         try:
             return _load(Path(cfg.tokenizer).expanduser())
         except Exception as e:
             raise ValueError(f"backend {cfg.name!r}: tokenizer {cfg.tokenizer!r} cannot be loaded: {e}") from None
-    if cfg.kind == "vllm" and (cfg.base_url or "").rstrip("/").endswith(f"{vllm.host}:{vllm.port}/v1"):
+    remote = RemoteTokenizer(backend, cfg.model) if isinstance(backend, Tokenizing) else None
+    if cfg.tokenizer == "remote":
+        if remote is None:
+            raise ValueError(f"backend {cfg.name!r}: tokenizer 'remote' needs an OpenAI-compatible vLLM backend")
+        return remote
+    if cfg.kind != "vllm":
+        return Estimate()
+    if (cfg.base_url or "").rstrip("/").endswith(f"{vllm.host}:{vllm.port}/v1"):
         path = managed_model_dir(vllm)
-    else:
-        return Estimate()
-    try:
-        return _load(path)
-    except Exception as e:  # the local model not prepared yet: the estimate, with a warning
-        log.warning("tokenizer_unavailable", backend=cfg.name, path=str(path), error=str(e)[:200])
-        return Estimate()
+        try:
+            return _load(path)  # on disk: no round trip
+        except Exception as e:  # the local model not prepared yet
+            log.info("tokenizer_not_on_disk", backend=cfg.name, path=str(path), error=str(e)[:200])
+    return remote or Estimate()
 
 
 @lru_cache(maxsize=16)

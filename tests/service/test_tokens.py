@@ -9,13 +9,14 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from backends.config import BackendConfig
+from backends.openai_compat import OpenAIBackend
+from loadtest.mock_upstream import MockUpstream
 from service.config import DEFAULT_CONFIG, ConfigError, Settings, VllmServer
 from service.errors import TextTooLong
-from service.extract import PER_MESSAGE_TOKENS
 from service.prompts import build_messages
 from service.state import AppState
 from service.tasks import load_tasks
-from service.tokens import Estimate, HfTokenizer, counter_for
+from service.tokens import PER_MESSAGE_TOKENS, Estimate, HfTokenizer, RemoteTokenizer, counter_for
 from tests.fakes import FakeBackend
 
 GOOD = '{"company": "ACME", "invoice_date": "2024-03-14", "total_amount": 1.0, "currency": "EUR"}'
@@ -30,10 +31,11 @@ def word_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def test_tokenizer_counts_with_its_vocabulary_and_estimate_by_characters(tmp_path: Path) -> None:
-    counter = HfTokenizer(word_tokenizer(tmp_path / "tok"))
-    assert counter.exact and counter.count("hello big world") == 3
-    assert Estimate().count("x" * 9) == 3 and not Estimate().exact
+async def test_tokenizer_counts_with_its_vocabulary_and_estimate_by_characters(tmp_path: Path) -> None:
+    counted = await HfTokenizer(word_tokenizer(tmp_path / "tok")).count("hello big world")
+    assert (counted.tokens, counted.exact, counted.counted_with) == (3, True, "tokenizer tok")
+    estimate = await Estimate().count("x" * 9)
+    assert estimate.tokens == 3 and not estimate.exact
 
 
 def test_which_counter_a_backend_gets(tmp_path: Path) -> None:
@@ -61,10 +63,9 @@ def test_a_configured_tokenizer_that_is_missing_stops_startup(
 
 def prompt_tokens(tmp_path: Path, text: str) -> int:
     """What the check counts for task invoice's few-shot prompt around `text`, with the word tokenizer."""
-    counter = HfTokenizer(word_tokenizer(tmp_path / "tok"))
     task = load_tasks(DEFAULT_CONFIG.parent / "tasks")["invoice"]
     messages = build_messages(task, text, "few_shot")
-    return sum(counter.count(m["content"]) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
+    return sum(len(m["content"].split()) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
 
 
 def build(make_settings: Callable[..., Settings], tmp_path: Path, **main: object) -> AppState:
@@ -118,3 +119,23 @@ async def test_too_long_for_one_window_falls_back_to_a_bigger_one(
     assert result.backend == "big" and result.data["company"] == "ACME"
     main = state.backends["main"]
     assert isinstance(main, FakeBackend) and main.requests == []
+
+
+async def test_a_vllm_backend_elsewhere_counts_with_the_servers_tokenize(upstream: MockUpstream) -> None:
+    url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
+    cfg = BackendConfig(name="remote", kind="vllm", base_url=url, model="m")
+    backend = OpenAIBackend(cfg)
+    counter = counter_for(cfg, VllmServer(port=8123), backend)  # not the managed server: ask it
+    assert isinstance(counter, RemoteTokenizer)
+    counted = await counter.count("one two three four")
+    assert (counted.tokens, counted.exact) == (4, True) and "/tokenize" in counted.counted_with
+    messages = [{"role": "system", "content": "a b"}, {"role": "user", "content": "c d e"}]
+    assert (await counter.count_messages(messages)).tokens == 5  # the server's count, template included
+    upstream.tokenize_status = 404  # an OpenAI-compatible server without /tokenize: the estimate, said so
+    fallback = await counter.count("x" * 40)
+    assert (fallback.tokens, fallback.exact) == (10, False)
+    await backend.aclose()
+    with pytest.raises(ValueError, match="'remote' needs"):
+        counter_for(BackendConfig(name="x", model="m", tokenizer="remote"), VllmServer(), None)
+    hosted = BackendConfig(name="openai", kind="openai", model="gpt")
+    assert isinstance(counter_for(hosted, VllmServer(), OpenAIBackend(hosted)), Estimate)

@@ -47,6 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "timeout_s": 120,
         "max_attempts": 3,
         "max_concurrency": 8,
+        "context_window": 2048,  # = max_model_len: too long is our 400, counted by vLLM's /tokenize
     }
     config = write_config(
         work / "config.yaml",

@@ -72,3 +72,29 @@ def test_metrics_endpoint_reports_real_traffic(stack: Stack) -> None:
     text = httpx.get(f"{stack.service_url}/metrics", timeout=10).text
     assert 'extraction_requests_total{backend="local-prompted"' in text
     assert "extraction_cost_usd_total" in text
+
+
+async def test_token_limits_count_with_the_servers_own_tokenizer(stack: Stack) -> None:
+    from backends.openai_compat import OpenAIBackend
+    from service.prompts import build_messages
+    from service.tokens import HfTokenizer, RemoteTokenizer, counter_for
+    from training.base_model import prepare
+
+    cfg = stack.settings.backends["local-prompted"]
+    backend = OpenAIBackend(cfg)
+    remote = counter_for(cfg, stack.settings.vllm, backend)  # a vLLM on another port: its /tokenize
+    assert isinstance(remote, RemoteTokenizer)
+    local = HfTokenizer(prepare())
+    text = SAMPLES["receipt"]
+    assert (await remote.count(text)).tokens == (await local.count(text)).tokens  # the same tokenizer
+    messages = build_messages(stack.app.state.extraction.tasks["receipt"], text, "few_shot")  # type: ignore[attr-defined]
+    exact, bound = await remote.count_messages(messages), await local.count_messages(messages)
+    assert exact.exact and exact.tokens <= bound.tokens <= exact.tokens + 8 * len(messages)
+    await backend.aclose()
+    # A text that fits the task's limit but not the model's 2,048-token window: our 400, not vLLM's error
+    response = post(stack, {"task": "receipt", "text": "word " * 1500})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "text_too_long" and error["details"]["context_window"] == 2048
+    assert error["details"]["exact"] and "/tokenize" in error["details"]["counted_with"]
+    assert error["details"]["prompt_tokens"] + error["details"]["max_output_tokens"] > 2048
