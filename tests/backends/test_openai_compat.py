@@ -24,7 +24,7 @@ from backends.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from backends.openai_compat import OpenAIBackend, parse_retry_after
+from backends.openai_compat import OpenAIBackend, _env_proxy, parse_retry_after
 from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
 from tests.conftest import free_port
 
@@ -202,3 +202,16 @@ async def test_unknown_model_error_says_what_to_check(make: Make) -> None:
     backend, _ = make(lambda r: httpx2.Response(404, json={"error": {"message": "The model `x` does not exist."}}))
     with pytest.raises(UpstreamRejected, match=f"is model 'm' served at {backend.base_url()}"):
         await backend.complete(request())
+
+
+def test_proxy_from_the_environment_once_with_no_proxy_and_loopback_exempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _env_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"
+    assert _env_proxy("http://127.0.0.1:8000/v1") is None  # the local vLLM is never proxied
+    monkeypatch.setenv("NO_PROXY", "internal.example, .openai.com")
+    assert _env_proxy("https://api.openai.com/v1") is None
+    assert _env_proxy("https://api.other.ai/v1") == "http://proxy.corp:3128"
+    monkeypatch.setenv("NO_PROXY", "*")
+    assert _env_proxy("https://api.other.ai/v1") is None
