@@ -109,6 +109,7 @@ class Extractor:
         self.counters = {
             name: counter_for(cfg, settings.vllm, backends.get(name)) for name, cfg in settings.backends.items()
         }
+        self._overheads: dict[tuple[str, str], tuple[int, int]] = {}
 
     def resolve_task(
         self, name: str | None, schema: dict[str, Any] | None = None, instructions: str | None = None
@@ -245,33 +246,56 @@ class Extractor:
         self, task: Task, text: str, cfg: BackendConfig, messages: list[dict[str, str]], max_output: int
     ) -> None:
         """400 text_too_long when the text passes the task's token limit, or the prompt + text + max output
-        passes the backend's context window. Counted only when the UTF-8 length says it might (a byte-level
-        tokenizer never makes more tokens than bytes), so short texts cost one `encode()`."""
-        limit = task.max_text_tokens or self.settings.limits.max_text_tokens
-        window = cfg.context_window
-        text_bytes = len(text.encode())
-        prompt_bytes = sum(len(m["content"].encode()) for m in messages) + PER_MESSAGE_TOKENS * len(messages)
-        if text_bytes <= limit and (window is None or prompt_bytes + max_output <= window):
-            return
+        passes the backend's context window. Nothing is tokenized while a cheap upper bound fits: a byte-level
+        tokenizer never makes more tokens than bytes, and the prompt around the text is counted once per task
+        and backend, so only texts near a limit cost a count (or, with a remote tokenizer, a round trip)."""
         counter = self.counters[cfg.name]
-        counted = await counter.count(text)
-        how = {"counted_with": counted.counted_with, "exact": counted.exact}
-        if counted.tokens > limit:
-            raise TextTooLong(
-                f"text is {counted.tokens} tokens ({counted.counted_with}); the limit for task {task.name!r} "
-                f"is {limit}",
-                details={"tokens": counted.tokens, "limit_tokens": limit, **how},
-            )
+        limit = task.max_text_tokens or self.settings.limits.max_text_tokens
+        if len(text.encode()) > limit:
+            counted = await counter.count(text)
+            if counted.tokens > limit:
+                raise TextTooLong(
+                    f"text is {counted.tokens} tokens ({counted.counted_with}); the limit for task {task.name!r} "
+                    f"is {limit}",
+                    details={"tokens": counted.tokens, "limit_tokens": limit, "counted_with": counted.counted_with,
+                             "exact": counted.exact},
+                )  # fmt: skip
+        window = cfg.context_window
         if window is None:
+            return
+        content = _content_bytes(messages)
+        overhead = await self._prompt_overhead(task, cfg)
+        if overhead is None:  # an ad-hoc task: bytes all the way
+            bound = content + PER_MESSAGE_TOKENS * len(messages)
+        else:  # the counted prompt around an empty text, plus the text's bytes, plus slack for the seams
+            bound = overhead[0] + (content - overhead[1]) + PER_MESSAGE_TOKENS
+        if bound + max_output <= window:
             return
         prompt = await counter.count_messages(messages)
         if prompt.tokens + max_output > window:
+            tokens = (await counter.count(text)).tokens
             raise TextTooLong(
-                f"the prompt is {prompt.tokens} tokens with this text ({counted.tokens}); with up to {max_output} "
+                f"the prompt is {prompt.tokens} tokens with this text ({tokens}); with up to {max_output} "
                 f"output tokens it does not fit backend {cfg.name!r}'s context window of {window} tokens",
-                details={"tokens": counted.tokens, "prompt_tokens": prompt.tokens, "max_output_tokens": max_output,
-                         "context_window": window, "backend": cfg.name, **how},
+                details={"tokens": tokens, "prompt_tokens": prompt.tokens, "max_output_tokens": max_output,
+                         "context_window": window, "backend": cfg.name, "counted_with": prompt.counted_with,
+                         "exact": prompt.exact},
             )  # fmt: skip
+
+    async def _prompt_overhead(self, task: Task, cfg: BackendConfig) -> tuple[int, int] | None:
+        """(tokens, content bytes) of a configured task's prompt with an empty text, counted once per backend;
+        None for ad-hoc tasks, and while a remote tokenizer is failing (its estimate is not remembered)."""
+        if self.tasks.get(task.name) is not task:
+            return None
+        key = (cfg.name, task.name)
+        if key not in self._overheads:
+            counter = self.counters[cfg.name]
+            empty = build_messages(task, "", cfg.prompt_style)
+            counted = await counter.count_messages(empty)
+            if counted.counted_with != counter.name:
+                return None
+            self._overheads[key] = (counted.tokens, _content_bytes(empty))
+        return self._overheads[key]
 
     async def _run(self, task: Task, text: str, cfg: BackendConfig, options: Options, started: float) -> Result:
         max_chars = task.max_text_chars or self.settings.limits.max_text_chars
@@ -522,3 +546,7 @@ def _merge_result(result: Result, carried: list[dict[str, Any]]) -> None:
         result.cost_usd += c.get("cost_usd", 0.0)
         usage = c.get("usage", {})
         result.usage = result.usage + Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+
+
+def _content_bytes(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"].encode()) for m in messages)

@@ -35,6 +35,8 @@ class Count:
 
 
 class TokenCounter(Protocol):
+    name: str
+
     async def count(self, text: str) -> Count: ...
 
     async def count_messages(self, messages: list[dict[str, str]]) -> Count:
@@ -84,23 +86,28 @@ class RemoteTokenizer:
         self.backend = backend
         self.name = f"vLLM /tokenize ({model})"
 
-    async def _remote(self, payload: dict[str, Any], fallback: Count) -> Count:
+    async def _remote(self, payload: dict[str, Any]) -> int | None:
         try:
-            return Count(await self.backend.count_tokens(payload), self.name, exact=True)
+            return await self.backend.count_tokens(payload)
         except BackendError as e:
-            log.warning("tokenize_failed", backend=getattr(self.backend, "name", "?"), error=e.message[:200])
-            return fallback
+            log.warning("tokenize_failed", backend=self.backend.name, error=e.message[:200])
+            return None
 
     async def count(self, text: str) -> Count:
-        return await self._remote({"prompt": text, "add_special_tokens": False}, await Estimate().count(text))
+        tokens = await self._remote({"prompt": text, "add_special_tokens": False})
+        return Count(tokens, self.name, exact=True) if tokens is not None else await Estimate().count(text)
 
     async def count_messages(self, messages: list[dict[str, str]]) -> Count:
-        payload = {"messages": messages, "add_generation_prompt": True}
-        return await self._remote(payload, await Estimate().count_messages(messages))
+        tokens = await self._remote({"messages": messages, "add_generation_prompt": True})
+        if tokens is None:
+            return await Estimate().count_messages(messages)
+        return Count(tokens, self.name, exact=True)
 
 
 @runtime_checkable
 class Tokenizing(Protocol):
+    name: str
+
     async def count_tokens(self, payload: dict[str, Any]) -> int: ...
 
 

@@ -16,7 +16,7 @@ from service.errors import TextTooLong
 from service.prompts import build_messages
 from service.state import AppState
 from service.tasks import load_tasks
-from service.tokens import PER_MESSAGE_TOKENS, Estimate, HfTokenizer, RemoteTokenizer, counter_for
+from service.tokens import PER_MESSAGE_TOKENS, Count, Estimate, HfTokenizer, RemoteTokenizer, counter_for
 from tests.fakes import FakeBackend
 
 GOOD = '{"company": "ACME", "invoice_date": "2024-03-14", "total_amount": 1.0, "currency": "EUR"}'
@@ -139,3 +139,30 @@ async def test_a_vllm_backend_elsewhere_counts_with_the_servers_tokenize(upstrea
         counter_for(BackendConfig(name="x", model="m", tokenizer="remote"), VllmServer(), None)
     hosted = BackendConfig(name="openai", kind="openai", model="gpt")
     assert isinstance(counter_for(hosted, VllmServer(), OpenAIBackend(hosted)), Estimate)
+
+
+async def test_short_texts_near_the_window_count_the_prompt_around_them_once(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The few-shot prompt's bytes alone overflow this window, so a byte bound would count every request;
+    the prompt around the text is counted once per task and backend, and short texts then cost nothing."""
+    window = prompt_tokens(tmp_path, "a b c") + 100 + 20
+    state = build(make_settings, tmp_path, context_window=window, max_output_tokens=100)
+    calls: list[int] = []
+    counter = state.extractor.counters["main"]
+    original = counter.count_messages
+
+    async def spy(messages: list[dict[str, str]]) -> Count:
+        calls.append(len(messages))
+        return await original(messages)
+
+    counter.count_messages = spy  # type: ignore[method-assign]
+    backend = state.backends["main"]
+    assert isinstance(backend, FakeBackend)
+    backend.enqueue(GOOD, GOOD)
+    for text in ("a b c", "d e"):
+        assert (await state.extractor.extract(text, task="invoice")).data["company"] == "ACME"
+    assert len(calls) == 1  # the empty-text prompt, once
+    with pytest.raises(TextTooLong):
+        await state.extractor.extract("w " * 49, task="invoice")  # near the window: counted for real
+    assert len(calls) == 2
