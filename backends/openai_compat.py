@@ -139,8 +139,8 @@ class OpenAIBackend:
 
     async def _send(
         self, method: str, path: str, timeout_s: float, body: bytes | None = None, base: str | None = None
-    ) -> tuple[int, Any]:
-        """(status, raw body bytes); transport faults become typed errors."""
+    ) -> bytes:
+        """The raw body of a 2xx answer; error statuses and transport faults become typed errors."""
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
             async with self.session().request(
@@ -154,7 +154,7 @@ class OpenAIBackend:
                 raw = await response.read()
                 if response.status >= 400:
                     raise self._status_error(response.status, raw, response.headers)
-                return response.status, raw
+                return raw
         except (TimeoutError, aiohttp.ServerTimeoutError) as e:
             raise UpstreamTimeout(f"upstream timed out after {timeout_s:g} s", backend=self.name) from e
         except aiohttp.ClientConnectorError as e:
@@ -167,7 +167,7 @@ class OpenAIBackend:
     async def complete(self, request: BackendRequest) -> BackendResponse:
         started = time.perf_counter()
         payload = orjson.dumps(self._body(request))
-        _, raw = await self._send("POST", "/chat/completions", request.timeout_s, payload)
+        raw = await self._send("POST", "/chat/completions", request.timeout_s, payload)
         try:
             completion = orjson.loads(raw)
         except orjson.JSONDecodeError as e:  # a 2xx body that is not JSON (truncated, HTML, ...)
@@ -213,7 +213,7 @@ class OpenAIBackend:
         `prompt` or chat `messages`. Other servers answer 404: an UpstreamRejected like any 4xx."""
         root = self.base_url().removesuffix("/v1")
         body = orjson.dumps({"model": self.config.model, **payload})
-        _, raw = await self._send("POST", "/tokenize", timeout_s, body, base=root)
+        raw = await self._send("POST", "/tokenize", timeout_s, body, base=root)
         try:
             return int(orjson.loads(raw)["count"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:

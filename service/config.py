@@ -73,6 +73,7 @@ class VllmServer(BaseModel):
     kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     cpu_threads_bind: str = Field(
         "all",
+        pattern=r"^(all|auto|nobind|\d+(-\d+)?(,\d+(-\d+)?)*)$",
         description="CPU only: cores for vLLM's compute threads (VLLM_CPU_OMP_THREADS_BIND). 'all': every core "
         "(measured here: 1.5x the tokens/s of vLLM's 'auto', which leaves a core to the frontend); 'auto'; or "
         "a list such as '0-7'.",

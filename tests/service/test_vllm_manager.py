@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.config import VllmServer
 from service.vllm_manager import VllmError, VllmProcess, check_adapter, detect_device, resolve_adapters
@@ -53,6 +54,8 @@ def test_compute_threads_bind_every_core_by_default(monkeypatch: pytest.MonkeyPa
     assert VllmProcess(VllmServer()).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6-7"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in VllmProcess(VllmServer(cpu_threads_bind="auto")).environment()
     assert VllmProcess(VllmServer(cpu_threads_bind="0-1")).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    with pytest.raises(ValidationError, match="cpu_threads_bind"):
+        VllmServer(cpu_threads_bind="every core")  # caught at config load, not inside vLLM's engine start
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the operator's environment wins
     assert VllmProcess(VllmServer()).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
 
