@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from backends.config import BackendConfig
+from backends.local.hardware import DtypeSetting
 from service.auth import AuthConfig
 from service.lifecycle import ShutdownConfig
 from service.pii import PiiPolicy
@@ -79,6 +80,11 @@ class VllmServer(BaseModel):
         "a list such as '0-7'.",
     )
     compact_json: bool = Field(True, description="Grammar-constrained JSON without whitespace (fewer tokens).")
+    dtype: DtypeSetting = Field(
+        "auto",
+        description="vLLM's --dtype. 'auto': bfloat16 on GPUs and on CPUs that compute bf16 natively (AVX512-BF16, "
+        "AMX), float32 elsewhere (measured on an AVX2-only EPYC: 9.5 vs 4.4 output tok/s).",
+    )
     device: Literal["auto", "cpu", "gpu"] = "auto"
     python: str | None = Field(None, description="A Python with vLLM installed; None: a managed venv.")
     extra_args: list[str] = Field(default_factory=list)

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from backends.local.hardware import choose_dtype, read_cpu
 from service.config import VllmServer
 from training.base_model import cache_dir, default_model_dir
 
@@ -139,6 +140,10 @@ class VllmProcess:
     def model_path(self) -> str:
         return self.cfg.model or str(default_model_dir())
 
+    def dtype(self) -> str:
+        """The dtype vLLM computes in: `vllm.dtype`, or for `auto` what this machine's hardware does fast."""
+        return choose_dtype(self.cfg.dtype, detect_device(self.cfg.device))
+
     def command(self, python: Path, adapters: list[Adapter]) -> list[str]:
         cfg = self.cfg
         cmd = [
@@ -148,6 +153,7 @@ class VllmProcess:
             "--host", cfg.host,
             "--port", str(cfg.port),
             "--max-model-len", str(cfg.max_model_len),
+            "--dtype", self.dtype(),
             "--enable-lora",
             "--max-lora-rank", str(cfg.max_lora_rank),
             "--max-loras", str(cfg.max_loras),
@@ -228,7 +234,10 @@ class VllmProcess:
                 self.stop()
                 raise VllmError(f"vLLM did not become healthy in {self.cfg.startup_timeout_s:g} s; see {self.log_file}")
             time.sleep(1.0)  # polling a health endpoint: the server gives no other readiness signal
-        log(f"vLLM ready at {self.url} in {time.monotonic() - started:.1f} s (pid {process.pid}, log {self.log_file})")
+        log(
+            f"vLLM ready at {self.url} in {time.monotonic() - started:.1f} s (pid {process.pid}, dtype "
+            f"{self.dtype()}, log {self.log_file})"
+        )
         return process.pid
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -267,6 +276,10 @@ class VllmProcess:
             "healthy": healthy,
             "models": self.models() if healthy else [],
             "log": str(self.log_file),
+            "device": detect_device(self.cfg.device),
+            "dtype": self.dtype(),
+            "dtype_setting": self.cfg.dtype,
+            "cpu": read_cpu().as_dict(),
         }
 
     def load_adapter(self, name: str, path: Path) -> None:

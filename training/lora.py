@@ -9,6 +9,15 @@ from typing import Any
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def local_dtype(setting: str = "auto") -> str:
+    """The dtype to train in on this machine (bf16 on GPUs and bf16-native CPUs, float32 elsewhere)."""
+    import torch
+
+    from backends.local.hardware import choose_dtype
+
+    return choose_dtype(setting, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build_lora_config(
     r: int = 16,
     alpha: int = 32,
@@ -36,7 +45,7 @@ def tiny_adapter(base: Path, out: Path, steps: int = 3, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, local_dtype()))
     model = get_peft_model(model, build_lora_config(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj")))
     messages = [
         {"role": "system", "content": "Extract invoice as JSON."},
@@ -63,8 +72,9 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    # Merged in fp32 (no rounding of the sum), stored in bf16 like the base: half the bytes, the same weights.
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
+    merged.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     return out

@@ -4,7 +4,8 @@
         --out adapters/receipt --epochs 3
     extraction train --config_file train.yaml          # the same arguments from YAML
 
-Runs on the CPU in bf16 here and on a GPU when one is present. Writes the adapter (best epoch by validation
+Runs on a GPU when one is present (bf16 mixed precision), else on the CPU in the dtype it computes fast
+(bf16 where native, fp32 elsewhere; `--dtype` overrides). Writes the adapter (best epoch by validation
 loss), a training card (JSON + Markdown) with data hashes, hyper-parameters, the loss curve (PNG), validation
 loss and field-F1 per epoch and the wall time; `--merge` also writes the merged model for fastest serving.
 """
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.local.hardware import choose_dtype, read_cpu
 from service.config import DEFAULT_CONFIG
 from service.parsing import OutputNotJSON, dumps_compact, parse_output
 from service.prompts import build_messages
@@ -51,6 +53,10 @@ class TrainArgs:
     limit: int | None = field(default=None, metadata={"help": "Train on the first N records only."})
     eval_samples: int = field(default=32, metadata={"help": "Validation items generated for field-F1 (0: off)."})
     merge: bool = field(default=False, metadata={"help": "Also write the merged model to OUT/merged."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 on GPUs and bf16-native CPUs, float32 elsewhere), bfloat16, float32, float16."},
+    )
 
 
 def encode(tokenizer: Any, task: Task, record: Record, max_length: int) -> dict[str, list[int]] | None:
@@ -162,7 +168,13 @@ def main(args: TrainArgs) -> dict[str, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    cpu = read_cpu()
+    dtype = choose_dtype(args.dtype, "cuda" if cuda else "cpu", cpu)
+    # On a GPU the weights load in fp32 and bf16 runs under autocast (mixed precision); on a CPU they load in the
+    # dtype itself, so an fp32 CPU never touches emulated bf16.
+    load_dtype = torch.float32 if cuda else getattr(torch, dtype)
+    print(f"training in {dtype} on {'cuda' if cuda else cpu.describe()}", file=sys.stderr)  # noqa: T201
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype)
     model = get_peft_model(model, build_lora_config(args.r, args.alpha, args.dropout, args.target_modules))
 
     def encode_all(records: list[Record]) -> tuple[list[dict[str, list[int]]], int]:
@@ -214,7 +226,8 @@ def main(args: TrainArgs) -> dict[str, Any]:
         report_to=[],
         seed=args.seed,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=cuda and dtype == "bfloat16" and torch.cuda.is_bf16_supported(),
+        fp16=cuda and dtype == "float16",
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
@@ -269,6 +282,9 @@ def main(args: TrainArgs) -> dict[str, Any]:
         "best_eval_loss": trainer.state.best_metric,
         "wall_time_s": round(time.time() - started, 1),
         "device": "cuda" if cuda else f"cpu ({platform.machine()})",
+        "dtype": dtype,
+        "cpu": cpu.as_dict(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     (args.out / "training_card.json").write_text(json.dumps(card, indent=2))
@@ -296,7 +312,7 @@ def card_markdown(card: dict[str, Any]) -> str:
 epochs {hp["epochs"]}, max steps {hp["max_steps"]}, seed {hp["seed"]}
 - steps {card["steps"]}, final train loss {card["train_loss"]}, best validation loss {card["best_eval_loss"]} \
 ({card["best_checkpoint"]})
-- wall time {card["wall_time_s"]} s on {card["device"]}
+- wall time {card["wall_time_s"]} s on {card["device"]} in {card.get("dtype", "bfloat16")}
 
 | epoch | step | validation loss | field F1 | exact match | JSON rate |
 |---|---|---|---|---|---|

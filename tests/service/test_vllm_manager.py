@@ -101,3 +101,20 @@ def test_stop_terminates_a_running_server_process(cache: Path) -> None:
 def test_device_override() -> None:
     assert detect_device("cpu") == "cpu" and detect_device("gpu") == "gpu"
     assert detect_device("auto") in {"cpu", "gpu"}
+
+
+def test_dtype_follows_the_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.vllm_manager as manager
+    from backends.local.hardware import parse_cpuinfo
+
+    monkeypatch.setattr(manager, "detect_device", lambda setting="auto": "cpu")
+    monkeypatch.setattr("backends.local.hardware.read_cpu", lambda: parse_cpuinfo("flags: avx2 fma\n", cores=2))
+    cmd = VllmProcess(VllmServer()).command(Path("/venv/bin/python"), [])
+    assert cmd[cmd.index("--dtype") + 1] == "float32"
+    monkeypatch.setattr("backends.local.hardware.read_cpu", lambda: parse_cpuinfo("flags: avx2 amx_bf16\n", cores=2))
+    cmd = VllmProcess(VllmServer()).command(Path("/venv/bin/python"), [])
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    cmd = VllmProcess(VllmServer(dtype="float32")).command(Path("/venv/bin/python"), [])
+    assert cmd[cmd.index("--dtype") + 1] == "float32"
+    with pytest.raises(ValidationError, match="dtype"):
+        VllmServer(dtype="bf17")  # type: ignore[arg-type]
