@@ -3,8 +3,9 @@
     extraction eval --task receipt --data data/receipt/test.jsonl --backend local-finetuned \\
         --url http://127.0.0.1:8080 --out runs/receipt-local-finetuned.json
 
-Writes a run file (meta, summary, per-item results) and, beside it, `*.disagreements.jsonl` with every item
-whose output differs from the gold answer. The test file's hash is checked against its split manifest.
+Writes a run file (meta, summary, per-item results with each field's TP/FP/FN) and, beside it,
+`*.disagreements.jsonl` with every item whose output differs from the gold answer. The test file's hash is
+checked against its split manifest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import httpx
 
 from service.tasks import Task
 from training.datasets import Record, load_dataset
-from training.metrics import Scores, error_kind
+from training.metrics import Scores, error_kind, score_field
 from training.split import check_frozen
 
 REQUEST_ERRORS = ("invalid_json", "schema_invalid", "upstream_error", "timeout", "rejected")
@@ -112,12 +113,16 @@ def _item(record: Record, status: int, body: dict[str, Any], latency_ms: float, 
     details = (error or {}).get("details", {})
     usage = body.get("usage") or details.get("usage") or {}
     output = body.get("data") if status == 200 else None
-    field_errors = {}
+    field_errors, scores = {}, {}
     for name in fields:
         present = isinstance(output, dict) and name in output
-        kind = error_kind(record.output.get(name), output.get(name) if isinstance(output, dict) else None, present)
+        value = output.get(name) if isinstance(output, dict) else None
+        kind = error_kind(record.output.get(name), value, present)
         if kind and status == 200:
             field_errors[name] = kind
+        # TP/FP/FN per field let `report` recompute micro F1 on any resample or subset of the items.
+        score = score_field(record.output.get(name), value)
+        scores[name] = [score.tp, score.fp, score.fn]
     return {
         "id": record.id,
         "status": status,
@@ -126,6 +131,7 @@ def _item(record: Record, status: int, body: dict[str, Any], latency_ms: float, 
         "error": {"code": error.get("code"), "message": error.get("message")} if error else None,
         "error_kind": request_error_kind(status, error),
         "field_errors": field_errors,
+        "scores": scores,
         "attempts": body.get("attempts", details.get("attempts")),
         "retries": body.get("retries", details.get("retries")),
         "input_tokens": usage.get("input_tokens"),

@@ -3,7 +3,10 @@
     extraction report runs/receipt-local-prompted.json runs/receipt-local-finetuned.json \\
         --requests-per-day 12000 --training-cost 2.50 --horizon-days 30 --out reports/receipt
 
-Writes report.md, report.html, report.json, cost_vs_accuracy.png and latency.png.
+Runs are compared item by item on the items they share (training/pairing.py: one test file, the intersection of
+their ids); every figure and the difference between the compared pair get paired-bootstrap intervals
+(training/stats.py). Writes report.md, report.html, report.json, intervals.png, cost_vs_accuracy.png and
+latency.png.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from training.pairing import label, pair_runs
+from training.pairing import slices as pair_slices
+from training.report_plots import plots
+from training.stats import CONFIDENCE, FIELD, RESAMPLES, Difference, compare, point_figures
 
 ACCURACY_TOLERANCE = 0.01  # a fine-tuned model this close to the prompted one counts as "as accurate"
 HYBRID_BAND = 0.05  # within this accuracy loss, a cheaper fine-tuned model is worth a fallback design
@@ -28,34 +36,54 @@ def load_run(path: Path) -> dict[str, Any]:
     return run
 
 
-def row(run: dict[str, Any], requests_per_day: int) -> dict[str, Any]:
-    s, m = run["summary"], run["meta"]
-    per_request = Decimal(str(s["cost_per_request_usd"]))
+def row(run: dict[str, Any], items: list[dict[str, Any]], figures: dict[str, float],
+        requests_per_day: int) -> dict[str, Any]:  # fmt: skip
+    """One run's line of the table, on the shared items (throughput is the whole run's)."""
+    m = run["meta"]
+    costed = [i for i in items if i.get("attempts") is not None]
+
+    def mean(key: str) -> float:  # as evaluate.summarize: over items that reached a backend
+        return round(sum(i.get(key) or 0 for i in costed) / len(costed), 6) if costed else 0.0
+
+    per_request = Decimal(str(mean("cost_usd")))
     return {
         "backend": m["backend"],
         "model": m["model"],
         "prompt_style": m["prompt_style"],
-        "items": s["items"],
-        "exact_match": s["exact_match"],
-        "field_f1": s["field_micro"]["f1"],
-        "schema_valid_first": s["schema_valid_first_attempt"],
-        "schema_valid": s["schema_valid_after_reasks"],
-        "attempts": s["attempts_per_request"],
-        "input_tokens": s["input_tokens_per_request"],
-        "output_tokens": s["output_tokens_per_request"],
+        "items": len(items),
+        "run_items": len(run["items"]),
+        "exact_match": round(figures["exact_match"], 4),
+        "field_f1": round(figures["field_f1"], 4),
+        "schema_valid_first": round(figures["schema_valid_first"], 4),
+        "schema_valid": round(figures["schema_valid"], 4),
+        "attempts": mean("attempts"),
+        "input_tokens": mean("input_tokens"),
+        "output_tokens": mean("output_tokens"),
         "cost_per_request": float(per_request),
         "cost_per_day": float(per_request * requests_per_day),
         "cost_per_month": float(per_request * requests_per_day * 30),
-        "p50_ms": s["latency_ms"]["p50"],
-        "p95_ms": s["latency_ms"]["p95"],
-        "requests_per_s": s["requests_per_s"],
-        "latencies": [i["latency_ms"] for i in run["items"]],
+        "p50_ms": figures["latency_p50_ms"],
+        "p95_ms": figures["latency_p95_ms"],
+        "requests_per_s": run["summary"].get("requests_per_s"),
     }
 
 
+def difference_factor(d: Difference, items: int | None) -> str:
+    """The field-F1 difference in words: its interval, and whether more items could settle it."""
+    on = f", {items:,} shared items" if items else ""
+    text = (f"field F1 difference, fine-tuned − prompted: {d.value:+.3f} "
+            f"({CONFIDENCE:.0%} interval {d.low:+.3f} to {d.high:+.3f}{on}): ")  # fmt: skip
+    if d.significant:
+        return text + "significant"
+    if d.items_needed is None:
+        return text + "no significant difference (the same field F1)"
+    return text + f"no significant difference; about {d.items_needed:,} items would resolve a difference of this size"
+
+
 def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: float, payback_days: float | None,
-           horizon_days: int) -> tuple[str, list[str]]:  # fmt: skip
-    """(recommendation, the factors that decided it)."""
+           horizon_days: int, difference: Difference | None = None,
+           items: int | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    """(recommendation, the factors that decided it); `difference`: the paired field-F1 difference, if known."""
     gap = finetuned["field_f1"] - prompted["field_f1"]
     factors = [
         f"field F1: fine-tuned {finetuned['field_f1']:.3f} vs prompted {prompted['field_f1']:.3f} ({gap:+.3f})",
@@ -64,6 +92,10 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
         f"P95 latency: {finetuned['p95_ms']} ms vs {prompted['p95_ms']} ms",
         f"schema-valid after re-asks: {finetuned['schema_valid']:.1%} vs {prompted['schema_valid']:.1%}",
     ]
+    if difference is not None:
+        factors.insert(1, difference_factor(difference, items))
+    # Quality may outweigh cost only when the test set can tell the two apart.
+    clearly_better = gap > HYBRID_BAND and (difference is None or difference.significant)
     pays_back = payback_days is not None and payback_days <= horizon_days
     factors.append(
         f"training pays back in {payback_days:.2f} days (horizon {horizon_days})" if payback_days is not None
@@ -72,7 +104,7 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
     if max(finetuned["field_f1"], prompted["field_f1"]) < USEFUL_F1:  # said whichever way the choice goes
         factors.append(f"both score below {USEFUL_F1} field F1 on this test set: neither is ready for the task; "
                        "more or better training data, or a larger model, before switching")  # fmt: skip
-    if gap >= -ACCURACY_TOLERANCE and (pays_back or gap > HYBRID_BAND):
+    if gap >= -ACCURACY_TOLERANCE and (pays_back or clearly_better):
         return "fine-tuning", factors
     # "A little lower" is small in absolute and in relative terms: 0.045 -> 0.0 is not a little lower.
     kept = finetuned["field_f1"] / prompted["field_f1"] if prompted["field_f1"] > 0 else 1.0
@@ -85,38 +117,83 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
     return "prompting", factors
 
 
+def verdict(d: Difference, a: str, b: str, what: str = "field F1") -> str:
+    """The verdict on a difference: "no significant difference in field F1", or which of a and b is better."""
+    if not d.significant:
+        return f"no significant difference in {what}"
+    better, worse = (b, a) if d.value > 0 else (a, b)
+    return f"{better} is better than {worse} in {what}"
+
+
+def _pair(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """The rows the decision compares: the best prompted and the best fine-tuned (field F1, then cost)."""
+
+    def best(among: list[int]) -> int:
+        return max(among, key=lambda k: (rows[k]["field_f1"], -rows[k]["cost_per_request"]))
+
+    def style(name: str) -> list[int]:
+        return [k for k, r in enumerate(rows) if r["prompt_style"] == name]
+
+    a = best(style("few_shot")) if style("few_shot") else 0
+    b = best(style("finetuned")) if style("finetuned") else len(rows) - 1
+    if a == b:  # e.g. two adapters, the first the best: compare it with the best of the others
+        b = best([k for k in range(len(rows)) if k != a])
+    return a, b
+
+
 def build_report(
-    runs: list[dict[str, Any]], requests_per_day: int, training_cost: float, horizon_days: int, out: Path
-) -> dict[str, Any]:
+    runs: list[dict[str, Any]], requests_per_day: int, training_cost: float, horizon_days: int, out: Path,
+    resamples: int = RESAMPLES, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Pair the runs on their shared items, bootstrap every figure, decide, and write the report files."""
+    if len(runs) < 2:
+        raise ValueError("give two or more run files")
     tasks = {r["meta"]["task"] for r in runs}
-    tests = {r["meta"]["test_sha256"] for r in runs}
     if len(tasks) > 1:
         raise ValueError(f"runs cover different tasks {sorted(tasks)}; compare runs of one task")
-    rows = [row(r, requests_per_day) for r in runs]
-
-    # With several runs of a kind, the decision compares the best of each (field F1, then cost per request).
-    def best(style: str, fallback: dict[str, Any]) -> dict[str, Any]:
-        kind = [r for r in rows if r["prompt_style"] == style]
-        return max(kind, key=lambda r: (r["field_f1"], -r["cost_per_request"])) if kind else fallback
-
-    prompted = best("few_shot", rows[0])
-    finetuned = best("finetuned", rows[-1])
+    pairing = pair_runs(runs)  # refuses different test files; reduces to the shared items
+    rows = [row(r, items, point_figures(t), requests_per_day)
+            for r, items, t in zip(runs, pairing.items, pairing.tables, strict=True)]  # fmt: skip
+    a, b = _pair(rows)
+    prompted, finetuned = rows[a], rows[b]
+    comparison = compare(pairing.tables, a, b, resamples, seed)
+    for r, estimates in zip(rows, comparison.runs, strict=True):
+        r["intervals"] = {k: e.as_dict() for k, e in estimates.items()}
+    slices = {name: compare([t.rows(index) for t in pairing.tables], a, b, resamples, [seed, k])
+              for k, (name, index) in enumerate(pair_slices(pairing.ids).items())}  # fmt: skip
     saving = (
         Decimal(str(prompted["cost_per_request"])) - Decimal(str(finetuned["cost_per_request"]))
     ) * requests_per_day
     payback = float(Decimal(str(training_cost)) / saving) if saving > 0 else None
-    recommendation, factors = decide(prompted, finetuned, float(saving), payback, horizon_days)
-    out.mkdir(parents=True, exist_ok=True)
-    plots(rows, out)
+    f1_difference = comparison.differences["field_f1"]
+    recommendation, factors = decide(prompted, finetuned, float(saving), payback, horizon_days, f1_difference,
+                                     comparison.items)  # fmt: skip
     report = {
         "task": tasks.pop(),
-        "same_test_set": len(tests) == 1,
+        "same_test_set": True,  # pair_runs refuses anything else
         "requests_per_day": requests_per_day,
         "training_cost_usd": training_cost,
         "horizon_days": horizon_days,
-        "rows": [{k: v for k, v in r.items() if k != "latencies"} for r in rows],
+        "pairing": {
+            "test_sha256": pairing.test_sha256,
+            "shared_items": len(pairing.ids),
+            "fields": pairing.fields,
+            "runs": [
+                {"run": label(r), "items": total, "dropped": dropped}
+                for r, total, dropped in zip(runs, pairing.run_items, pairing.dropped, strict=True)
+            ],
+            "method": "paired bootstrap over items, percentile intervals",
+            "resamples": resamples,
+            "seed": seed,
+            "confidence": CONFIDENCE,
+        },
+        "rows": rows,
         "prompted": prompted["backend"],
         "finetuned": finetuned["backend"],
+        "differences": {k: d.as_dict() for k, d in comparison.differences.items()},
+        "slices": {name: c.as_dict() for name, c in slices.items()},
+        "significant": f1_difference.significant,
+        "verdict": verdict(f1_difference, prompted["backend"], finetuned["backend"]),
         "saving_per_day_usd": float(saving),
         "break_even_training_budget_usd": float(saving * horizon_days),
         "payback_days": payback,
@@ -126,6 +203,8 @@ def build_report(
         "recommendation": recommendation,
         "factors": factors,
     }
+    out.mkdir(parents=True, exist_ok=True)
+    plots(report, [[i["latency_ms"] for i in items] for items in pairing.items], out)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))
     (out / "report.html").write_text(to_html(report))
@@ -147,38 +226,103 @@ def _cells(r: dict[str, Any]) -> list[str]:
     return [fmt.format(r[key]) if r[key] is not None else "-" for key, _, fmt in COLUMNS]
 
 
+# (figure, title, format of a value); latency is better lower, everything else higher.
+ACCURACY = [("exact_match", "exact match"), ("field_f1", "field F1 (micro)"),
+            ("schema_valid", "schema-valid w/ re-asks"), ("schema_valid_first", "schema-valid 1st try")]  # fmt: skip
+LATENCY = [("latency_p50_ms", "P50 latency ms"), ("latency_p95_ms", "P95 latency ms")]
+
+
+def _estimate(e: dict[str, Any], ms: bool, sign: str = "") -> str:
+    f = f"{{:{sign}.0f}}" if ms else f"{{:{sign}.3f}}"
+    return f"{f.format(e['value'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
+
+
+def _verdict_cell(d: dict[str, Any], a: str, b: str, ms: bool) -> str:
+    if d["significant"]:
+        worse_b = d["value"] > 0 if ms else d["value"] < 0
+        return f"{a if worse_b else b} {'faster' if ms else 'better'}"
+    needed = f"; ~{d['items_needed']:,} items to resolve" if d["items_needed"] else ""
+    return "no significant difference" + needed
+
+
+def interval_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the interval tables, rendered alike in Markdown and HTML."""
+    names = [r["backend"] for r in report["rows"]]
+    a, b = report["prompted"], report["finetuned"]
+    header = ["figure", *names, f"{b} − {a}", "verdict"]
+
+    def line(title: str, runs: list[dict[str, Any]], d: dict[str, Any], ms: bool = False) -> list[str]:
+        return [title, *(_estimate(e, ms) for e in runs), _estimate(d, ms, "+"), _verdict_cell(d, a, b, ms)]
+
+    def table(figures: list[tuple[str, str]]) -> list[list[str]]:
+        return [line(title, [r["intervals"][k] for r in report["rows"]], report["differences"][k], k in dict(LATENCY))
+                for k, title in figures]  # fmt: skip
+
+    fields = [(FIELD + f, f) for f in report["pairing"]["fields"]]
+    tables = [("Accuracy and latency", header, table(ACCURACY + LATENCY)), ("F1 per field", header, table(fields))]
+    if report["slices"]:
+        slices = [line(f"{name} ({c['items']} items)", [run["field_f1"] for run in c["runs"]],
+                       c["differences"]["field_f1"]) for name, c in report["slices"].items()]  # fmt: skip
+        tables.append(("Field F1 per difficulty slice", ["slice", *header[1:]], slices))
+    return tables
+
+
+def pairing_note(report: dict[str, Any]) -> str:
+    """Which items were compared, what was dropped from which run, and how the intervals were made."""
+    p = report["pairing"]
+    dropped = [f"{r['dropped']} of {r['items']} from {r['run']}" for r in p["runs"] if r["dropped"]]
+    return (f"Compared on {p['shared_items']:,} items shared by every run (test file sha256 {p['test_sha256'][:12]}); "
+            + (f"dropped {'; '.join(dropped)}. " if dropped else "no item dropped. ")
+            + f"Intervals: {p['confidence']:.0%}, paired bootstrap over items ({p['resamples']:,} resamples, "
+            f"seed {p['seed']}); a difference is significant when its interval excludes 0.")  # fmt: skip
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def markdown(report: dict[str, Any]) -> str:
-    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "---|" * len(COLUMNS)
-    body = "\n".join("| " + " | ".join(_cells(r)) + " |" for r in report["rows"])
+    header = [title for _, title, _ in COLUMNS]
     payback = f"{report['payback_days']:.2f} days" if report["payback_days"] is not None else "never"
-    warn = "" if report["same_test_set"] else "\n> Warning: the runs used different test files (hashes differ).\n"
     factors = "\n".join(f"- {f}" for f in report["factors"])
+    intervals = "\n\n".join(f"### {title}\n\n{_md_table(h, rows)}" for title, h, rows in interval_tables(report))
     return f"""# Prompting vs fine-tuning: `{report["task"]}`
-{warn}
+
 Traffic {report["requests_per_day"]:,} requests/day, training cost ${report["training_cost_usd"]:,.2f}, horizon {report["horizon_days"]} days.
 
-{header}
-{rule}
-{body}
+{pairing_note(report)}
+
+{_md_table(header, [_cells(r) for r in report["rows"]])}
 
 - saving with `{report["finetuned"]}` instead of `{report["prompted"]}`: **${report["saving_per_day_usd"]:,.2f}/day**
 - break-even training budget over {report["horizon_days"]} days: **${report["break_even_training_budget_usd"]:,.2f}**
 - payback of the ${report["training_cost_usd"]:,.2f} training: **{payback}**
 - input tokens per request, prompted / fine-tuned: {report["input_token_ratio"]}x
 
-## Recommendation: **{report["recommendation"]}**
+## Recommendation: **{report["recommendation"]}** ({report["verdict"]})
 
 {factors}
 
+## With {report["pairing"]["confidence"]:.0%} intervals
+
+{intervals}
+
+![intervals](intervals.png)
 ![cost vs accuracy](cost_vs_accuracy.png)
 ![latency](latency.png)
 """
 
 
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def to_html(report: dict[str, Any]) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in report["rows"])
+    main = _html_table([title for _, title, _ in COLUMNS], [_cells(r) for r in report["rows"]])
+    intervals = "".join(f"<h3>{html.escape(t)}</h3>{_html_table(h, rows)}" for t, h, rows in interval_tables(report))
     factors = "".join(f"<li>{html.escape(f)}</li>" for f in report["factors"])
     payback = f"{report['payback_days']:.2f} days" if report["payback_days"] is not None else "never"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report["task"])}: prompting vs fine-tuning</title>
@@ -186,40 +330,12 @@ def to_html(report: dict[str, Any]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}</style></head><body>
 <h1>Prompting vs fine-tuning: <code>{html.escape(report["task"])}</code></h1>
 <p>Traffic {report["requests_per_day"]:,} requests/day, training cost ${report["training_cost_usd"]:,.2f}, horizon {report["horizon_days"]} days.</p>
-<table><tr>{head}</tr>{body}</table>
+<p>{html.escape(pairing_note(report))}</p>
+{main}
 <ul><li>saving: <b>${report["saving_per_day_usd"]:,.2f}/day</b></li>
 <li>break-even training budget: <b>${report["break_even_training_budget_usd"]:,.2f}</b></li>
 <li>payback: <b>{payback}</b></li></ul>
-<h2>Recommendation: {html.escape(report["recommendation"])}</h2><ul>{factors}</ul>
-<img src="cost_vs_accuracy.png" alt="cost vs accuracy"><img src="latency.png" alt="latency"></body></html>
+<h2>Recommendation: {html.escape(report["recommendation"])} ({html.escape(report["verdict"])})</h2><ul>{factors}</ul>
+<h2>With {report["pairing"]["confidence"]:.0%} intervals</h2>{intervals}
+<img src="intervals.png" alt="intervals"><img src="cost_vs_accuracy.png" alt="cost vs accuracy"><img src="latency.png" alt="latency"></body></html>
 """
-
-
-def plots(rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.scatter(r["cost_per_request"] * 1000, r["field_f1"], s=60)
-        ax.annotate(r["backend"], (r["cost_per_request"] * 1000, r["field_f1"]), textcoords="offset points",
-                    xytext=(5, 5))  # fmt: skip
-    ax.set_xlabel("USD per 1,000 requests")
-    ax.set_ylabel("field F1")
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    ax.set_title("cost vs accuracy")
-    fig.tight_layout()
-    fig.savefig(out / "cost_vs_accuracy.png", dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.boxplot([r["latencies"] or [0] for r in rows], showfliers=True)
-    ax.set_xticks(range(1, len(rows) + 1), [r["backend"] for r in rows])
-    ax.set_ylabel("latency per request (ms)")
-    ax.set_title("latency distribution")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
