@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 from backends.base import Backend, BackendRequest, BackendResponse, Usage
-from backends.config import BackendConfig, Pricing
+from backends.config import Endpoint, Pricing
 
 # kind -> "module:Class". Both kinds share one implementation; they differ in config defaults only.
 _REGISTRY: dict[str, str] = {
@@ -21,8 +21,8 @@ def register(kind: str, target: str) -> None:
     _REGISTRY[kind] = target
 
 
-def create_backend(config: BackendConfig, **kwargs: Any) -> Backend:
-    """Instantiate the implementation registered for `config.kind`."""
+def create_backend(config: Endpoint, **kwargs: Any) -> Backend:
+    """Instantiate the implementation registered for `config.kind` (a client reads only the endpoint)."""
     module_name, _, cls_name = _REGISTRY[config.kind].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -37,7 +37,7 @@ def create_backend(config: BackendConfig, **kwargs: Any) -> Backend:
 
 __all__ = [
     "Backend",
-    "BackendConfig",
+    "Endpoint",
     "BackendRequest",
     "BackendResponse",
     "Pricing",

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from backends.base import BackendRequest, BackendResponse, Usage
-from backends.config import BackendConfig
+from backends.config import Endpoint
 from backends.errors import (
     BackendError,
     BackendNotConfigured,
@@ -63,7 +63,7 @@ class OpenAIBackend:
     per backend; the client never retries (the pipeline's tenacity loop does).
     """
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: Endpoint) -> None:
         self.name = config.name
         self.config = config
         self._session: aiohttp.ClientSession | None = None

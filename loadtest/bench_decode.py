@@ -26,10 +26,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from backends.local.base_model import prepare
+from backends.local.config import VllmServer
+from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.bench_local import throughput
-from service.config import VllmServer
-from service.vllm_manager import VllmProcess, ensure_vllm
-from training.base_model import prepare
 
 console = Console(stderr=True)
 

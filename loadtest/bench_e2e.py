@@ -23,12 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from backends.local.base_model import prepare
+from backends.local.config import VllmServer
+from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.mock_upstream import ServerThread
 from loadtest.run import LoadArgs, run_once
 from service.app import create_app
-from service.config import DEFAULT_CONFIG, Settings, VllmServer
-from service.vllm_manager import VllmProcess, ensure_vllm
-from training.base_model import prepare
+from service.config import DEFAULT_CONFIG, Settings
 from training.lora import merge_adapter
 
 console = Console(stderr=True)

@@ -36,9 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.base import BackendRequest
-from backends.config import BackendConfig
 from backends.openai_compat import OpenAIBackend
-from service.config import DEFAULT_CONFIG
+from service.config import DEFAULT_CONFIG, BackendConfig
 from service.demo import SAMPLES
 from service.prompts import build_messages
 from service.tasks import load_tasks

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from training.base_model import prepare
+from backends.local.base_model import prepare
 from training.synthetic import GENERATORS, generate
 
 

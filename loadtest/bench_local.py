@@ -22,12 +22,13 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from backends.local.base_model import prepare
+from backends.local.config import VllmServer
+from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
-from service.config import DEFAULT_CONFIG, Settings, VllmServer
+from service.config import DEFAULT_CONFIG, Settings
 from service.demo import SAMPLES
-from service.vllm_manager import VllmProcess, ensure_vllm
-from training.base_model import prepare
 from training.lora import merge_adapter, tiny_adapter
 
 console = Console(stderr=True)

@@ -58,3 +58,8 @@ def loadtest_command(
         console.print(f"[red]SLO missed[/red]: {missed}")
     console.print(f"summary: {out / 'summary.json'}  report: {out / 'locust.html'}")
     raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """The `extraction.commands` entry point: adds `loadtest` to the `extraction` app."""
+    app.command("loadtest")(loadtest_command)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from backends.config import Pricing
 
+if TYPE_CHECKING:
+    from service.pipeline.spend import Spend
+
 
 class ExtractOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Per-request limits; each can only tighten what the backend's config allows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_attempts: int | None = Field(None, ge=1, le=10, description="Cap on answers (first + re-asks).")
     max_cost_usd: float | None = Field(None, gt=0, description="Stop before an attempt that could pass this.")
@@ -83,6 +88,18 @@ class ExtractResponse(BaseModel):
         "validation and re-ask only)."
     )
     request_id: str | None = None
+    _spend: Spend | None = PrivateAttr(default=None)
+
+    @property
+    def spend(self) -> Spend:
+        """What the request consumed, typed (the fields above are its figures for the wire)."""
+        from service.pipeline.spend import Spend
+
+        return self._spend if self._spend is not None else Spend()
+
+    def with_spend(self, spend: Spend) -> ExtractResponse:
+        self._spend = spend
+        return self
 
 
 class ErrorInfo(BaseModel):

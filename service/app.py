@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +17,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backends import create_backend
 from service.config import Settings, get_settings
 from service.errors import BadRequest, ExtractionError, PayloadTooLarge
 from service.lifecycle import DrainGuard, install_signal_handler
@@ -26,11 +28,16 @@ from service.state import AppState, BackendFactory
 log = structlog.get_logger("extraction.app")
 
 
-def create_app(settings: Settings | None = None, backend_factory: BackendFactory | None = None) -> FastAPI:
-    """The ASGI app. Without arguments: settings from EXTRACTION_CONFIG and the environment."""
+def create_app(
+    settings: Settings | None = None,
+    backend_factory: BackendFactory | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The ASGI app. Without arguments: settings from EXTRACTION_CONFIG and the environment. `clock` drives the
+    circuit breakers (tests pass a fake one)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    state = AppState.build(settings, backend_factory) if backend_factory else AppState.build(settings)
+    state = AppState.build(settings, backend_factory or create_backend, clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -25,9 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from service.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
+from service.tasks import ADHOC  # a key that lists tasks may send ad-hoc schemas when it lists this name
 
 KEY_PREFIX = "sk-ex-"
-ADHOC = "adhoc"  # the name that lets a key send ad-hoc schemas when it lists tasks
 
 
 class ApiKeyConfig(BaseModel):

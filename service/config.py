@@ -1,4 +1,8 @@
-"""Settings: a YAML file (path in EXTRACTION_CONFIG) overlaid by EXTRACTION_* environment variables."""
+"""Settings: a YAML file (path in EXTRACTION_CONFIG) overlaid by EXTRACTION_* environment variables.
+
+A backend's entry is flat in YAML but two things in code: the `Endpoint` a client reads (backends/) and the
+`BackendPolicy` the pipeline applies.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,82 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from backends.config import BackendConfig
-from backends.local.hardware import DtypeSetting
+from backends.config import Endpoint, Pricing
+from backends.local.config import VllmServer
+from backends.profiles import SchemaDialect, default_dialect
 from service.auth import AuthConfig
 from service.lifecycle import ShutdownConfig
 from service.pii import PiiPolicy
 
 DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
+
+
+PromptStyle = Literal["few_shot", "finetuned"]
+
+
+class CircuitConfig(BaseModel):
+    """Per-backend circuit breaker: open after `failure_threshold` consecutive failed calls, or when the share
+    of failed calls among the last `window` reaches `error_rate` (0: off); probe after reset_after_s."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, ge=0, le=1, description="Open at this share of failures in the window; 0: off.")
+    window: int = Field(20, ge=2, description="Calls the error rate is computed over.")
+    reset_after_s: float = Field(30.0, gt=0)
+
+
+class BackendPolicy(BaseModel):
+    """What the service does with an endpoint: prompt, constrain, retry, limit, fall back, price."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_style: PromptStyle = "few_shot"
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    schema_dialect: SchemaDialect | None = Field(
+        None, description="What the structured-output engine enforces (its profile); None: by kind."
+    )
+    pricing: Pricing = Field(default_factory=Pricing)
+    max_attempts: int = Field(3, ge=1, le=10, description="Answers asked for (first try + re-asks).")
+    max_retries: int = Field(4, ge=0, le=20, description="Transport retries (429/5xx/timeouts) per answer.")
+    max_concurrency: int = Field(32, ge=1)
+    max_queue: int = Field(
+        256, ge=0, description="Calls waiting for a max_concurrency slot; more get 503 overloaded at once."
+    )
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Backends tried in order when this one fails (upstream error, open circuit, or no valid "
+        "answer after its re-asks). The response's `backend` says who answered.",
+    )
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    max_output_tokens: int = Field(512, ge=1)
+    context_window: int | None = Field(
+        None, ge=16, description="Model context in tokens; prompt + text + max output beyond it gets 400 text_too_long."
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Counts input tokens for limits: an HF tokenizer folder or tokenizer.json, or 'remote' (the "
+        "server's /tokenize, vLLM); None: for kind vllm the managed model's file or else /tokenize, for hosted "
+        "APIs an estimate of 4 characters per token.",
+    )
+    temperature: float = Field(0.0, ge=0, le=2)
+
+
+class BackendConfig(Endpoint, BackendPolicy):
+    """One entry under `backends:`: the endpoint and the policy, flat in YAML as users write it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Just the endpoint: what the client is built from."""
+        return Endpoint.model_validate({k: getattr(self, k) for k in Endpoint.model_fields})
+
+    @model_validator(mode="after")
+    def _dialect_by_kind(self) -> BackendConfig:
+        if self.schema_dialect is None:
+            self.schema_dialect = default_dialect(self.kind)
+        return self
 
 
 class Limits(BaseModel):
@@ -54,41 +127,6 @@ class RequestLogConfig(BaseModel):
     enabled: bool = False
     path: Path = Field(Path("var/requests.jsonl"), description="Relative paths start at the working directory.")
     redact_pii: bool = Field(True, description="Replace e-mails, phones, IBANs, card numbers before writing.")
-
-
-class VllmServer(BaseModel):
-    """The local vLLM server `extraction vllm up` runs (loopback only: the API is the one public door)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, description="HF folder or id; None: the prepared SmolLM2 in the cache.")
-    served_model_name: str = "smollm2-135m"
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    adapters: dict[str, str] = Field(
-        default_factory=dict, description="LoRA name -> folder, loaded at start (missing ones are skipped)."
-    )
-    max_lora_rank: int = Field(16, description="One of 8, 16, 32, 64, ...")
-    max_loras: int = Field(4, ge=1, description="Adapters in one batch.")
-    max_model_len: int = Field(2048, ge=128)
-    kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
-    cpu_threads_bind: str = Field(
-        "all",
-        pattern=r"^(all|auto|nobind|\d+(-\d+)?(,\d+(-\d+)?)*)$",
-        description="CPU only: cores for vLLM's compute threads (VLLM_CPU_OMP_THREADS_BIND). 'all': every core "
-        "(measured here: 1.5x the tokens/s of vLLM's 'auto', which leaves a core to the frontend); 'auto'; or "
-        "a list such as '0-7'.",
-    )
-    compact_json: bool = Field(True, description="Grammar-constrained JSON without whitespace (fewer tokens).")
-    dtype: DtypeSetting = Field(
-        "auto",
-        description="vLLM's --dtype. 'auto': bfloat16 on GPUs and on CPUs that compute bf16 natively (AVX512-BF16, "
-        "AMX), float32 elsewhere (measured on an AVX2-only EPYC: 9.5 vs 4.4 output tok/s).",
-    )
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    python: str | None = Field(None, description="A Python with vLLM installed; None: a managed venv.")
-    extra_args: list[str] = Field(default_factory=list)
-    startup_timeout_s: float = Field(300, gt=0)
 
 
 class Settings(BaseSettings):

@@ -93,8 +93,8 @@ def run_samples(api: str, backends: list[str], console: Console) -> list[dict[st
 
 def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
     """Start vLLM (unless running) and the API, print extractions for every usable backend, then serve."""
-    from service.vllm_manager import VllmProcess, ensure_vllm
-    from training.base_model import prepare
+    from backends.local.base_model import prepare
+    from backends.local.vllm import VllmProcess, ensure_vllm
 
     vllm = VllmProcess(settings.vllm, settings.config.parent)
     started_vllm = False

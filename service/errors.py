@@ -27,21 +27,38 @@ The single place that turns these into HTTP responses is `service.app`'s excepti
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from service.pipeline.spend import Spend
 
 
 class ExtractionError(Exception):
+    """`spend`: what the request consumed before it failed (None: nothing was called); its figures are also
+    in `details` (attempts, retries, usage, cost_usd), so callers are billed and told alike."""
+
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     outcome: ClassVar[str] = "upstream_error"
 
     def __init__(
-        self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        spend: Spend | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.details = details or {}
         self.headers = headers or {}
+        self.spend = spend
+        self.details = {**spend.details(), **(details or {})} if spend is not None else (details or {})
+
+    def add_spend(self, earlier: Spend) -> None:
+        """Add what earlier work (backends before this one in a fallback chain) consumed."""
+        self.spend = earlier if self.spend is None else self.spend + earlier
+        self.details.update(self.spend.details())
 
     def body(self, request_id: str | None) -> dict[str, Any]:
         return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backends.config import PromptStyle
+from service.config import PromptStyle
 from service.parsing import dumps_compact
 from service.tasks import ADHOC, Task
 from service.validation import Issue

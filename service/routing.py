@@ -1,16 +1,20 @@
-"""Which backend answers: request override > task's backend > default backend."""
+"""Which backend answers: the request's override > the task's backend > the default backend. The one rule."""
 
 from __future__ import annotations
 
-from backends.config import BackendConfig
-from service.config import Settings
+from service.config import BackendConfig, Settings
 from service.errors import UnknownBackend
 from service.tasks import Task
 
 
-def route(settings: Settings, task: Task, override: str | None = None) -> BackendConfig:
+def backend_name(settings: Settings, task: Task | None, override: str | None = None) -> str:
+    """The name the rule picks (not checked: a key's permissions are checked against it first)."""
+    return override or (task.backend if task else None) or settings.default_backend
+
+
+def route(settings: Settings, task: Task | None, override: str | None = None) -> BackendConfig:
     """The backend config for this request; 400 unknown_backend for a name not configured."""
-    name = override or task.backend or settings.default_backend
+    name = backend_name(settings, task, override)
     try:
         return settings.backends[name]
     except KeyError:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backends import Backend, BackendConfig, create_backend
+from backends import Backend, Endpoint, create_backend
 from service.auth import Authenticator, load_keys
 from service.config import ConfigError, Settings
-from service.extract import Extractor
 from service.lifecycle import Drain
 from service.metrics import Metrics
+from service.pipeline.extractor import Extractor
 from service.request_log import RequestLog
 from service.tasks import Task, load_tasks
 
-BackendFactory = Callable[[BackendConfig], Backend]
+BackendFactory = Callable[[Endpoint], Backend]
 
 
 @dataclass
@@ -29,7 +30,12 @@ class AppState:
     drain: Drain = field(default_factory=Drain)
 
     @classmethod
-    def build(cls, settings: Settings, backend_factory: BackendFactory = create_backend) -> AppState:
+    def build(
+        cls,
+        settings: Settings,
+        backend_factory: BackendFactory = create_backend,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> AppState:
         """Load tasks and create backend clients; a bad task or reference raises ConfigError naming it."""
         tasks = load_tasks(settings.tasks_dir)
         for task in tasks.values():
@@ -41,11 +47,11 @@ class AppState:
             authenticator = Authenticator(load_keys(settings.auth, settings.api_keys, settings.config.parent))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        backends = {name: backend_factory(cfg) for name, cfg in settings.backends.items()}
+        backends = {name: backend_factory(cfg.endpoint) for name, cfg in settings.backends.items()}
         metrics = Metrics()
         request_log = RequestLog(settings.request_log.path) if settings.request_log.enabled else None
         try:
-            extractor = Extractor(settings, backends, metrics, tasks, request_log=request_log)
+            extractor = Extractor(settings, backends, metrics, tasks, clock=clock, request_log=request_log)
         except ValueError as e:  # an explicitly configured tokenizer that cannot be loaded
             raise ConfigError(str(e)) from None
         return cls(settings, tasks, backends, metrics, extractor, request_log, authenticator)

@@ -18,9 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from backends.config import BackendConfig
 from backends.errors import BackendError
-from service.config import VllmServer
+from backends.local.config import VllmServer
+from service.config import BackendConfig
 
 log = structlog.get_logger("extraction.tokens")
 CHARS_PER_TOKEN = 4
@@ -114,7 +114,7 @@ class Tokenizing(Protocol):
 def managed_model_dir(vllm: VllmServer) -> Path:
     if vllm.model:
         return Path(vllm.model).expanduser()
-    from training.base_model import default_model_dir  # no heavy imports: paths only
+    from backends.local.base_model import default_model_dir  # no heavy imports: paths only
 
     return default_model_dir()
 

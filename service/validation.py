@@ -1,4 +1,7 @@
-"""JSON Schema handling: check schemas, compile validators once, validate outputs, know engine dialects."""
+"""JSON Schema handling: check schemas, compile validators once, validate outputs.
+
+What each structured-output engine can enforce is the backend's business: `backends.profiles`.
+"""
 
 from __future__ import annotations
 
@@ -78,75 +81,3 @@ def validate(instance: Any, validator: Draft202012Validator) -> list[Issue]:
     """All errors (at most MAX_ISSUES), shallowest first; empty when valid."""
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     return [Issue(e.json_path, e.message) for e in errors[:MAX_ISSUES]]
-
-
-# Keywords each structured-output engine rejects or cannot enforce, so a request carrying them would fail
-# at the upstream. A schema using one is sent in JSON mode and enforced by our validation + re-ask instead.
-_UNSUPPORTED: dict[str, frozenset[str]] = {
-    "openai_strict": frozenset(
-        {
-            "allOf",
-            "oneOf",
-            "not",
-            "if",
-            "then",
-            "else",
-            "dependentRequired",
-            "dependentSchemas",
-            "patternProperties",
-            "unevaluatedProperties",
-            "unevaluatedItems",
-            "propertyNames",
-            "contains",
-            "$dynamicRef",
-            "prefixItems",
-        }
-    ),
-    "vllm": frozenset(
-        {
-            "not",
-            "if",
-            "then",
-            "else",
-            "dependentSchemas",
-            "unevaluatedProperties",
-            "unevaluatedItems",
-            "$dynamicRef",
-            "propertyNames",
-        }
-    ),
-    "full": frozenset(),
-}
-
-
-def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
-    """Why `dialect`'s engine cannot enforce `schema` (empty list: it can)."""
-    unsupported = _UNSUPPORTED.get(dialect, frozenset())
-    gaps: list[str] = []
-    if dialect == "openai_strict" and schema.get("type") != "object":
-        gaps.append("root must be an object")
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, f"{path}/{i}")
-            return
-        if not isinstance(node, dict):
-            return
-        for key in sorted(unsupported & node.keys()):
-            gaps.append(f"{path or '/'}: keyword {key!r}")
-        if dialect == "openai_strict" and "properties" in node:
-            if node.get("additionalProperties") is not False:
-                gaps.append(f"{path or '/'}: additionalProperties must be false")
-            missing = set(node["properties"]) - set(node.get("required", []))
-            if missing:
-                gaps.append(f"{path or '/'}: every property must be required ({', '.join(sorted(missing))})")
-        for key, value in node.items():
-            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
-                for name, sub in value.items():
-                    walk(sub, f"{path}/{key}/{name}")
-            elif key not in ("enum", "const", "examples", "default"):
-                walk(value, f"{path}/{key}")
-
-    walk(schema, "")
-    return gaps

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import deque
 
 from backends.base import BackendRequest, BackendResponse, Usage
-from backends.config import BackendConfig
+from backends.config import Endpoint
 
 
 class FakeBackend:
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: Endpoint) -> None:
         self.name = config.name
         self.config = config
         self.queue: deque[str | BackendResponse | Exception] = deque()

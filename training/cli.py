@@ -295,3 +295,12 @@ def report_command(
         raise _fail(e) from None
     sys.stdout.write((out / "report.md").read_text())
     console.print(f"\nrecommendation: [bold]{report['recommendation']}[/bold]  ({out}/report.html)")
+
+
+def register(app: typer.Typer) -> None:
+    """The `extraction.commands` entry point: adds data, train, eval and report to the `extraction` app."""
+    app.add_typer(data_app, name="data")
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                add_help_option=False)(train_command)  # fmt: skip
+    app.command("eval")(eval_command)
+    app.command("report")(report_command)

@@ -22,7 +22,8 @@ from service.api_models import (
 from service.auth import Principal
 from service.deps import PrincipalDep, RequestIdDep, StateDep
 from service.errors import BadRequest, ClientClosedRequest, ExtractionError
-from service.results import Options, Result
+from service.pipeline.spend import Spend
+from service.routing import backend_name
 from service.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["extract"])
@@ -81,7 +82,7 @@ def _authorize(state: AppState, principal: Principal | None, body: ExtractReques
     if principal is None:
         return
     task = state.tasks.get(body.task) if body.task else None
-    wanted = body.backend or backend or (task.backend if task else None) or state.settings.default_backend
+    wanted = backend_name(state.settings, task, body.backend or backend)
     try:
         principal.authorize(body.task, wanted)
     except ExtractionError:
@@ -91,7 +92,8 @@ def _authorize(state: AppState, principal: Principal | None, body: ExtractReques
 
 async def _run(
     state: AppState, body: ExtractRequest, backend: str | None, request_id: str | None, principal: Principal | None
-) -> Result:
+) -> ExtractResponse:
+    """One extraction; the key is charged what it consumed, failed attempts included."""
     try:
         result = await state.extractor.extract(
             body.text,
@@ -99,17 +101,19 @@ async def _run(
             schema=body.json_schema,
             instructions=body.instructions,
             backend=body.backend or backend,
-            options=Options(**body.options.model_dump()),
+            options=body.options,
             request_id=request_id,
         )
     except ExtractionError as e:
-        if principal is not None:  # failed attempts were billed too
-            usage = e.details.get("usage", {})
-            principal.charge(usage.get("input_tokens", 0) + usage.get("output_tokens", 0), e.details.get("cost_usd", 0))
+        _charge(principal, e.spend)
         raise
-    if principal is not None:
-        principal.charge(result.usage.input_tokens + result.usage.output_tokens, result.cost_usd)
+    _charge(principal, result.spend)
     return result
+
+
+def _charge(principal: Principal | None, spend: Spend | None) -> None:
+    if principal is not None and spend is not None:
+        principal.charge(spend.tokens, spend.cost_usd)
 
 
 def _admit(state: AppState, principal: Principal | None, items: int) -> None:
@@ -120,22 +124,6 @@ def _admit(state: AppState, principal: Principal | None, items: int) -> None:
     except ExtractionError:
         state.metrics.rejected_before_pipeline(items)
         raise
-
-
-def _response(result: Result, request_id: str | None) -> ExtractResponse:
-    return ExtractResponse(
-        data=result.data,
-        task=result.task,
-        backend=result.backend,
-        model=result.model,
-        attempts=result.attempts,
-        retries=result.retries,
-        usage=TokenUsage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens),
-        cost_usd=result.cost_usd,
-        latency_ms=result.latency_ms,
-        structured_output=result.structured_output,
-        request_id=request_id,
-    )
 
 
 @router.post("/extract", response_model=ExtractResponse, responses=ERRORS)
@@ -150,8 +138,7 @@ async def extract(
     """Extract JSON that validates against the task's (or the given) schema."""
     _authorize(state, principal, body, x_backend)
     _admit(state, principal, 1)
-    result = await _cancel_on_disconnect(request, _run(state, body, x_backend, request_id, principal))
-    return _response(result, request_id)
+    return await _cancel_on_disconnect(request, _run(state, body, x_backend, request_id, principal))
 
 
 @router.post(
@@ -176,32 +163,24 @@ async def extract_batch(
         )
     _admit(state, principal, len(body.items))  # each item is a request for the key's rate
 
-    async def one(index: int, item: ExtractRequest) -> BatchItemResult:
+    async def one(index: int, item: ExtractRequest) -> tuple[BatchItemResult, Spend]:
         try:
             _authorize(state, principal, item, body.backend or x_backend)
             result = await _run(state, item, body.backend or x_backend, request_id, principal)
         except ExtractionError as e:
             error = ErrorInfo(code=e.code, message=e.message, details=e.details)
-            return BatchItemResult(index=index, ok=False, error=error, status=e.status)
-        return BatchItemResult(index=index, ok=True, result=_response(result, request_id), status=200)
+            return BatchItemResult(index=index, ok=False, error=error, status=e.status), e.spend or Spend()
+        return BatchItemResult(index=index, ok=True, result=result, status=200), result.spend
 
-    results = await _cancel_on_disconnect(request, asyncio.gather(*(one(i, item) for i, item in enumerate(body.items))))
+    done = await _cancel_on_disconnect(request, asyncio.gather(*(one(i, item) for i, item in enumerate(body.items))))
     # Failed items cost too (their attempts were billed): totals cover every item.
-    spent = [_spent(r) for r in results]
-    succeeded = sum(r.ok for r in results)
+    total = sum((spend for _, spend in done), Spend())
+    succeeded = sum(r.ok for r, _ in done)
     return BatchResponse(
-        results=list(results),
+        results=[r for r, _ in done],
         succeeded=succeeded,
-        failed=len(results) - succeeded,
-        usage=TokenUsage(input_tokens=sum(s[0] for s in spent), output_tokens=sum(s[1] for s in spent)),
-        cost_usd=sum(s[2] for s in spent),
+        failed=len(done) - succeeded,
+        usage=TokenUsage(input_tokens=total.usage.input_tokens, output_tokens=total.usage.output_tokens),
+        cost_usd=total.cost_usd,
         request_id=request_id,
     )
-
-
-def _spent(item: BatchItemResult) -> tuple[int, int, float]:
-    if item.result is not None:
-        return item.result.usage.input_tokens, item.result.usage.output_tokens, item.result.cost_usd
-    details = item.error.details if item.error else {}
-    usage = details.get("usage", {})
-    return usage.get("input_tokens", 0), usage.get("output_tokens", 0), details.get("cost_usd", 0.0)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends import BackendConfig, BackendRequest, create_backend
+from backends import BackendRequest, Endpoint, create_backend
 from backends.errors import (
     BackendNotConfigured,
     UpstreamBadResponse,
@@ -65,7 +65,7 @@ async def make() -> AsyncIterator[Callable[..., tuple[OpenAIBackend, list[httpx2
 
         server = ServerThread(Starlette(routes=[Route("/v1/{path:path}", app, methods=["GET", "POST"])]))
         servers.append(server.__enter__())
-        config = BackendConfig(name="b", base_url=f"{server.url}/v1", model="m", api_key_env="TEST_KEY", **cfg)
+        config = Endpoint(name="b", base_url=f"{server.url}/v1", model="m", api_key_env="TEST_KEY", **cfg)
         backends.append(OpenAIBackend(config))
         return backends[-1], seen
 
@@ -133,7 +133,7 @@ async def test_status_codes_become_typed_errors(make: Make, status: int, headers
 
 async def test_transport_faults_become_typed_errors(upstream: MockUpstream) -> None:
     url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
-    backend = OpenAIBackend(BackendConfig(name="b", base_url=url, model="m", api_key_env="TEST_KEY"))
+    backend = OpenAIBackend(Endpoint(name="b", base_url=url, model="m", api_key_env="TEST_KEY"))
     release = threading.Event()
     upstream.enqueue(Reply(content="{}", hold=release), Reply(reset=True))
     try:
@@ -143,7 +143,7 @@ async def test_transport_faults_become_typed_errors(upstream: MockUpstream) -> N
         release.set()
     with pytest.raises(UpstreamConnectionError, match="connection lost"):
         await backend.complete(request())  # headers sent, then the connection dropped mid-body
-    refused = OpenAIBackend(BackendConfig(name="b", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m",
+    refused = OpenAIBackend(Endpoint(name="b", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m",
                                           api_key_env="TEST_KEY"))  # fmt: skip
     with pytest.raises(UpstreamConnectionError, match="cannot reach upstream"):
         await refused.complete(request())
@@ -174,19 +174,19 @@ async def test_openai_kind_honours_standard_env_vars(make: Make, monkeypatch: py
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
     monkeypatch.setenv("OPENAI_BASE_URL", backend.base_url() + "/")  # a trailing slash is fine
-    openai = create_backend(BackendConfig(name="openai", model="gpt-4o-mini"))
+    openai = create_backend(Endpoint(name="openai", model="gpt-4o-mini"))
     assert isinstance(openai, OpenAIBackend)
     await openai.complete(request())
     assert seen[0].headers["authorization"] == "Bearer sk-env" and seen[0].headers["openai-organization"] == "org-1"
     assert seen[0].url.path == "/v1/chat/completions"
     await openai.aclose()
     monkeypatch.delenv("OPENAI_BASE_URL")
-    assert create_backend(BackendConfig(name="openai", model="m")).base_url() == "https://api.openai.com/v1"
+    assert create_backend(Endpoint(name="openai", model="m")).base_url() == "https://api.openai.com/v1"
 
 
 def test_vllm_kind_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    backend = OpenAIBackend(BackendConfig(name="local", kind="vllm", model="m"))
+    backend = OpenAIBackend(Endpoint(name="local", kind="vllm", model="m"))
     assert backend.configured() and backend.base_url() == "http://127.0.0.1:8000/v1"
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from backends.config import BackendConfig
+from backends.local.config import VllmServer
 from backends.openai_compat import OpenAIBackend
 from loadtest.mock_upstream import MockUpstream
-from service.config import DEFAULT_CONFIG, ConfigError, Settings, VllmServer
+from service.config import DEFAULT_CONFIG, BackendConfig, ConfigError, Settings
 from service.errors import TextTooLong
 from service.prompts import build_messages
 from service.state import AppState
@@ -149,7 +149,7 @@ async def test_short_texts_near_the_window_count_the_prompt_around_them_once(
     window = prompt_tokens(tmp_path, "a b c") + 100 + 20
     state = build(make_settings, tmp_path, context_window=window, max_output_tokens=100)
     calls: list[int] = []
-    counter = state.extractor.counters["main"]
+    counter = state.extractor.limits.counter("main")
     original = counter.count_messages
 
     async def spy(messages: list[dict[str, str]]) -> Count:

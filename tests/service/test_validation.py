@@ -1,4 +1,4 @@
-from service.validation import ValidatorCache, dialect_gaps, schema_errors, validate
+from service.validation import ValidatorCache, schema_errors, validate
 
 SCHEMA = {
     "type": "object",
@@ -31,31 +31,3 @@ def test_validator_cache_compiles_each_schema_once_and_is_bounded() -> None:
     cache.get({"type": "object"})
     cache.get({"type": "array"})
     assert cache.get(SCHEMA) is not first  # evicted, recompiled
-
-
-def test_openai_strict_dialect_gaps() -> None:
-    assert dialect_gaps(SCHEMA, "openai_strict") == []
-    loose = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"oneOf": [{"type": "string"}]}}}
-    gaps = dialect_gaps(loose, "openai_strict")
-    assert any("additionalProperties" in g for g in gaps)
-    assert any("every property must be required" in g for g in gaps)
-    assert any("'oneOf'" in g for g in gaps)
-    assert dialect_gaps({"type": "array"}, "openai_strict") == ["root must be an object"]
-
-
-def test_vllm_dialect_accepts_optional_properties_but_not_conditionals() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
-    assert dialect_gaps(schema, "vllm") == []
-    conditional = {**schema, "if": {"required": ["a"]}, "then": {"required": ["b"]}}
-    assert dialect_gaps(conditional, "vllm") == ["/: keyword 'if'", "/: keyword 'then'"]
-    assert dialect_gaps(conditional, "full") == []
-
-
-def test_enum_values_are_not_mistaken_for_keywords() -> None:
-    schema = {
-        "type": "object",
-        "properties": {"k": {"enum": ["not", "if"]}},
-        "required": ["k"],
-        "additionalProperties": False,
-    }
-    assert dialect_gaps(schema, "openai_strict") == []

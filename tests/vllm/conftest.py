@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from backends.local.config import VllmServer
+from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
-from service.config import Settings, VllmServer
-from service.vllm_manager import VllmProcess, ensure_vllm
+from service.config import Settings
 from tests.conftest import SHIPPED_TASKS, free_port, write_config
 from training.lora import tiny_adapter
 
@@ -29,7 +30,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from training.base_model import prepare
+    from backends.local.base_model import prepare
 
     work = tmp_path_factory.mktemp("vllm")
     base = prepare()  # a no-op when the cache already holds the verified model

@@ -75,10 +75,10 @@ def test_metrics_endpoint_reports_real_traffic(stack: Stack) -> None:
 
 
 async def test_token_limits_count_with_the_servers_own_tokenizer(stack: Stack) -> None:
+    from backends.local.base_model import prepare
     from backends.openai_compat import OpenAIBackend
     from service.prompts import build_messages
     from service.tokens import HfTokenizer, RemoteTokenizer, counter_for
-    from training.base_model import prepare
 
     cfg = stack.settings.backends["local-prompted"]
     backend = OpenAIBackend(cfg)

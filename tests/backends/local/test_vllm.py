@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import VllmServer
-from service.vllm_manager import VllmError, VllmProcess, check_adapter, detect_device, resolve_adapters
+from backends.local.config import VllmServer
+from backends.local.vllm import VllmError, VllmProcess, check_adapter, detect_device, resolve_adapters
 
 
 def adapter(folder: Path, **config: object) -> Path:
@@ -104,7 +104,7 @@ def test_device_override() -> None:
 
 
 def test_dtype_follows_the_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.vllm_manager as manager
+    import backends.local.vllm as manager
     from backends.local.hardware import parse_cpuinfo
 
     monkeypatch.setattr(manager, "detect_device", lambda setting="auto": "cpu")

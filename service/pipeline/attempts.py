@@ -1,0 +1,219 @@
+"""The attempts against one backend: prompt -> call -> parse -> validate -> re-ask, under a budget and a
+deadline, then the PII policy. Each answer's tokens and USD are counted, failed ones included."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from backends.base import BackendRequest, BackendResponse, StructuredMode, Usage
+from backends.errors import BackendError
+from service.api_models import ExtractOptions
+from service.config import BackendConfig, Settings
+from service.cost import request_cost
+from service.errors import BudgetExceeded, DeadlineExceeded, PiiDetected, SchemaValidationFailed
+from service.metrics import Metrics
+from service.parsing import OutputNotJSON, parse_output
+from service.pii import scan
+from service.pipeline.failures import failure_details, translate_backend_error
+from service.pipeline.limits import TextLimits
+from service.pipeline.resilient import ResilientBackend
+from service.pipeline.spend import Spend
+from service.pipeline.structured import StructuredModes
+from service.prompts import build_messages, reask_messages
+from service.tasks import Task
+from service.validation import Issue, ValidatorCache, validate
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A valid answer from one backend, and what it took."""
+
+    data: Any
+    backend: str
+    model: str
+    mode: StructuredMode
+    spend: Spend
+
+
+class _Tally:
+    """The running spend of one backend's attempts (a frozen Spend is taken from it for results and errors)."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.calls = 0
+        self.usage = Usage()
+        self.cost = Decimal(0)
+
+    def call(self) -> None:
+        self.calls += 1
+
+    def spend(self) -> Spend:
+        return Spend(self.answers, self.calls, self.usage, self.cost)
+
+
+class Attempts:
+    """Runs the attempts of one request against one backend. One per extractor."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, limits: TextLimits) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = limits
+        self.validators = ValidatorCache()
+        self.modes = StructuredModes(metrics)
+
+    async def run(
+        self,
+        task: Task,
+        text: str,
+        cfg: BackendConfig,
+        backend: ResilientBackend,
+        options: ExtractOptions,
+        started: float,
+    ) -> Answer:
+        self.limits.check_chars(task, text)
+        deadline_s = min(self.settings.retry.deadline_s, options.timeout_s or math.inf)
+        max_attempts = min(cfg.max_attempts, options.max_attempts or cfg.max_attempts)
+        max_tokens = min(
+            options.max_output_tokens or task.max_output_tokens or cfg.max_output_tokens, cfg.max_output_tokens
+        )
+        messages = build_messages(task, text, cfg.prompt_style)
+        await self.limits.check_tokens(task, text, cfg, messages, max_tokens)
+        tally = _Tally()
+        try:
+            async with asyncio.timeout(deadline_s - (time.monotonic() - started)):
+                return await self._loop(task, cfg, backend, options, messages, max_attempts, max_tokens,
+                                        started + deadline_s, tally)  # fmt: skip
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no valid answer within the deadline of {deadline_s:g} s", spend=tally.spend()
+            ) from None
+        except BackendError as e:
+            raise translate_backend_error(e, tally.spend()) from e
+
+    async def _loop(
+        self,
+        task: Task,
+        cfg: BackendConfig,
+        backend: ResilientBackend,
+        options: ExtractOptions,
+        messages: list[dict[str, str]],
+        max_attempts: int,
+        max_tokens: int,
+        deadline_at: float,
+        tally: _Tally,
+    ) -> Answer:
+        mode, strict = self.modes.mode(cfg, task)
+        validator = self.validators.get(task.json_schema)
+        last_text, last_issues = "", list[Issue]()
+        for attempt in range(1, max_attempts + 1):
+            self._check_budget(options, cfg, messages, max_tokens, tally, last_issues, last_text)
+            request = BackendRequest(
+                messages=messages,
+                schema=task.json_schema,
+                schema_name=task.name,
+                mode=mode,
+                strict=strict,
+                max_output_tokens=max_tokens,
+                temperature=cfg.temperature if options.temperature is None else options.temperature,
+                timeout_s=cfg.timeout_s,
+            )
+            reason = "initial" if attempt == 1 else "reask"
+            response = await backend.complete(request, deadline_at=deadline_at, reason=reason, on_call=tally.call)
+            tally.answers += 1
+            self._account(cfg, task, response, tally)
+            data, issues = self._check(cfg, response, validator)
+            if not issues:
+                data = self._apply_pii_policy(task, data, validator, tally.spend())
+                self._record_success(task, cfg, data, first_attempt=attempt == 1)
+                return Answer(data, cfg.name, response.model, mode, tally.spend())
+            last_text, last_issues = response.text, issues
+            messages = messages + reask_messages(response.text, issues, truncated=response.finish_reason == "length")
+        raise SchemaValidationFailed(
+            f"the output did not validate against the schema after {tally.answers} attempt(s)",
+            details=failure_details(last_issues, last_text),
+            spend=tally.spend(),
+        )
+
+    def _account(self, cfg: BackendConfig, task: Task, response: BackendResponse, tally: _Tally) -> None:
+        usage = response.usage
+        cost = request_cost(usage.input_tokens, usage.output_tokens, cfg.pricing)
+        tally.usage += usage
+        tally.cost += cost
+        m = self.metrics
+        m.tokens.labels(cfg.name, task.name, "input").inc(usage.input_tokens)
+        m.tokens.labels(cfg.name, task.name, "output").inc(usage.output_tokens)
+        m.cost.labels(cfg.name, task.name).inc(float(cost))
+
+    def _check(self, cfg: BackendConfig, response: BackendResponse, validator: Any) -> tuple[Any, list[Issue]]:
+        if response.finish_reason == "length":
+            return None, [Issue("$", "output truncated at the output-token limit")]
+        try:
+            parsed = parse_output(response.text)
+        except OutputNotJSON as e:
+            return None, [Issue("$", str(e))]
+        if parsed.repaired:
+            self.metrics.json_repairs.labels(cfg.name).inc()
+        return parsed.value, validate(parsed.value, validator)
+
+    def _check_budget(
+        self,
+        options: ExtractOptions,
+        cfg: BackendConfig,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        tally: _Tally,
+        last_issues: list[Issue],
+        last_text: str,
+    ) -> None:
+        if options.max_cost_usd is None:
+            return
+        # Input estimate: ~3 characters per token errs on the costly side for most tokenizers.
+        est_input = math.ceil(sum(len(m["content"]) for m in messages) / 3)
+        estimate = request_cost(est_input, max_tokens, cfg.pricing)
+        budget = Decimal(str(options.max_cost_usd))
+        if tally.cost + estimate > budget:
+            details = failure_details(last_issues, last_text) if tally.answers else {}
+            details.update(max_cost_usd=options.max_cost_usd, next_attempt_estimate_usd=float(estimate))
+            raise BudgetExceeded(
+                f"stopped before attempt {tally.answers + 1}: it could cost up to ${estimate:.6f}, "
+                f"which with ${tally.cost:.6f} spent would pass max_cost_usd ${options.max_cost_usd}",
+                details=details,
+                spend=tally.spend(),
+            )
+
+    def _apply_pii_policy(self, task: Task, data: Any, validator: Any, spend: Spend) -> Any:
+        policy = task.pii or self.settings.pii
+        if policy.action == "allow":
+            return data
+        redacted, hits = scan(data, policy)
+        if not hits:
+            return data
+        for _, kind in hits:
+            self.metrics.pii_findings.labels(task.name, kind, policy.action).inc()
+        found = [{"path": path, "kind": kind} for path, kind in hits]
+        if policy.action == "reject":
+            raise PiiDetected(
+                f"the output holds {len(hits)} PII value(s) ({', '.join(sorted({k for _, k in hits}))}) and "
+                f"task {task.name!r} rejects PII",
+                details={"findings": found},
+                spend=spend,
+            )
+        if problems := validate(redacted, validator):
+            raise PiiDetected(
+                "redacting PII made the output invalid against the schema",
+                details={"findings": found, "errors": [i.as_dict() for i in problems]},
+                spend=spend,
+            )
+        return redacted
+
+    def _record_success(self, task: Task, cfg: BackendConfig, data: Any, *, first_attempt: bool) -> None:
+        self.metrics.schema_valid.labels(task.name, cfg.name, str(first_attempt).lower()).inc()
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if value is None or value == [] or value == "":
+                    self.metrics.field_null.labels(task.name, name).inc()

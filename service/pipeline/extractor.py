@@ -1,0 +1,179 @@
+"""The one entry point of the pipeline: a request's task, its route, and the fallback chain of backends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from backends.base import Backend
+from service.api_models import ExtractOptions, ExtractResponse, TokenUsage
+from service.config import BackendConfig, Settings
+from service.errors import (
+    BackendUnavailable,
+    BadRequest,
+    BudgetExceeded,
+    DeadlineExceeded,
+    ExtractionError,
+    InvalidSchema,
+    SchemaValidationFailed,
+    TextTooLong,
+    UnknownTask,
+    UpstreamError,
+)
+from service.metrics import Metrics
+from service.pipeline.attempts import Answer, Attempts
+from service.pipeline.limits import TextLimits
+from service.pipeline.observe import Observer, Trace
+from service.pipeline.resilient import ResilientBackend
+from service.pipeline.spend import Spend
+from service.request_log import RequestLog
+from service.resilience import Bulkhead, CircuitBreaker
+from service.routing import route
+from service.tasks import Task, adhoc_task
+from service.validation import schema_errors
+
+log = structlog.get_logger("extraction")
+
+# Failures after which the next backend of a chain is tried; bad input and budget stops never fall back.
+FALLBACK_ON = (UpstreamError, BackendUnavailable, DeadlineExceeded, SchemaValidationFailed, TextTooLong)
+
+
+class Extractor:
+    """Runs extractions against the configured backends. One per app; shared by all requests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Mapping[str, Backend],
+        metrics: Metrics,
+        tasks: Mapping[str, Task],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        request_log: RequestLog | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.metrics = metrics
+        limits = settings.limits
+        self.gate = Bulkhead(limits.max_inflight, limits.max_queue, "the service")
+        self.backends = {
+            name: ResilientBackend(backends[name], cfg, settings.retry, metrics, sleep=sleep, clock=clock)
+            for name, cfg in settings.backends.items()
+        }
+        self.limits = TextLimits(settings, backends, tasks)
+        self.attempts = Attempts(settings, metrics, self.limits)
+        self.observer = Observer(metrics, request_log, settings.request_log.redact_pii)
+
+    def circuit(self, backend: str) -> CircuitBreaker:
+        """The circuit breaker of a configured backend."""
+        return self.backends[backend].circuit
+
+    def resolve_task(
+        self, name: str | None, schema: dict[str, Any] | None = None, instructions: str | None = None
+    ) -> Task:
+        """A configured task by name, or an ad-hoc task for a request's own schema."""
+        if name is not None:
+            try:
+                return self.tasks[name]
+            except KeyError:
+                raise UnknownTask(
+                    f"unknown task {name!r}; available: {', '.join(sorted(self.tasks))}",
+                    details={"task": name, "available": sorted(self.tasks)},
+                ) from None
+        if schema is None:
+            raise BadRequest("give a task name or a schema")
+        if problem := schema_errors(schema):
+            raise InvalidSchema(f"the schema is not a valid JSON Schema (draft 2020-12): {problem}")
+        return adhoc_task(schema, instructions)
+
+    async def extract(
+        self,
+        text: str,
+        *,
+        task: str | None = None,
+        schema: dict[str, Any] | None = None,
+        instructions: str | None = None,
+        backend: str | None = None,
+        options: ExtractOptions | None = None,
+        request_id: str | None = None,
+    ) -> ExtractResponse:
+        """Extract from `text` for a named task or ad-hoc schema; raises an `ExtractionError` on failure.
+
+        Every call is counted exactly once in extraction_requests_total, rejections included.
+        """
+        options = options or ExtractOptions()
+        started = time.monotonic()
+        trace = Trace()
+        outcome, spend, output = "ok", Spend(), None
+        self.observer.started()
+        try:
+            spec = self.resolve_task(task, schema, instructions)
+            trace.task = spec.name
+            cfg = route(self.settings, spec, backend)
+            trace.backend = cfg.name
+            async with self.gate.slot():
+                answer = await self._chain(spec, text, cfg, options, started, trace)
+            spend, output = answer.spend, answer.data
+            return _response(answer, spec, started, request_id)
+        except ExtractionError as e:
+            outcome, spend = e.outcome, e.spend or Spend()
+            raise
+        except BaseException:
+            outcome = "upstream_error"  # cancelled (client went away) or a bug: never counted as success
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            self.observer.finished(trace, outcome, spend, elapsed, request_id, text, output)
+
+    async def _chain(
+        self, task: Task, text: str, first: BackendConfig, options: ExtractOptions, started: float, trace: Trace
+    ) -> Answer:
+        """`first`, then its fallback chain in order, until one answers with valid data.
+
+        A backend is skipped on an upstream error (after its retries), an open circuit, a deadline hit by
+        its own timeout, no valid answer after its re-asks, or a text too long for it (a smaller context window).
+        What the failed backends consumed stays in the request's attempts, tokens and cost.
+        """
+        chain = [first, *(self.settings.backends[name] for name in first.fallback)]
+        carried = Spend()
+        tried: list[dict[str, str]] = []
+        for index, cfg in enumerate(chain):
+            trace.backend = cfg.name
+            try:
+                answer = await self.attempts.run(task, text, cfg, self.backends[cfg.name], options, started)
+            except FALLBACK_ON as e:
+                if isinstance(e, BudgetExceeded) or index == len(chain) - 1:
+                    if tried:
+                        e.add_spend(carried)
+                        e.details["tried"] = [*tried, {"backend": cfg.name, "error": e.code}]
+                    raise
+                self.metrics.fallbacks.labels(cfg.name, chain[index + 1].name, e.code).inc()
+                log.warning("fallback", backend=cfg.name, to=chain[index + 1].name, reason=e.code)
+                carried = carried + (e.spend or Spend())
+                tried.append({"backend": cfg.name, "error": e.code})
+                continue
+            return Answer(answer.data, answer.backend, answer.model, answer.mode, carried + answer.spend)
+        raise AssertionError("unreachable: the chain is never empty")
+
+
+def _response(answer: Answer, task: Task, started: float, request_id: str | None) -> ExtractResponse:
+    spend = answer.spend
+    response = ExtractResponse(
+        data=answer.data,
+        task=task.name,
+        backend=answer.backend,
+        model=answer.model,
+        attempts=spend.answers,
+        retries=spend.retries,
+        usage=TokenUsage(input_tokens=spend.usage.input_tokens, output_tokens=spend.usage.output_tokens),
+        cost_usd=spend.cost_usd,
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+        structured_output=answer.mode,
+        request_id=request_id,
+    ).with_spend(spend)
+    return response

@@ -1,0 +1,44 @@
+"""Backend errors and exhausted attempts, as the API errors the caller gets (with what was spent)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from backends.errors import BackendError, BackendNotConfigured, CircuitOpen, UpstreamRateLimited, UpstreamTimeout
+from service.errors import BackendUnavailable, DeadlineExceeded, ExtractionError, UpstreamError
+from service.pipeline.spend import Spend
+from service.validation import Issue
+
+RAW_SNIPPET_CHARS = 500
+
+
+def failure_details(issues: list[Issue], raw: str) -> dict[str, Any]:
+    """What a caller needs to see why the answers did not validate: the errors and a snippet of the last."""
+    return {"errors": [i.as_dict() for i in issues], "raw_output": raw[:RAW_SNIPPET_CHARS]}
+
+
+def translate_backend_error(error: BackendError, spend: Spend) -> ExtractionError:
+    details: dict[str, Any] = {"backend": error.backend}
+    if error.status_code is not None:
+        details["upstream_status"] = error.status_code
+    if isinstance(error, CircuitOpen):
+        return BackendUnavailable(
+            error.message,
+            details=details,
+            headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s)))},
+            spend=spend,
+        )
+    if isinstance(error, BackendNotConfigured):
+        return BackendUnavailable(error.message, details=details, spend=spend)
+    if isinstance(error, UpstreamRateLimited):
+        headers = {"Retry-After": str(math.ceil(error.retry_after_s))} if error.retry_after_s else {}
+        return BackendUnavailable(
+            f"backend {error.backend!r} is rate limited upstream; retries exhausted",
+            details=details,
+            headers=headers,
+            spend=spend,
+        )
+    if isinstance(error, UpstreamTimeout):
+        return DeadlineExceeded(f"backend {error.backend!r} timed out: {error.message}", details=details, spend=spend)
+    return UpstreamError(f"backend {error.backend!r} failed: {error.message}", details=details, spend=spend)

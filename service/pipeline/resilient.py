@@ -1,0 +1,149 @@
+"""A Backend wrapped in transport retries (tenacity), a circuit breaker and a bulkhead: the same interface.
+
+Retries cover 429 (honouring Retry-After up to a cap), 5xx, timeouts, connection errors and unreadable
+bodies, with exponential backoff and full jitter, and never sleep into the request's deadline. The breaker
+fails fast while a backend keeps failing; the bulkhead bounds its concurrent calls and queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from backends.base import Backend, BackendRequest, BackendResponse
+from backends.errors import (
+    CircuitOpen,
+    RetryableBackendError,
+    UpstreamBadResponse,
+    UpstreamConnectionError,
+    UpstreamRateLimited,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from service.config import BackendConfig, RetryPolicy
+from service.metrics import Metrics
+from service.resilience import Bulkhead, CircuitBreaker
+
+_RETRY_REASON: dict[type[BaseException] | None, str] = {
+    UpstreamRateLimited: "retry_rate_limited",
+    UpstreamServerError: "retry_server_error",
+    UpstreamTimeout: "retry_timeout",
+    UpstreamConnectionError: "retry_connection",
+    UpstreamBadResponse: "retry_bad_response",
+}
+
+
+class ResilientBackend:
+    """`inner` behind retries, a breaker and a bulkhead, configured by the backend's policy."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        policy: BackendConfig,
+        retry: RetryPolicy,
+        metrics: Metrics,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.name = policy.name
+        self.policy = policy
+        self.retry = retry
+        self.metrics = metrics
+        self._sleep = sleep
+        self.bulkhead = Bulkhead(policy.max_concurrency, policy.max_queue, f"backend {policy.name!r}")
+        c = policy.circuit
+        self.circuit = CircuitBreaker(
+            c.failure_threshold, c.reset_after_s, clock, error_rate=c.error_rate, window=c.window
+        )
+        metrics.circuit_state.labels(self.name).set(0)  # on the dashboard from the start, closed
+
+    async def complete(
+        self,
+        request: BackendRequest,
+        *,
+        deadline_at: float = float("inf"),
+        reason: str = "initial",
+        on_call: Callable[[], None] | None = None,
+    ) -> BackendResponse:
+        """One answer, retried as the policy allows until `deadline_at` (monotonic); `on_call` runs before each
+        HTTP call, so a caller counts the calls even of a request cut off by its deadline."""
+        policy = self.retry
+        backoff = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+                return min(error.retry_after_s, policy.retry_after_cap_s)
+            return float(backoff(state))
+
+        def stop(state: RetryCallState) -> bool:
+            # Give up rather than sleep into the deadline: the caller gets the real error, not a 504.
+            out_of_time = state.upcoming_sleep >= deadline_at - time.monotonic()
+            return state.attempt_number > self.policy.max_retries or out_of_time
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal reason
+            error = state.outcome.exception() if state.outcome else None
+            reason = _RETRY_REASON.get(type(error) if error else None, "retry")
+
+        async for try_ in AsyncRetrying(
+            retry=retry_if_exception_type(RetryableBackendError),
+            wait=wait,
+            stop=stop,
+            reraise=True,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+        ):
+            with try_:
+                response = await self._guarded_call(request, deadline_at, reason, on_call)
+        return response
+
+    async def _guarded_call(
+        self, request: BackendRequest, deadline_at: float, reason: str, on_call: Callable[[], None] | None
+    ) -> BackendResponse:
+        """One HTTP call through the breaker and the bulkhead, timed and counted."""
+        breaker = self.circuit
+        if not breaker.allow():
+            raise CircuitOpen(
+                f"backend {self.name!r} is failing: its circuit is open after {breaker.failures} "
+                f"consecutive failed calls",
+                backend=self.name,
+                retry_after_s=breaker.retry_after_s(),
+            )
+        self.metrics.attempts.labels(self.name, reason).inc()
+        if on_call is not None:
+            on_call()
+        timeout = max(0.001, min(self.policy.timeout_s, deadline_at - time.monotonic()))
+        try:
+            async with self.bulkhead.slot():
+                t0 = time.perf_counter()
+                try:
+                    response = await self.inner.complete(replace(request, timeout_s=timeout))
+                finally:
+                    self.metrics.backend_duration.labels(self.name).observe(time.perf_counter() - t0)
+        except RetryableBackendError:
+            breaker.failure()
+            raise
+        except BaseException:
+            breaker.release()  # shed, rejected or cancelled: says nothing of the backend's health
+            raise
+        else:
+            breaker.success()
+        finally:
+            self.metrics.circuit_state.labels(self.name).set(int(breaker.state))
+        return response
+
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        await self.inner.ping(timeout_s)
+
+    def configured(self) -> bool:
+        return self.inner.configured()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

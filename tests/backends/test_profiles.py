@@ -1,0 +1,42 @@
+"""Engine profiles: which schemas each structured-output engine can enforce."""
+
+from backends.profiles import default_dialect, dialect_gaps
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"d": {"type": "string", "format": "date"}, "n": {"type": "number"}},
+    "required": ["d", "n"],
+    "additionalProperties": False,
+}
+
+
+def test_openai_strict_dialect_gaps() -> None:
+    assert dialect_gaps(SCHEMA, "openai_strict") == []
+    loose = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"oneOf": [{"type": "string"}]}}}
+    gaps = dialect_gaps(loose, "openai_strict")
+    assert any("additionalProperties" in g for g in gaps)
+    assert any("every property must be required" in g for g in gaps)
+    assert any("'oneOf'" in g for g in gaps)
+    assert dialect_gaps({"type": "array"}, "openai_strict") == ["root must be an object"]
+
+
+def test_vllm_dialect_accepts_optional_properties_but_not_conditionals() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert dialect_gaps(schema, "vllm") == []
+    conditional = {**schema, "if": {"required": ["a"]}, "then": {"required": ["b"]}}
+    assert dialect_gaps(conditional, "vllm") == ["/: keyword 'if'", "/: keyword 'then'"]
+    assert dialect_gaps(conditional, "full") == []
+
+
+def test_enum_values_are_not_mistaken_for_keywords() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"k": {"enum": ["not", "if"]}},
+        "required": ["k"],
+        "additionalProperties": False,
+    }
+    assert dialect_gaps(schema, "openai_strict") == []
+
+
+def test_kinds_get_their_engine_profile() -> None:
+    assert default_dialect("openai") == "openai_strict" and default_dialect("vllm") == "vllm"
