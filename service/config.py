@@ -44,6 +44,20 @@ class CircuitConfig(BaseModel):
     reset_after_s: float = Field(30.0, gt=0)
 
 
+class AdaptiveConcurrency(BaseModel):
+    """AIMD on latency: the backend's concurrency limit grows while calls finish within `target_latency_s`
+    and shrinks when they do not, between `min_concurrency` and the backend's `max_concurrency`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial: int = Field(4, ge=1, description="The limit at start.")
+    min_concurrency: int = Field(1, ge=1)
+    target_latency_s: float = Field(
+        20.0, gt=0, description="A call slower than this (or a timeout) cuts the limit; faster ones grow it."
+    )
+    backoff: float = Field(0.7, gt=0, lt=1, description="Factor the limit is cut by.")
+
+
 class BackendPolicy(BaseModel):
     """What the service does with an endpoint: prompt, constrain, retry, limit, fall back, price."""
 
@@ -60,6 +74,17 @@ class BackendPolicy(BaseModel):
     max_concurrency: int = Field(32, ge=1)
     max_queue: int = Field(
         256, ge=0, description="Calls waiting for a max_concurrency slot; more get 503 overloaded at once."
+    )
+    max_queue_wait_s: float | None = Field(
+        None, gt=0, description="Longest wait for a slot before 503 overloaded; None: until the deadline."
+    )
+    adaptive_concurrency: AdaptiveConcurrency | None = Field(
+        None, description="Size the concurrency limit to what the engine finishes in time (AIMD); None: fixed."
+    )
+    retry_timeouts: bool | None = Field(
+        None,
+        description="Retry a call that timed out. None: yes for hosted APIs, no for kind vllm (a local engine "
+        "that timed out is saturated: another call only adds to its queue).",
     )
     fallback: list[str] = Field(
         default_factory=list,
@@ -91,9 +116,13 @@ class BackendConfig(Endpoint, BackendPolicy):
         return Endpoint.model_validate({k: getattr(self, k) for k in Endpoint.model_fields})
 
     @model_validator(mode="after")
-    def _dialect_by_kind(self) -> BackendConfig:
+    def _defaults_by_kind(self) -> BackendConfig:
         if self.schema_dialect is None:
             self.schema_dialect = default_dialect(self.kind)
+        if self.retry_timeouts is None:
+            self.retry_timeouts = self.kind != "vllm"
+        if self.adaptive_concurrency and self.adaptive_concurrency.initial > self.max_concurrency:
+            raise ValueError("adaptive_concurrency.initial is above max_concurrency")
         return self
 
 
@@ -141,6 +170,10 @@ class Settings(BaseSettings):
         description="Task YAML folder; relative paths start at the config file's folder. Default: the shipped tasks.",
     )
     backends: dict[str, BackendConfig]
+    routes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Task name -> backend, over the task YAML's own `backend` (a request's override still wins).",
+    )
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     vllm: VllmServer = Field(default_factory=VllmServer)
@@ -186,6 +219,11 @@ class Settings(BaseSettings):
                     )
             if len(set(backend.fallback)) != len(backend.fallback):
                 raise ValueError(f"backends.{key}.fallback repeats a backend: {backend.fallback}")
+        for task, name in self.routes.items():
+            if name not in self.backends:
+                raise ValueError(
+                    f"routes.{task} names {name!r}: use one of the configured backends {sorted(self.backends)}"
+                )
         if self.default_backend not in self.backends:
             raise ValueError(f"default_backend {self.default_backend!r} is not among backends: {sorted(self.backends)}")
         if not self.tasks_dir.is_absolute():

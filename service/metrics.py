@@ -72,6 +72,13 @@ class Metrics:
             ["task", "kind", "action"],
             registry=r,
         )
+        self.concurrency_limit = Gauge(
+            "extraction_backend_concurrency_limit",
+            "Calls a backend may run at once now (moves with adaptive_concurrency).",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.circuit_state = Gauge(
             "extraction_circuit_state",
             "Circuit breaker per backend: 0 closed, 1 open, 2 half-open.",

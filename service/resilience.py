@@ -17,35 +17,103 @@ from service.errors import Overloaded
 
 
 class Bulkhead:
-    """At most `limit` holders at once; at most `max_queue` waiting; anyone beyond gets 503 overloaded."""
+    """At most `limit` holders at once; at most `max_queue` waiting (first come, first served), each at most
+    `max_wait_s`; anyone beyond gets 503 overloaded at once (or when its wait runs out), never an unbounded wait.
 
-    def __init__(self, limit: int, max_queue: int, what: str) -> None:
+    `limit` may change while running (an `AdaptiveLimit` moves it): waiters are let in as it grows, and
+    holders above a shrunk limit simply finish; nobody is interrupted.
+    """
+
+    def __init__(self, limit: int, max_queue: int, what: str, max_wait_s: float | None = None) -> None:
         self.limit = limit
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
         self.what = what
         self.waiting = 0
         self.active = 0
-        self._sem = asyncio.Semaphore(limit)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _overloaded(self, why: str = "") -> Overloaded:
+        return Overloaded(
+            f"{self.what} is at capacity ({self.limit} running, {self.waiting} queued{why}); try again shortly",
+            details={"running": self.active, "queued": self.waiting, "max_queue": self.max_queue,
+                     "limit": self.limit},
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._wake()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._sem.locked() and self.waiting >= self.max_queue:
-            raise Overloaded(
-                f"{self.what} is at capacity ({self.limit} running, {self.waiting} queued); try again shortly",
-                details={"running": self.active, "queued": self.waiting, "max_queue": self.max_queue},
-                headers={"Retry-After": "1"},
-            )
-        self.waiting += 1
-        try:
-            await self._sem.acquire()
-        finally:
-            self.waiting -= 1
-        self.active += 1
+        if self.active >= self.limit or self._waiters:
+            if self.waiting >= self.max_queue:
+                raise self._overloaded()
+            await self._wait_turn()
+        else:
+            self.active += 1
         try:
             yield
         finally:
-            self.active -= 1
-            self._sem.release()
+            self._release()
+
+    async def _wait_turn(self) -> None:
+        """Queue until a slot is handed over (`_wake` counts it as ours before we resume)."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.max_wait_s):
+                await turn
+        except BaseException as e:
+            if turn.done() and not turn.cancelled():
+                self._release()  # handed a slot just as we gave up: pass it on
+            else:
+                turn.cancel()
+            if isinstance(e, TimeoutError):
+                raise self._overloaded(f"; no slot within {self.max_wait_s:g} s") from None
+            raise
+        finally:
+            self.waiting -= 1
+            if turn in self._waiters:
+                self._waiters.remove(turn)
+
+    def _release(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.active < self.limit:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                self.active += 1
+                turn.set_result(None)
+
+
+class AdaptiveLimit:
+    """AIMD on latency (TCP's congestion control, as Netflix's concurrency-limits applies it to servers):
+    while calls finish within `target_s` and the limit is in use, grow it by one per `limit` calls (+1 per
+    round trip); when one is slower or times out, cut it by `backoff`. A CPU engine's latency grows with the
+    batch, so the limit settles where calls still finish in time and the surplus is shed, not queued."""
+
+    def __init__(
+        self, bulkhead: Bulkhead, target_s: float, minimum: int = 1, maximum: int | None = None, backoff: float = 0.7
+    ) -> None:
+        self.bulkhead = bulkhead
+        self.target_s = target_s
+        self.minimum = minimum
+        self.maximum = maximum or bulkhead.limit
+        self.backoff = backoff
+        self.estimate = float(bulkhead.limit)
+
+    def observe(self, latency_s: float, *, failed: bool = False) -> None:
+        """One call ended after `latency_s` (`failed`: it timed out or the engine broke down)."""
+        if failed or latency_s > self.target_s:
+            self.estimate = max(float(self.minimum), self.estimate * self.backoff)
+        elif self.bulkhead.active * 2 >= int(self.estimate):  # grow only a limit at least half in use
+            self.estimate = min(float(self.maximum), self.estimate + 1.0 / self.estimate)
+        self.bulkhead.set_limit(int(self.estimate))
 
 
 class CircuitState(IntEnum):

@@ -1,4 +1,5 @@
-"""Which backend answers: the request's override > the task's backend > the default backend. The one rule."""
+"""Which backend answers: the request's override > the config's `routes` for the task > the task YAML's
+`backend` > `default_backend`. The one rule."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from service.tasks import Task
 
 def backend_name(settings: Settings, task: Task | None, override: str | None = None) -> str:
     """The name the rule picks (not checked: a key's permissions are checked against it first)."""
-    return override or (task.backend if task else None) or settings.default_backend
+    if override:
+        return override
+    if task is not None:
+        return settings.routes.get(task.name) or task.backend or settings.default_backend
+    return settings.default_backend
 
 
 def route(settings: Settings, task: Task | None, override: str | None = None) -> BackendConfig:

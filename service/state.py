@@ -38,6 +38,9 @@ class AppState:
     ) -> AppState:
         """Load tasks and create backend clients; a bad task or reference raises ConfigError naming it."""
         tasks = load_tasks(settings.tasks_dir)
+        for name in settings.routes:
+            if name not in tasks:
+                raise ConfigError(f"routes.{name}: no such task; tasks: {sorted(tasks)}")
         for task in tasks.values():
             if task.backend is not None and task.backend not in settings.backends:
                 raise ConfigError(

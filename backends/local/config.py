@@ -21,6 +21,14 @@ class VllmServer(BaseModel):
     adapters: dict[str, str] = Field(
         default_factory=dict, description="LoRA name -> folder, loaded at start (missing ones are skipped)."
     )
+    enable_lora: bool = Field(
+        True,
+        description="Serve LoRA adapters (and allow loading them at run time). False for a merged model served "
+        "alone: no adapter machinery in the forward pass.",
+    )
+    enforce_eager: bool = Field(
+        False, description="vLLM --enforce-eager: no graph compilation at start (faster start-up, see README)."
+    )
     max_lora_rank: int = Field(16, description="One of 8, 16, 32, 64, ...")
     max_loras: int = Field(4, ge=1, description="Adapters in one batch.")
     max_model_len: int = Field(2048, ge=128)

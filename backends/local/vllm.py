@@ -154,11 +154,12 @@ class VllmProcess:
             "--port", str(cfg.port),
             "--max-model-len", str(cfg.max_model_len),
             "--dtype", self.dtype(),
-            "--enable-lora",
-            "--max-lora-rank", str(cfg.max_lora_rank),
-            "--max-loras", str(cfg.max_loras),
         ]  # fmt: skip
-        if adapters:
+        if cfg.enable_lora:
+            cmd += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank), "--max-loras", str(cfg.max_loras)]
+        if cfg.enforce_eager:
+            cmd += ["--enforce-eager"]
+        if adapters and cfg.enable_lora:
             cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in adapters)]
         if cfg.compact_json:
             cmd += ["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
@@ -211,6 +212,8 @@ class VllmProcess:
         if self.cfg.model is None and not Path(model).is_dir():
             raise VllmError(f"base model not prepared at {model}: run `extraction model prepare`")
         present, missing = resolve_adapters(self.cfg, self.config_dir)
+        if present and not self.cfg.enable_lora:
+            raise VllmError("vllm.adapters are configured but vllm.enable_lora is false; remove one of them")
         for adapter in present:
             check_adapter(adapter.path, self.cfg.max_lora_rank)
         for adapter in missing:

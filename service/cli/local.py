@@ -39,6 +39,22 @@ def model_prepare(
     console.print(f"model ready: {path}")
 
 
+@model_app.command("merge")
+def model_merge(
+    adapter: Annotated[Path, typer.Argument(help="The LoRA adapter folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the merged model.")],
+    base: Annotated[Path | None, typer.Option(help="Base model folder (default: the adapter's, or SmolLM2).")] = None,
+) -> None:
+    """Fold an adapter into its base: a plain model vLLM serves under its own name, no LoRA at run time."""
+    from backends.local.merge import MergeError, merge_adapter
+
+    try:
+        card = merge_adapter(adapter, out, base)
+    except MergeError as e:
+        raise fail(e) from None
+    console.print(f"merged {adapter} into {out} (base {card['base_model']}); serve it with vllm.model: {out}")
+
+
 def _vllm(config: Path | None, device: str | None = None):  # type: ignore[no-untyped-def]
     from backends.local.vllm import VllmProcess
 

@@ -1,8 +1,9 @@
 """A Backend wrapped in transport retries (tenacity), a circuit breaker and a bulkhead: the same interface.
 
-Retries cover 429 (honouring Retry-After up to a cap), 5xx, timeouts, connection errors and unreadable
-bodies, with exponential backoff and full jitter, and never sleep into the request's deadline. The breaker
-fails fast while a backend keeps failing; the bulkhead bounds its concurrent calls and queue.
+Retries cover 429 (honouring Retry-After up to a cap), 5xx, timeouts (hosted APIs only, by default),
+connection errors and unreadable bodies, with exponential backoff and full jitter, and never sleep into the
+request's deadline. The breaker fails fast while a backend keeps failing; the bulkhead bounds its concurrent
+calls, its queue and the wait in it, and with `adaptive_concurrency` its limit follows the engine's latency.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from backends.base import Backend, BackendRequest, BackendResponse
 from backends.errors import (
@@ -26,7 +27,7 @@ from backends.errors import (
 )
 from service.config import BackendConfig, RetryPolicy
 from service.metrics import Metrics
-from service.resilience import Bulkhead, CircuitBreaker
+from service.resilience import AdaptiveLimit, Bulkhead, CircuitBreaker
 
 _RETRY_REASON: dict[type[BaseException] | None, str] = {
     UpstreamRateLimited: "retry_rate_limited",
@@ -56,12 +57,25 @@ class ResilientBackend:
         self.retry = retry
         self.metrics = metrics
         self._sleep = sleep
-        self.bulkhead = Bulkhead(policy.max_concurrency, policy.max_queue, f"backend {policy.name!r}")
+        adaptive = policy.adaptive_concurrency
+        self.bulkhead = Bulkhead(
+            adaptive.initial if adaptive else policy.max_concurrency,
+            policy.max_queue,
+            f"backend {policy.name!r}",
+            max_wait_s=policy.max_queue_wait_s,
+        )
+        self.adaptive = (
+            AdaptiveLimit(self.bulkhead, adaptive.target_latency_s, adaptive.min_concurrency,
+                          policy.max_concurrency, adaptive.backoff)
+            if adaptive
+            else None
+        )  # fmt: skip
         c = policy.circuit
         self.circuit = CircuitBreaker(
             c.failure_threshold, c.reset_after_s, clock, error_rate=c.error_rate, window=c.window
         )
         metrics.circuit_state.labels(self.name).set(0)  # on the dashboard from the start, closed
+        metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)
 
     async def complete(
         self,
@@ -93,7 +107,7 @@ class ResilientBackend:
             reason = _RETRY_REASON.get(type(error) if error else None, "retry")
 
         async for try_ in AsyncRetrying(
-            retry=retry_if_exception_type(RetryableBackendError),
+            retry=retry_if_exception(self._retryable),
             wait=wait,
             stop=stop,
             reraise=True,
@@ -103,6 +117,11 @@ class ResilientBackend:
             with try_:
                 response = await self._guarded_call(request, deadline_at, reason, on_call)
         return response
+
+    def _retryable(self, error: BaseException) -> bool:
+        if isinstance(error, UpstreamTimeout) and not self.policy.retry_timeouts:
+            return False  # a local engine that timed out is saturated: fail fast instead of queueing again
+        return isinstance(error, RetryableBackendError)
 
     async def _guarded_call(
         self, request: BackendRequest, deadline_at: float, reason: str, on_call: Callable[[], None] | None
@@ -125,6 +144,11 @@ class ResilientBackend:
                 t0 = time.perf_counter()
                 try:
                     response = await self.inner.complete(replace(request, timeout_s=timeout))
+                except (UpstreamTimeout, UpstreamServerError):
+                    self._observe(time.perf_counter() - t0, failed=True)
+                    raise
+                else:
+                    self._observe(time.perf_counter() - t0)
                 finally:
                     self.metrics.backend_duration.labels(self.name).observe(time.perf_counter() - t0)
         except RetryableBackendError:
@@ -138,6 +162,11 @@ class ResilientBackend:
         finally:
             self.metrics.circuit_state.labels(self.name).set(int(breaker.state))
         return response
+
+    def _observe(self, latency_s: float, failed: bool = False) -> None:
+        if self.adaptive is not None:
+            self.adaptive.observe(latency_s, failed=failed)
+            self.metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)
 
     async def ping(self, timeout_s: float = 2.0) -> None:
         await self.inner.ping(timeout_s)

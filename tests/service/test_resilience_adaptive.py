@@ -1,0 +1,112 @@
+"""Admission sized to the engine: a bounded wait for a slot, AIMD on latency, no retry of a local timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backends.base import BackendRequest
+from backends.errors import UpstreamTimeout
+from service.config import BackendConfig, RetryPolicy
+from service.errors import Overloaded
+from service.metrics import Metrics, sample
+from service.pipeline.resilient import ResilientBackend
+from service.resilience import AdaptiveLimit, Bulkhead
+from tests.fakes import FakeBackend
+
+
+async def test_a_waiter_is_shed_when_no_slot_frees_within_max_wait() -> None:
+    gate = Bulkhead(1, max_queue=5, what="backend 'b'", max_wait_s=0.01)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    holder = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)  # let the holder take the slot
+    with pytest.raises(Overloaded, match="no slot within 0.01 s") as shed:
+        async with gate.slot():
+            pass
+    assert shed.value.headers["Retry-After"] == "1" and gate.waiting == 0
+    release.set()
+    await holder
+    async with gate.slot():  # the slot is free again
+        assert gate.active == 1
+
+
+async def test_raising_the_limit_lets_waiters_in() -> None:
+    gate = Bulkhead(1, max_queue=5, what="b")
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    async def worker(i: int) -> None:
+        async with gate.slot():
+            entered.append(i)
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(worker(i)) for i in range(3)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert entered == [0] and gate.waiting == 2
+    gate.set_limit(3)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sorted(entered) == [0, 1, 2] and gate.active == 3
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+def test_aimd_grows_while_fast_and_in_use_and_cuts_when_slow() -> None:
+    gate = Bulkhead(4, max_queue=0, what="b")
+    aimd = AdaptiveLimit(gate, target_s=2.0, minimum=1, maximum=8, backoff=0.5)
+    gate.active = 3  # the limit is in use
+    for _ in range(12):
+        aimd.observe(1.0)
+    assert 5 <= gate.limit <= 8
+    grown = gate.limit
+    aimd.observe(5.0)  # one slow call
+    assert gate.limit == int(aimd.estimate) < grown
+    for _ in range(10):
+        aimd.observe(0.1, failed=True)
+    assert gate.limit == 1  # never below the minimum
+    gate.active = 0
+    for _ in range(20):
+        aimd.observe(0.1)  # fast, but the limit is not in use: no reason to grow it
+    assert gate.limit == 1
+
+
+def backend(kind: str, **policy: object) -> tuple[ResilientBackend, FakeBackend, Metrics]:
+    cfg = BackendConfig.model_validate({"name": "b", "kind": kind, "model": "m", "max_retries": 3, **policy})
+    inner = FakeBackend(cfg.endpoint)
+    metrics = Metrics()
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    return ResilientBackend(inner, cfg, RetryPolicy(), metrics, sleep=no_sleep), inner, metrics
+
+
+async def test_a_local_engine_that_timed_out_is_not_called_again() -> None:
+    local, inner, _ = backend("vllm")
+    inner.enqueue(UpstreamTimeout("read timeout", backend="b"), '{"a": 1}')
+    with pytest.raises(UpstreamTimeout):
+        await local.complete(BackendRequest(messages=[]))
+    assert len(inner.requests) == 1
+    hosted, inner, _ = backend("openai")
+    inner.enqueue(UpstreamTimeout("read timeout", backend="b"), '{"a": 1}')
+    assert (await hosted.complete(BackendRequest(messages=[]))).text == '{"a": 1}'
+    assert len(inner.requests) == 2
+    assert BackendConfig(name="x", kind="vllm", model="m", retry_timeouts=True).retry_timeouts is True
+
+
+async def test_adaptive_limit_is_exported_and_cut_by_a_timeout() -> None:
+    local, inner, metrics = backend("vllm", max_concurrency=8, adaptive_concurrency={"initial": 4, "backoff": 0.5})
+    assert sample(metrics.registry, "extraction_backend_concurrency_limit", backend="b") == 4
+    inner.enqueue(UpstreamTimeout("read timeout", backend="b"))
+    with pytest.raises(UpstreamTimeout):
+        await local.complete(BackendRequest(messages=[]))
+    assert sample(metrics.registry, "extraction_backend_concurrency_limit", backend="b") == 2
+    with pytest.raises(ValueError, match="initial is above max_concurrency"):
+        BackendConfig(name="x", model="m", max_concurrency=2, adaptive_concurrency={"initial": 4})  # type: ignore[arg-type]
