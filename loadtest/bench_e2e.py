@@ -6,7 +6,7 @@ Through the real service and real vLLM, with Locust (the same runner as `extract
 users with no think time, at each user level, for each backend. Reports requests/s, P50/P95, output tokens/s
 and input tokens/request per level, the capacity (highest requests/s with P95 within the SLO) per backend,
 and a PNG of how each scales. vLLM is started twice: base model + unmerged adapter, then the merged model
-(`training.lora.merge_adapter`; one served model per adapter). Numbers, not a test.
+(`extraction model merge`; one served model per adapter). Numbers, not a test.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from rich.table import Table
 
 from backends.local.base_model import prepare
 from backends.local.config import VllmServer
+from backends.local.merge import merge_adapter
 from backends.local.vllm import VllmProcess, ensure_vllm
+from loadtest.machine import machine
 from loadtest.mock_upstream import ServerThread
 from loadtest.run import LoadArgs, run_once
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
-from training.lora import merge_adapter
 
 console = Console(stderr=True)
 PRICING = {"input_per_1k": 0.0002, "output_per_1k": 0.0002}
@@ -116,7 +117,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     base = prepare()
-    merged = merge_adapter(base, adapter, tmp / "merged")
+    merge_adapter(adapter, tmp / "merged", base)
+    merged = tmp / "merged"
     rows: list[dict[str, Any]] = []
 
     def run_stack(cfg: VllmServer, backends: dict[str, Any]) -> None:
@@ -135,7 +137,7 @@ def main() -> None:
             server.stop()
 
     def save() -> None:
-        report = {"date": time.strftime("%Y-%m-%d"), "task": args.task, "adapter": str(adapter),
+        report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "task": args.task, "adapter": str(adapter),
                   "duration_per_level": args.duration, "slo_p95_ms": args.slo_p95_ms, "rows": rows,
                   "capacity": capacity(rows, args.slo_p95_ms)}  # fmt: skip
         (args.out / "e2e.json").write_text(json.dumps(report, indent=2))

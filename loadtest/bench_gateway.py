@@ -37,6 +37,7 @@ from rich.table import Table
 
 from backends.base import BackendRequest
 from backends.openai_compat import OpenAIBackend
+from loadtest.machine import machine
 from service.config import DEFAULT_CONFIG, BackendConfig
 from service.demo import SAMPLES
 from service.prompts import build_messages
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarise(results)
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
+        "machine": machine(),  # CPU model, flags, dtype
         "workers": args.workers,
         "duration_s": args.duration,
         "connections": args.connections,
@@ -325,12 +326,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")  # fmt: skip
-    return f"{os.cpu_count()} cores, {cpu}"
 
 
 def litellm_version(args: argparse.Namespace) -> str:

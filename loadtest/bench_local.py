@@ -24,12 +24,14 @@ from rich.table import Table
 
 from backends.local.base_model import prepare
 from backends.local.config import VllmServer
+from backends.local.merge import merge_adapter
 from backends.local.vllm import VllmProcess, ensure_vllm
+from loadtest.machine import machine
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
 from service.demo import SAMPLES
-from training.lora import merge_adapter, tiny_adapter
+from training.lora import tiny_adapter
 
 console = Console(stderr=True)
 TASKS = DEFAULT_CONFIG.parent / "tasks"
@@ -143,7 +145,8 @@ def output_tokens(vllm_url: str) -> dict[str, int]:
 
 def make_adapter_and_merged(base: Path, tmp: Path) -> tuple[Path, Path]:
     adapter = tiny_adapter(base, tmp / "bench-lora", steps=2)
-    return adapter, merge_adapter(base, adapter, tmp / "merged")
+    merge_adapter(adapter, tmp / "merged", base)
+    return adapter, tmp / "merged"
 
 
 def main() -> None:
@@ -155,7 +158,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-local-"))
     base = prepare()
     adapter, merged = make_adapter_and_merged(base, tmp)
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": "2 CPU cores (AVX-512/AMX), 24 GiB"}
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every stage, so a failure late in the run keeps what was measured
