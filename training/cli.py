@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from service.terminal import console as make_console
+
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: import, validate, synthesise, split, from logs.")
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 TasksDir = Annotated[Path | None, typer.Option(help="Task YAML folder (default: the shipped tasks).")]
 
@@ -227,6 +228,42 @@ def wnut17_cmd(
     console.print({k: v["records"] for k, v in manifest["files"].items()})
 
 
+@data_app.command("sroie")
+def sroie_cmd(
+    out: Annotated[Path, typer.Option("--out", "--out-dir", help="Folder for the JSONL files and manifest.json.")],
+    src: Annotated[Path, typer.Option(help="SROIE task-3 JSONL: {id, text, output} with labels as printed.")] = Path(
+        "../shared/data/sroie/train.jsonl"
+    ),
+    val: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of receipts in the frozen val.jsonl.")] = 0.15,
+    seed: int = 0,
+    as_test: Annotated[bool, typer.Option(help="Every receipt into a frozen test.jsonl (held-out receipts).")] = False,
+    force: Annotated[bool, typer.Option(help="Replace a different frozen val/test split.")] = False,
+    tasks_dir: TasksDir = None,
+) -> None:
+    """SROIE 2019 task 3 -> the `receipt` format: labels normalised (ISO dates, numeric totals), every line
+    checked, a seeded frozen validation split; what could not be normalised is listed, never dropped silently."""
+    from rich.markup import escape
+
+    from training.split import FrozenTestError
+    from training.sroie import import_sroie, write_sroie
+
+    try:
+        imported = import_sroie(src, _task("receipt", tasks_dir))
+        manifest = write_sroie(imported, out, val=val, seed=seed, as_test=as_test, force=force)
+    except (FrozenTestError, ValueError, OSError) as e:
+        raise _fail(e) from None
+    report = manifest["report"]
+    console.print(f"{src}: {report['lines']} lines, {report['imported']} receipts imported, "
+                  f"{report['rejected_receipts']} rejected", soft_wrap=True)  # fmt: skip
+    for issue in imported.rejected:
+        console.print(f"  [red]rejected[/red] {escape(str(issue))}", highlight=False, soft_wrap=True)
+    for issue in imported.notes:
+        console.print(f"  note {escape(str(issue))}", highlight=False, soft_wrap=True)
+    for name, info in manifest["files"].items():
+        console.print(f"{name}: {info['records']} records  sha256 {info['sha256']}", soft_wrap=True)
+    console.print(f"manifest: {out / 'manifest.json'}  (source sha256 {manifest['source_sha256']})", soft_wrap=True)
+
+
 def train_command(ctx: typer.Context) -> None:
     """LoRA fine-tuning; arguments as in `python -m training.train --help` (or --config_file train.yaml)."""
     from training.train import cli
@@ -245,6 +282,9 @@ def eval_command(
     fields: Annotated[str | None, typer.Option(help="Comma-separated fields to score (default: all).")] = None,
     allow_changed_test: Annotated[bool, typer.Option(help="Evaluate a test set whose hash changed.")] = False,
     api_key: Annotated[str | None, typer.Option(envvar="EXTRACTION_API_KEY", help="Bearer key, if needed.")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Add a metric: sroie (SROIE task 3's per-field exact match).")
+    ] = None,
 ) -> None:
     """Run a frozen test set through the running service against one backend; write the run file."""
     from rich.progress import Progress
@@ -254,12 +294,12 @@ def eval_command(
     from training.split import FrozenTestError
 
     args = EvalArgs(task, data, backend, url, out, concurrency, limit, fields.split(",") if fields else None,
-                    allow_changed_test, api_key=api_key)  # fmt: skip
+                    allow_changed_test, api_key=api_key, metrics=tuple(metric or ()))  # fmt: skip
     try:
         with Progress(console=err) as progress:
             bar = progress.add_task(f"{task} on {backend}", total=None)
             run = asyncio.run(run_eval(args, progress=lambda: progress.advance(bar)))
-    except (FrozenTestError, DatasetError) as e:
+    except (FrozenTestError, DatasetError, ValueError) as e:
         raise _fail(e) from None
     s = run["summary"]
     table = Table(title=f"{task} / {backend}: {s['items']} items")
@@ -274,7 +314,31 @@ def eval_command(
         str(s["requests_per_s"]),
     )  # fmt: skip
     console.print(table)
+    if "sroie" in s:
+        _print_sroie(s)
     console.print(f"errors: {s['error_buckets']}\nrun: {out}  disagreements: {out.with_suffix('.disagreements.jsonl')}")
+
+
+def _print_sroie(s: dict[str, Any]) -> None:
+    sroie = s["sroie"]
+    table = Table(title="SROIE task-3 metric (exact match of the normalised field) next to field F1")
+    for column in ("field", "SROIE P", "SROIE R", "SROIE F1", "field F1"):
+        table.add_column(column)
+    rows = [*sroie["fields"].items(), ("all (micro)", sroie["micro"])]
+    for name, score in rows:
+        f1 = s["field_micro"] if name == "all (micro)" else s["fields"].get(name)
+        table.add_row(name, f"{score['precision']:.3f}", f"{score['recall']:.3f}", f"{score['f1']:.3f}",
+                      f"{f1['f1']:.3f}" if f1 else "-")  # fmt: skip
+    console.print(table)
+    if sroie["worst"]:
+        worst = Table(title="worst disagreements (SROIE metric)")
+        for column in ("id", "field", "gold", "predicted"):
+            worst.add_column(column, overflow="fold")
+        for row in sroie["worst"][:10]:
+            none = f"(none: {row['error']})" if row["error"] else "(none)"
+            predicted = row["predicted"] if row["predicted"] is not None else none
+            worst.add_row(row["id"], row["field"], str(row["gold"]), predicted)
+        console.print(worst)
 
 
 def report_command(

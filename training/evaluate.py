@@ -5,7 +5,8 @@
 
 Writes a run file (meta, summary, per-item results with each field's TP/FP/FN) and, beside it,
 `*.disagreements.jsonl` with every item whose output differs from the gold answer. The test file's hash is
-checked against its split manifest.
+checked against its split manifest. `--metric sroie` adds the SROIE task-3 leaderboard's metric (per-field
+exact match of the normalised strings, see training/metrics.py) to each item and to the summary.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import httpx
 
 from service.tasks import Task
 from training.datasets import Record, load_dataset
-from training.metrics import Scores, error_kind, score_field
+from training.metrics import Scores, error_kind, score_field, sroie_item, sroie_summary
 from training.split import check_frozen
+from training.sroie import SROIE_FIELDS
 
 REQUEST_ERRORS = ("invalid_json", "schema_invalid", "upstream_error", "timeout", "rejected")
+METRICS = ("field", "sroie")  # field-level F1 and exact match always; sroie on request
 
 
 @dataclass
@@ -43,6 +46,7 @@ class EvalArgs:
     allow_changed_test: bool = False
     timeout_s: float = 600.0
     api_key: str | None = None
+    metrics: tuple[str, ...] = ()
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -67,7 +71,9 @@ def request_error_kind(status: int, error: dict[str, Any] | None) -> str | None:
     return "upstream_error"
 
 
-def summarize(task: Task, fields: list[str], items: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def summarize(
+    task: Task, fields: list[str], items: list[dict[str, Any]], wall_s: float, metrics: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The run's summary: accuracy, structure adherence, tokens, cost, latency, throughput, error buckets."""
     scores = Scores()
     buckets: dict[str, int] = dict.fromkeys(("missing_field", "wrong_value", "wrong_type", *REQUEST_ERRORS), 0)
@@ -105,10 +111,13 @@ def summarize(task: Task, fields: list[str], items: list[dict[str, Any]], wall_s
         "requests_per_s": round(n / wall_s, 3) if wall_s else None,
         "wall_s": round(wall_s, 1),
         "error_buckets": buckets,
+        **({"sroie": sroie_summary(items, SROIE_FIELDS)} if "sroie" in metrics else {}),
     }
 
 
-def _item(record: Record, status: int, body: dict[str, Any], latency_ms: float, fields: list[str]) -> dict[str, Any]:
+def _item(
+    record: Record, status: int, body: dict[str, Any], latency_ms: float, fields: list[str], sroie: bool = False
+) -> dict[str, Any]:
     error = body.get("error") if status != 200 else None
     details = (error or {}).get("details", {})
     usage = body.get("usage") or details.get("usage") or {}
@@ -123,7 +132,7 @@ def _item(record: Record, status: int, body: dict[str, Any], latency_ms: float, 
         # TP/FP/FN per field let `report` recompute micro F1 on any resample or subset of the items.
         score = score_field(record.output.get(name), value)
         scores[name] = [score.tp, score.fp, score.fn]
-    return {
+    item = {
         "id": record.id,
         "status": status,
         "output": output,
@@ -140,10 +149,15 @@ def _item(record: Record, status: int, body: dict[str, Any], latency_ms: float, 
         "latency_ms": round(latency_ms, 1),
         "server_latency_ms": body.get("latency_ms"),
     }
+    if sroie:
+        item["sroie"] = sroie_item(record.output, output if isinstance(output, dict) else None, SROIE_FIELDS)
+    return item
 
 
 async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
     """Send every test item through the service (bounded concurrency); returns the run (also written to disk)."""
+    if unknown := sorted(set(args.metrics) - set(METRICS)):
+        raise ValueError(f"unknown metric(s) {unknown}: choose from {', '.join(METRICS)}")
     frozen = check_frozen(args.data, args.allow_changed_test)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers) as client:
@@ -157,6 +171,8 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
         records = load_dataset(args.data, task)[: args.limit]
         properties = list(task.json_schema.get("properties", {}))
         fields = args.fields or [f for f in properties if f not in detail.get("eval_ignore", [])]
+        if "sroie" in args.metrics and (missing := [f for f in SROIE_FIELDS if f not in properties]):
+            raise ValueError(f"--metric sroie scores {', '.join(SROIE_FIELDS)}; task {args.task!r} lacks {missing}")
         limit = asyncio.Semaphore(args.concurrency)
 
         async def one(record: Record) -> dict[str, Any]:
@@ -171,7 +187,7 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
                 latency = (time.perf_counter() - started) * 1000
             if progress is not None:
                 progress()
-            return _item(record, status, body, latency, fields)
+            return _item(record, status, body, latency, fields, sroie="sroie" in args.metrics)
 
         started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         t0 = time.perf_counter()
@@ -193,8 +209,9 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "started": started_at,
             "items": len(items),
+            "metrics": ["field", *(m for m in args.metrics if m != "field")],
         },  # fmt: skip
-        "summary": summarize(task, fields, items, wall),
+        "summary": summarize(task, fields, items, wall, args.metrics),
         "items": items,
     }
     if args.out:
@@ -205,17 +222,14 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
 def write_run(run: dict[str, Any], out: Path) -> None:
     """The run JSON and its disagreements file, each written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    disagreements = [
-        {
-            "id": i["id"],
-            "gold": i["gold"],
-            "output": i["output"],
-            "field_errors": i["field_errors"],
-            "error": i["error"],
-        }  # fmt: skip
-        for i in run["items"]
-        if i["field_errors"] or i["status"] != 200
-    ]
+    disagreements = []
+    for i in run["items"]:
+        # with --metric sroie, also the fields only that metric counts wrong (case, punctuation)
+        sroie = [name for name, (_, fp, fn) in i.get("sroie", {}).items() if fp or fn]
+        if i["field_errors"] or i["status"] != 200 or sroie:
+            disagreements.append({"id": i["id"], "gold": i["gold"], "output": i["output"],
+                                  "field_errors": i["field_errors"], "error": i["error"],
+                                  **({"sroie_errors": sroie} if "sroie" in i else {})})  # fmt: skip
     _atomic_write(out, json.dumps(run, indent=1, ensure_ascii=False))
     lines = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in disagreements)
     _atomic_write(out.with_suffix(".disagreements.jsonl"), lines)

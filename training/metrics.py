@@ -160,3 +160,75 @@ class Scores:
             "field_micro": self.micro.as_dict(),
             "fields": {name: score.as_dict() for name, score in sorted(self.fields.items())},
         }
+
+
+# SROIE task 3: the leaderboard's metric, entity-level exact match per field (the official scorer compares each
+# field's string as a whole: right only if identical). Our gold and answers are in the schema's typed form, so
+# the compared string is the normalised one: company and address with whitespace runs collapsed (OCR boxes
+# joined by a space or a newline) but case and punctuation kept, as the official comparison keeps them; date as
+# the ISO string; total as the amount to the cent ("9.00"), so RM marks and number formatting do not count
+# (the official script counted them: leaders re-scored after fixing the "RM" labels). Empty strings are null.
+# A missing answer for a gold value is a FN, an answer where gold is null a FP, a wrong answer both.
+
+
+def sroie_key(name: str, value: Any) -> str | None:
+    """The string the SROIE metric compares for one field (None: no value)."""
+    from training.sroie import LabelError, collapse, normalise_total
+
+    if value is None:
+        return None
+    if name == "total" and not isinstance(value, bool):
+        try:
+            amount = float(value) if isinstance(value, int | float) else normalise_total(str(value))
+            return f"{round(amount, 2) or 0.0:.2f}"
+        except LabelError:
+            pass
+    return collapse(str(value)) or None
+
+
+def sroie_item(gold: dict[str, Any], pred: dict[str, Any] | None, fields: Iterable[str]) -> dict[str, list[int]]:
+    """[TP, FP, FN] of each field of one receipt under the SROIE metric."""
+    out = {}
+    for name in fields:
+        g, p = sroie_key(name, gold.get(name)), sroie_key(name, (pred or {}).get(name))
+        if g is None:
+            out[name] = [0, int(p is not None), 0]
+        elif p is None:
+            out[name] = [0, 0, 1]
+        else:
+            out[name] = [1, 0, 0] if g == p else [0, 1, 1]
+    return out
+
+
+def sroie_summary(items: list[dict[str, Any]], fields: Iterable[str], worst: int = 20) -> dict[str, Any]:
+    """Per-field and micro (the leaderboard's figure) precision/recall/F1 from the items' `sroie` counts, and the
+    worst disagreements."""
+    totals = {name: FieldScore() for name in fields}
+    for item in items:
+        for name, (tp, fp, fn) in item["sroie"].items():
+            totals.setdefault(name, FieldScore()).add(FieldScore(tp, fp, fn))
+    micro = FieldScore()
+    for score in totals.values():
+        micro.add(score)
+    return {"micro": micro.as_dict(), "fields": {n: s.as_dict() for n, s in totals.items()},
+            "worst": worst_disagreements(items, worst)}  # fmt: skip
+
+
+def worst_disagreements(items: list[dict[str, Any]], n: int = 20) -> list[dict[str, Any]]:
+    """Fields the SROIE metric counts wrong, worst first: receipts with more wrong fields first, then the
+    answers least like the gold (difflib ratio of the compared strings); `n` rows at most."""
+    from difflib import SequenceMatcher
+
+    ranked = []
+    for item in items:
+        wrong = [name for name, (_, fp, fn) in item["sroie"].items() if fp or fn]
+        output = item["output"] if isinstance(item.get("output"), dict) else {}
+        for order, name in enumerate(wrong):
+            gold, pred = sroie_key(name, item["gold"].get(name)), sroie_key(name, output.get(name))
+            kind = "missed" if pred is None else "spurious" if gold is None else "wrong"
+            similarity = SequenceMatcher(None, gold or "", pred or "").ratio()
+            row = {"id": item["id"], "field": name, "gold": gold, "predicted": pred, "kind": kind,
+                   "error": item.get("error_kind"), "similarity": round(similarity, 3)}  # fmt: skip
+            ranked.append(((-len(wrong), similarity, item["id"], order), row))
+    ranked.sort(key=lambda pair: pair[0])
+    return [row for _, row in ranked[:n]]

@@ -34,9 +34,15 @@ def split_records(
 
 
 def write_split(
-    parts: dict[str, Sequence[Record]], out_dir: Path, *, meta: dict[str, Any], force: bool = False
+    parts: dict[str, Sequence[Record]],
+    out_dir: Path,
+    *,
+    meta: dict[str, Any],
+    force: bool = False,
+    stamp: bool = True,
 ) -> dict[str, Any]:
-    """Write train/val/test JSONL and a manifest with their hashes. A frozen test set is written once."""
+    """Write train/val/test JSONL and a manifest with their hashes. A frozen test set is written once.
+    `stamp=False` leaves out the creation time, so that re-running writes a byte-identical manifest."""
     test_path = out_dir / "test.jsonl"
     if test_path.exists() and not force:
         raise FrozenTestError(
@@ -49,7 +55,8 @@ def write_split(
         if records:
             sha = write_dataset(out_dir / f"{name}.jsonl", records)
             files[name] = {"file": f"{name}.jsonl", "records": len(records), "sha256": sha}
-    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta, "files": files}
+    created = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} if stamp else {}
+    manifest = {**created, **meta, "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
