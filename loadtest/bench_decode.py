@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from backends.local.base_model import prepare
@@ -32,8 +31,9 @@ from backends.local.config import VllmServer
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.bench_local import throughput
 from loadtest.machine import describe, machine
+from service.terminal import console as make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 # (name, extra vLLM args, VllmServer fields): each on top of the shipped defaults (cpu_threads_bind "all").
 LEVERS: list[tuple[str, list[str], dict[str, Any]]] = [
@@ -159,7 +159,7 @@ def main() -> None:
 
 
 def show(result: dict[str, Any]) -> None:
-    out = Console()
+    out = make_console()
     out.print(describe(result["machine"]) if "machine" in result else "")
     out.print(
         f"memory read {result['memory_read_gb_s']} GB/s, bf16 matmul {result['bf16_matmul_tflops']} TFLOP/s; "

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
 from rich.table import Table
 
 from backends.local.base_model import prepare
@@ -32,8 +31,9 @@ from loadtest.mock_upstream import ServerThread
 from loadtest.run import LoadArgs, run_once
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
+from service.terminal import console as make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 PRICING = {"input_per_1k": 0.0002, "output_per_1k": 0.0002}
 
 
@@ -174,9 +174,9 @@ def show(rows: list[dict[str, Any]], cap: dict[str, Any], slo_ms: float) -> None
         table.add_row(r["backend"], str(r["users"]), f"{r['requests_per_s']:.2f}", f"{r['p50_ms']:.0f}",
                       f"{r['p95_ms']:.0f}", f"{r['output_tok_per_s']:.1f}", f"{r['input_tokens_per_request']:.0f}",
                       f"{r['error_rate']:.1%}")  # fmt: skip
-    Console().print(table)
+    make_console().print(table)
     for backend, c in cap.items():
-        Console().print(f"{backend}: capacity at P95 <= {slo_ms:g} ms: "
+        make_console().print(f"{backend}: capacity at P95 <= {slo_ms:g} ms: "
                         + (f"{c['requests_per_s']:.2f} req/s ({c['users']} users)" if c else "none"))  # fmt: skip
 
 

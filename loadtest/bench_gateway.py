@@ -32,7 +32,6 @@ from typing import Any
 
 import httpx
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from backends.base import BackendRequest
@@ -42,8 +41,9 @@ from service.config import DEFAULT_CONFIG, BackendConfig
 from service.demo import SAMPLES
 from service.prompts import build_messages
 from service.tasks import load_tasks
+from service.terminal import console as make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 CACHE = Path(os.environ.get("EXTRACTION_CACHE", Path.home() / ".cache" / "extraction-service"))
 LITELLM_SPEC = "litellm[proxy]<1.109"
 MASTER_KEY = "sk-bench-master"
@@ -299,9 +299,9 @@ def show(results: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{s['added_p50_ms']:.3f}" if s else "-", f"{s['added_p99_ms']:.3f}" if s else "-",
             f"{sat['requests_per_s']:.0f}", f"{sat['p99_ms']:.1f}", str(lat["errors"] + sat["errors"]),
         )  # fmt: skip
-    Console().print(table)
+    make_console().print(table)
     if ratio := summary.get("service_vs_litellm"):
-        Console().print(f"service / litellm: added P50 x{ratio['added_p50_ratio']}, added P99 "
+        make_console().print(f"service / litellm: added P50 x{ratio['added_p50_ratio']}, added P99 "
                         f"x{ratio['added_p99_ratio']}, max requests/s x{ratio['max_rps_ratio']}")  # fmt: skip
 
 

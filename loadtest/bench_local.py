@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
 from rich.table import Table
 
 from backends.local.base_model import prepare
@@ -31,9 +30,10 @@ from loadtest.mock_upstream import ServerThread
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
 from service.demo import SAMPLES
+from service.terminal import console as make_console
 from training.lora import tiny_adapter
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 TASKS = DEFAULT_CONFIG.parent / "tasks"
 PROMPT = [
     {"role": "system", "content": "Extract invoice as JSON."},
@@ -191,7 +191,7 @@ def main() -> None:
 
 
 def report(results: dict[str, Any]) -> None:
-    out = Console()
+    out = make_console()
     out.print(f"cold start: {results['cold_start_s']:.1f} s")
     table = Table(title="local-prompted, single requests through the service")
     for column in ("task", "median latency ms", "input tokens", "output tokens"):

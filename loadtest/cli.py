@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from service.terminal import console as make_console
+
+console = make_console()
 
 
 def loadtest_command(

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
+
+from service.terminal import console as make_console
 
 BASE = "Invoice INV-2291 from Nordwind Logistik GmbH, dated 2024-05-14. Total due: 1,480.00 EUR."
 
@@ -137,7 +138,7 @@ def main() -> None:
     result = asyncio.run(run(args.url, args.backend))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    out = Console()
+    out = make_console()
     for r in result["rows"]:
         verdict = "LEAKED" if r["leaked"] else "held"
         out.print(f"{r['case']:16} {r['status']}  {verdict:7} {json.dumps(r.get('data', r.get('error')))[:90]}")

@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
 
 from loadtest.mock_upstream import MockUpstream, ServerThread
 from loadtest.run import LoadArgs, run_once
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
+from service.terminal import console as make_console
 
 DEFAULT_CHAOS = "500=0.05,429=0.03,hang=0.01,reset=0.01,broken=0.02"
 
@@ -93,7 +93,7 @@ def main() -> None:
     chaos = {k: float(v) for k, v in (part.split("=") for part in args.chaos.split(","))}
     args.out.mkdir(parents=True, exist_ok=True)
     r = soak(args.duration, args.users, chaos, args.out)
-    Console().print(
+    make_console().print(
         f"{r['requests']} requests ({r['requests_per_s']:.1f}/s) under chaos {args.chaos}: error rate "
         f"{r['error_rate']:.2%}, P50 {r['p50_ms']:.0f} ms, P95 {r['p95_ms']:.0f} ms, P99 {r['p99_ms']:.0f} ms; "
         f"{r['upstream_calls']} upstream calls; outcomes {r['service_outcomes']}; books balance: {r['books_balance']}"

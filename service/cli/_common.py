@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from service.config import Settings
+from service.terminal import console as make_console
 
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 ConfigOption = Annotated[Path | None, typer.Option(help="YAML config (default: the shipped one).")]
 
 

@@ -31,9 +31,7 @@ def test_precedence(make_settings: Callable[..., Settings]) -> None:
     assert backend_name(settings, other) == "c" and backend_name(settings, None) == "a"
 
 
-def test_routes_must_name_configured_backends_and_tasks(
-    make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
+def test_routes_must_name_configured_backends_and_tasks(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="routes.receipt names 'nope'"):
         make_settings(BACKENDS, default_backend="a", routes={"receipt": "nope"})
     config = write_config(tmp_path / "c.yaml", BACKENDS, default_backend="a", routes={"no_such_task": "b"})
