@@ -347,14 +347,17 @@ def report_command(
     requests_per_day: Annotated[int, typer.Option(min=0)] = 10_000,
     training_cost: Annotated[float, typer.Option(min=0, help="USD the fine-tune cost.")] = 0.0,
     horizon_days: Annotated[int, typer.Option(min=1)] = 30,
+    resamples: Annotated[int, typer.Option(min=100, help="Paired bootstrap resamples for the 95% intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed (the same seed gives the same intervals).")] = 0,
 ) -> None:
-    """Prompting vs fine-tuning, side by side: table, break-even, payback, plots, recommendation."""
+    """Prompting vs fine-tuning on the items both runs share: table with 95% intervals, break-even, plots, verdict."""
     from training.report import build_report, load_run
 
     if len(runs) < 2:
         raise _fail(ValueError("give two or more run files"), 2)
     try:
-        report = build_report([load_run(p) for p in runs], requests_per_day, training_cost, horizon_days, out)
+        report = build_report([load_run(p) for p in runs], requests_per_day, training_cost, horizon_days, out,
+                              resamples=resamples, seed=seed)  # fmt: skip
     except (ValueError, OSError, KeyError) as e:
         raise _fail(e) from None
     sys.stdout.write((out / "report.md").read_text())

@@ -161,3 +161,29 @@ def test_two_adapters_are_compared_with_each_other(tmp_path: Path) -> None:
     report = report_of(runs, tmp_path)
     assert {report["prompted"], report["finetuned"]} == {"ft-v1", "ft-v2"}
     assert report["differences"]["field_f1"]["value"] != 0
+
+
+def test_the_report_command_takes_resamples_and_seed_and_refuses_other_test_files(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    a = make_run("prompted", "few_shot", [[k % 3 != 0] for k in range(30)])
+    b = make_run("ft", "finetuned", [[k % 4 != 0] for k in range(30)])
+    paths = []
+    for name, run in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(run))
+    args = ["report", *map(str, paths), "--requests-per-day", "1000"]
+    first = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r1"), "--resamples", "300", "--seed", "7"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r2"), "--resamples", "300", "--seed", "7"])
+    assert again.exit_code == 0
+    one, two = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
+    assert one["differences"] == two["differences"]  # same seed, same intervals
+    b["meta"]["test_sha256"] = "other"
+    paths[1].write_text(json.dumps(b))
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r3")])
+    assert refused.exit_code != 0 and "different test files" in refused.output
