@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from backends import Backend, Endpoint, create_backend
 from service.auth import Authenticator, load_keys
 from service.config import ConfigError, Settings
@@ -13,8 +15,10 @@ from service.lifecycle import Drain
 from service.metrics import Metrics
 from service.pipeline.extractor import Extractor
 from service.request_log import RequestLog
+from service.routing import routes_in_effect
 from service.tasks import Task, load_tasks
 
+log = structlog.get_logger("extraction")
 BackendFactory = Callable[[Endpoint], Backend]
 
 
@@ -41,6 +45,11 @@ class AppState:
         for name in settings.routes:
             if name not in tasks:
                 raise ConfigError(f"routes.{name}: no such task; tasks: {sorted(tasks)}")
+        routes, dropped = routes_in_effect(settings)
+        if dropped:
+            for name, why in dropped.items():
+                log.info("route_skipped", task=name, backend=settings.routes[name], reason=why)
+            settings = settings.model_copy(update={"routes": routes})
         for task in tasks.values():
             if task.backend is not None and task.backend not in settings.backends:
                 raise ConfigError(

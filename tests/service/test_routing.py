@@ -38,3 +38,17 @@ def test_routes_must_name_configured_backends_and_tasks(make_settings: Callable[
     assert SHIPPED_TASKS.is_dir()
     with pytest.raises(ConfigError, match="routes.no_such_task: no such task"):
         AppState.build(Settings(config=config), FakeBackend)  # type: ignore[call-arg]
+
+
+def test_a_route_to_an_adapter_not_on_disk_waits_for_it(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "adapter_config.json").write_text('{"r": 8}')
+    local = {"kind": "vllm", "base_url": "http://127.0.0.1:8000/v1", "prompt_style": "finetuned"}
+    backends = {"prompted": {"kind": "vllm", "base_url": "http://127.0.0.1:8000/v1", "model": "base"},
+                "ft-a": {**local, "model": "a-lora"}, "ft-b": {**local, "model": "b-lora"}}  # fmt: skip
+    config = write_config(tmp_path / "c.yaml", backends, default_backend="prompted",
+                          routes={"invoice": "ft-a", "receipt": "ft-b"},
+                          vllm={"adapters": {"a-lora": "a", "b-lora": "b"}})  # fmt: skip
+    state = AppState.build(Settings(config=config), FakeBackend)  # type: ignore[call-arg]
+    assert route(state.settings, state.tasks["receipt"]).name == "ft-b"
+    assert route(state.settings, state.tasks["invoice"]).name == "prompted"  # a-lora is not trained yet
