@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,35 @@ def build_lora_config(
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    """The trainable (adapter) parameters by name: the tensors themselves, not copies."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def all_finite(tensors: Iterable[Any]) -> bool:
+    """True when no tensor holds a NaN or an infinity."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def upcast_trainable(model: Any) -> int:
+    """Keep the adapter weights (and so the optimizer's moments) in fp32 whatever the base dtype; returns how many
+    were cast.
+
+    peft already upcasts adapters of a bf16/fp16 base (`autocast_adapter_dtype`); this makes it a checked property
+    here: bf16 Adam moments lose small updates and overflow where fp32 does not.
+    """
+    import torch
+
+    cast = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+            cast += 1
+    return cast
 
 
 def tiny_adapter(base: Path, out: Path, steps: int = 3, seed: int = 0) -> Path:

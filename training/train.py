@@ -4,10 +4,12 @@
         --out adapters/receipt --epochs 3
     extraction train --config_file train.yaml          # the same arguments from YAML
 
-Runs on a GPU when one is present (bf16 mixed precision), else on the CPU in the dtype it computes fast
-(bf16 where native, fp32 elsewhere; `--dtype` overrides). Writes the adapter (best epoch by validation
-loss), a training card (JSON + Markdown) with data hashes, hyper-parameters, the loss curve (PNG), validation
-loss and field-F1 per epoch and the wall time; `--merge` also writes the merged model for fastest serving.
+Runs on a GPU when one is present (fp32 weights, bf16 autocast), else on the CPU in the dtype it computes fast
+(bf16 where native, fp32 elsewhere; `--dtype` overrides). Batches group examples of similar length, so short
+ones do not pay for a long one's padding. A run whose loss, gradient norm, validation loss or weights turn
+non-finite stops there and keeps the best checkpoint (or the last finite weights). Writes the adapter (best epoch
+by validation loss), a training card (JSON + Markdown) with data hashes, hyper-parameters, the loss curve (PNG),
+validation loss and field-F1 per epoch, speed and wall time; `--merge` also writes the merged model.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ import platform
 import shutil
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.local.hardware import choose_dtype, read_cpu
+from backends.local.hardware import CpuInfo, choose_dtype, read_cpu
 from service.config import DEFAULT_CONFIG
-from service.parsing import OutputNotJSON, dumps_compact, parse_output
+from service.parsing import dumps_compact
 from service.prompts import build_messages
 from service.tasks import Task, load_tasks
 from training.datasets import Record, file_sha256, load_dataset
 from training.lora import DEFAULT_TARGETS, build_lora_config
-from training.metrics import Scores
 
 
 @dataclass
@@ -42,13 +45,21 @@ class TrainArgs:
     epochs: float = 3.0
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (overrides epochs)."})
     learning_rate: float = 2e-4
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     batch_size: int = 8
     grad_accum: int = 1
+    group_by_length: bool = field(
+        default=True, metadata={"help": "Batch examples of similar length together (less padding computed)."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass: less memory, slower steps."}
+    )
     max_length: int = field(default=512, metadata={"help": "Longer examples are skipped (and counted)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log (and check for NaN) every N steps."})
     seed: int = 0
     limit: int | None = field(default=None, metadata={"help": "Train on the first N records only."})
     eval_samples: int = field(default=32, metadata={"help": "Validation items generated for field-F1 (0: off)."})
@@ -59,151 +70,129 @@ class TrainArgs:
     )
 
 
-def encode(tokenizer: Any, task: Task, record: Record, max_length: int) -> dict[str, list[int]] | None:
-    """Chat-formatted prompt + compact JSON answer; labels mask the prompt so only the answer is learned."""
+@dataclass
+class Inputs:
+    """The task and its records, loaded and validated against the task's schema."""
+
+    task: Task
+    train: list[Record]
+    val: list[Record]
+
+
+@dataclass
+class Runtime:
+    """Where training runs and in which dtype (both go into the card)."""
+
+    device: str  # "cuda" or "cpu"
+    dtype: str
+    cpu: CpuInfo
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+
+@dataclass
+class Encoded:
+    """Token ids ready for the collator, and how many records were left out and why."""
+
+    examples: list[dict[str, list[int]]]
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def encode_or_skip(tokenizer: Any, task: Task, record: Record, max_length: int) -> tuple[dict[str, Any] | None, str]:
+    """(example, "") or (None, why): "too_long" or "no_answer".
+
+    Never truncated: a cut answer teaches a wrong end, and one cut to nothing leaves every label -100, which makes
+    the loss 0/0 = NaN for a batch of such examples.
+    """
     prompt = tokenizer.apply_chat_template(
         build_messages(task, record.text, "finetuned"), add_generation_prompt=True, tokenize=False
     )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(dumps_compact(record.output) + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        return None, "no_answer"
     if len(prompt_ids) + len(answer_ids) > max_length:
-        return None
-    return {
+        return None, "too_long"
+    example = {
         "input_ids": prompt_ids + answer_ids,
         "attention_mask": [1] * (len(prompt_ids) + len(answer_ids)),
         "labels": [-100] * len(prompt_ids) + answer_ids,
     }
+    return example, ""
 
 
-def generate_outputs(model: Any, tokenizer: Any, task: Task, records: list[Record], batch: int = 8) -> list[Any]:
-    """Greedy answers for `records` (None where the text is not JSON); for validation field-F1."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    outputs: list[Any] = []
-    was_training = model.training
-    model.eval()
-    max_new = task.max_output_tokens or 256
-    with torch.no_grad():
-        for start in range(0, len(records), batch):
-            prompts = [
-                tokenizer.apply_chat_template(
-                    build_messages(task, r.text, "finetuned"), add_generation_prompt=True, tokenize=False
-                )
-                for r in records[start : start + batch]
-            ]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            generated = model.generate(
-                **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-            for row in generated[:, enc["input_ids"].shape[1] :]:
-                try:
-                    outputs.append(parse_output(tokenizer.decode(row, skip_special_tokens=True)).value)
-                except OutputNotJSON:
-                    outputs.append(None)
-    if was_training:
-        model.train()
-    return outputs
+def encode(tokenizer: Any, task: Task, record: Record, max_length: int) -> dict[str, list[int]] | None:
+    """Chat-formatted prompt + compact JSON answer; labels mask the prompt so only the answer is learned.
+    None when the whole example does not fit in `max_length` (or has no answer tokens)."""
+    return encode_or_skip(tokenizer, task, record, max_length)[0]
 
 
-def field_scores(task: Task, records: list[Record], predictions: list[Any]) -> dict[str, Any]:
-    fields = [f for f in task.json_schema.get("properties", {}) if f not in task.eval_ignore]
-    scores = Scores()
-    for record, pred in zip(records, predictions, strict=True):
-        scores.add(record.output, pred if isinstance(pred, dict) else None, fields)
-    out = scores.as_dict()
-    out["json_rate"] = round(sum(isinstance(p, dict) for p in predictions) / max(1, len(predictions)), 4)
-    return out
+def encode_all(tokenizer: Any, task: Task, records: list[Record], max_length: int) -> Encoded:
+    """Every record that encodes whole; the others counted by reason."""
+    encoded = Encoded([])
+    for record in records:
+        example, why = encode_or_skip(tokenizer, task, record, max_length)
+        if example is None:
+            encoded.skipped[why] += 1
+        else:
+            encoded.examples.append(example)
+    return encoded
 
 
-def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss")
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.set_title("LoRA training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(args: TrainArgs) -> dict[str, Any]:
-    """Train, keep the best epoch, write adapter + card (+ merged model); returns the card."""
-    import torch
-    from peft import get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
-    from training.base_model import prepare
-
-    started = time.time()
+def load_inputs(args: TrainArgs) -> Inputs:
+    """The task by name and its train (first `limit`) and validation records."""
     tasks = load_tasks(args.tasks_dir)
     if args.task not in tasks:
         raise SystemExit(f"unknown task {args.task!r}; available: {', '.join(sorted(tasks))}")
     task = tasks[args.task]
-    train_records = load_dataset(args.train, task)[: args.limit]
-    val_records = load_dataset(args.val, task) if args.val else []
-    base = args.base_model or str(prepare())
+    return Inputs(task, load_dataset(args.train, task)[: args.limit], load_dataset(args.val, task) if args.val else [])
+
+
+def pick_runtime(dtype_setting: str) -> Runtime:
+    """The GPU if there is one, else the CPU; the dtype it computes fast unless the setting names one."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpu = read_cpu()
+    return Runtime(device, choose_dtype(dtype_setting, device, cpu), cpu)
+
+
+def load_model(base: str, args: TrainArgs, runtime: Runtime) -> tuple[Any, Any]:
+    """The base model wrapped with a fresh LoRA adapter (fp32 adapter weights), and its tokenizer."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.lora import upcast_trainable
+
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cuda = torch.cuda.is_available()
-    cpu = read_cpu()
-    dtype = choose_dtype(args.dtype, "cuda" if cuda else "cpu", cpu)
+    # The collator pads on this side; generation asks for left padding per call (see callbacks.generate_outputs).
+    tokenizer.padding_side = "right"
     # On a GPU the weights load in fp32 and bf16 runs under autocast (mixed precision); on a CPU they load in the
     # dtype itself, so an fp32 CPU never touches emulated bf16.
-    load_dtype = torch.float32 if cuda else getattr(torch, dtype)
-    print(f"training in {dtype} on {'cuda' if cuda else cpu.describe()}", file=sys.stderr)  # noqa: T201
+    load_dtype = torch.float32 if runtime.cuda else getattr(torch, runtime.dtype)
+    where = "cuda" if runtime.cuda else runtime.cpu.describe()
+    print(f"training in {runtime.dtype} on {where}", file=sys.stderr)  # noqa: T201
     model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype)
     model = get_peft_model(model, build_lora_config(args.r, args.alpha, args.dropout, args.target_modules))
+    upcast_trainable(model)
+    return model, tokenizer
 
-    def encode_all(records: list[Record]) -> tuple[list[dict[str, list[int]]], int]:
-        encoded = [encode(tokenizer, task, r, args.max_length) for r in records]
-        kept = [e for e in encoded if e is not None]
-        return kept, len(encoded) - len(kept)
 
-    train_set, skipped_train = encode_all(train_records)
-    val_set, skipped_val = encode_all(val_records)
-    if not train_set:
-        raise SystemExit(f"no training example fits max_length {args.max_length}")
-    epoch_metrics: list[dict[str, Any]] = []
-    eval_subset = val_records[: args.eval_samples]
+def training_arguments(args: TrainArgs, *, has_val: bool, runtime: Runtime) -> Any:
+    """The Trainer's arguments: evaluate and keep the best checkpoint per epoch (or at `max_steps`) when there is
+    validation data; length-grouped batches; NaN left visible to the guard."""
+    import torch
+    from transformers import TrainingArguments
 
-    class FieldF1(TrainerCallback):  # type: ignore[misc]
-        def on_evaluate(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            entry: dict[str, Any] = {"epoch": state.epoch, "step": state.global_step,
-                                     "eval_loss": (kwargs.get("metrics") or {}).get("eval_loss")}  # fmt: skip
-            if eval_subset:
-                scores = field_scores(task, eval_subset, generate_outputs(model, tokenizer, task, eval_subset))
-                entry.update(field_f1=scores["field_micro"]["f1"], exact_match=scores["exact_match"],
-                             json_rate=scores["json_rate"])  # fmt: skip
-            epoch_metrics.append(entry)
-            print(f"validation after epoch {state.epoch:.2f}: {entry}", file=sys.stderr)  # noqa: T201
-
-    has_val = bool(val_set)
     by_steps = args.max_steps > 0
     strategy = ("steps" if by_steps else "epoch") if has_val else "no"
-    training_args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(args.out / "checkpoints"),
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -211,9 +200,16 @@ def main(args: TrainArgs) -> dict[str, Any]:
         per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.learning_rate,
+        max_grad_norm=args.max_grad_norm,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
-        logging_steps=max(1, min(10, args.max_steps if by_steps else 10)),
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+        activation_checkpointing=args.gradient_checkpointing,
+        logging_steps=max(1, min(args.logging_steps, args.max_steps if by_steps else args.logging_steps)),
+        # The Trainer's filter logs the running mean in place of a NaN step's loss (a window of NaN steps logs 0):
+        # it hides exactly what NonFiniteGuard looks for.
+        logging_nan_inf_filter=False,
+        include_num_input_tokens_seen="non_padding",
         eval_strategy=strategy,
         save_strategy=strategy,
         eval_steps=args.max_steps if by_steps else None,
@@ -225,101 +221,119 @@ def main(args: TrainArgs) -> dict[str, Any]:
         save_only_model=True,
         report_to=[],
         seed=args.seed,
-        use_cpu=not cuda,
-        bf16=cuda and dtype == "bfloat16" and torch.cuda.is_bf16_supported(),
-        fp16=cuda and dtype == "float16",
+        use_cpu=not runtime.cuda,
+        bf16=runtime.cuda and runtime.dtype == "bfloat16" and torch.cuda.is_bf16_supported(),
+        fp16=runtime.cuda and runtime.dtype == "float16",
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(
+
+
+def build_trainer(
+    args: TrainArgs, model: Any, tokenizer: Any, data: tuple[Encoded, Encoded], runtime: Runtime, callbacks: list[Any]
+) -> Any:
+    """A Trainer over the encoded train and validation sets, batches padded per batch (labels with -100)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    train, val = data
+    return Trainer(
         model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=val_set or None,
+        args=training_arguments(args, has_val=bool(val.examples), runtime=runtime),
+        train_dataset=train.examples,
+        eval_dataset=val.examples or None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[FieldF1()] if has_val else [],
+        callbacks=callbacks,
     )
-    result = trainer.train()
+
+
+def save_artefacts(args: TrainArgs, trainer: Any, tokenizer: Any, base: str) -> tuple[Path | None, Path | None]:
+    """Adapter + tokenizer (+ merged model) and the loss curve; the checkpoints folder removed.
+    Returns (adapter, merged); no adapter is written when its weights are not finite (nothing good was kept)."""
+    from training.card import plot_losses
+    from training.lora import all_finite, merge_adapter, trainable_state
+
     args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    best = trainer.state.best_model_checkpoint
     shutil.rmtree(args.out / "checkpoints", ignore_errors=True)
     plot_losses(trainer.state.log_history, args.out / "loss.png")
-    merged_dir = None
-    if args.merge:
-        from training.lora import merge_adapter
+    if not all_finite(trainable_state(trainer.model).values()):
+        return None, None
+    trainer.model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    merged = merge_adapter(Path(base), args.out, args.out / "merged") if args.merge else None
+    return args.out, merged
 
-        merged_dir = merge_adapter(Path(base), args.out, args.out / "merged")
-    card = {
-        "task": task.name,
-        "prompt_style": "finetuned",
-        "base_model": base,
-        "adapter": str(args.out),
-        "merged_model": str(merged_dir) if merged_dir else None,
-        "data": {
-            "train": {
-                "file": str(args.train),
-                "sha256": file_sha256(args.train),
-                "records": len(train_records),
-                "used": len(train_set),
-                "skipped_too_long": skipped_train,
-            },
-            "val": {
-                "file": str(args.val),
-                "sha256": file_sha256(args.val),
-                "records": len(val_records),
-                "skipped_too_long": skipped_val,
-            }
-            if args.val
-            else None,
-        },  # fmt: skip
-        "hyperparameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
+
+def data_card(args: TrainArgs, inputs: Inputs, train: Encoded, val: Encoded) -> dict[str, Any]:
+    """Which files, their hashes, and how many records were used or skipped (and why)."""
+
+    def part(path: Path, records: list[Record], encoded: Encoded) -> dict[str, Any]:
+        return {"file": str(path), "sha256": file_sha256(path), "records": len(records),
+                "used": len(encoded.examples), "skipped_too_long": encoded.skipped["too_long"],
+                "skipped_no_answer": encoded.skipped["no_answer"]}  # fmt: skip
+
+    val_part = part(args.val, inputs.val, val) if args.val else None
+    return {"train": part(args.train, inputs.train, train), "val": val_part}
+
+
+def run_card(trainer: Any, result: Any, runtime: Runtime, callbacks: dict[str, Any]) -> dict[str, Any]:
+    """What the run did: steps, losses, validation per epoch, an early stop, speed and the machine."""
+    import torch
+
+    best = trainer.state.best_model_checkpoint
+    timer = callbacks["timer"]
+    return {
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),
-        "validation": epoch_metrics,
+        "validation": callbacks["field_f1"].history,
         "best_checkpoint": Path(best).name if best else None,
         "best_eval_loss": trainer.state.best_metric,
-        "wall_time_s": round(time.time() - started, 1),
-        "device": "cuda" if cuda else f"cpu ({platform.machine()})",
-        "dtype": dtype,
-        "cpu": cpu.as_dict(),
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "stopped_early": callbacks["guard"].stopped,
+        "throughput": {
+            "s_per_step": timer.s_per_step,
+            "tokens_per_s": timer.tokens_per_s(trainer.state),
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+        },
+        "device": "cuda" if runtime.cuda else f"cpu ({platform.machine()})",
+        "dtype": runtime.dtype,
+        "cpu": runtime.cpu.as_dict(),
+        "gpu": torch.cuda.get_device_name(0) if runtime.cuda else None,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    (args.out / "training_card.json").write_text(json.dumps(card, indent=2))
-    (args.out / "training_card.md").write_text(card_markdown(card))
+
+
+def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train, keep the best epoch, write adapter + card (+ merged model); returns the card.
+    `callbacks`: extra TrainerCallbacks (experiments, tests), run after ours."""
+    from backends.local.base_model import prepare
+    from training.callbacks import FieldF1, NonFiniteGuard, StepTimer
+    from training.card import write_card
+
+    started = time.time()
+    inputs = load_inputs(args)
+    runtime = pick_runtime(args.dtype)
+    base = args.base_model or str(prepare())
+    model, tokenizer = load_model(base, args, runtime)
+    train, val = (encode_all(tokenizer, inputs.task, part, args.max_length) for part in (inputs.train, inputs.val))
+    if not train.examples:
+        raise SystemExit(f"no training example fits max_length {args.max_length}")
+    ours = {"guard": NonFiniteGuard(), "field_f1": FieldF1(inputs.task, tokenizer, inputs.val[: args.eval_samples]),
+            "timer": StepTimer()}  # fmt: skip
+    trainer = build_trainer(args, model, tokenizer, (train, val), runtime, [*ours.values(), *callbacks])
+    result = trainer.train()
+    adapter, merged = save_artefacts(args, trainer, tokenizer, base)
+    card = {
+        "task": inputs.task.name,
+        "prompt_style": "finetuned",
+        "base_model": base,
+        "adapter": str(adapter) if adapter else None,
+        "merged_model": str(merged) if merged else None,
+        "data": data_card(args, inputs, train, val),
+        "hyperparameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
+        **run_card(trainer, result, runtime, ours),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    write_card(card, args.out)
     return card
-
-
-def card_markdown(card: dict[str, Any]) -> str:
-    rows = "\n".join(
-        f"| {m['epoch']:.2f} | {m['step']} | {m.get('eval_loss') or 0:.4f} | {m.get('field_f1', '-')} | "
-        f"{m.get('exact_match', '-')} | {m.get('json_rate', '-')} |"
-        for m in card["validation"]
-    )
-    hp = card["hyperparameters"]
-    train, val = card["data"]["train"], card["data"]["val"]
-    val_line = f"`{val['file']}` ({val['records']} records), sha256 `{val['sha256']}`" if val else "none"
-    targets = ", ".join(hp["target_modules"])
-    return f"""# Training card: `{card["task"]}` LoRA adapter
-
-- base model: `{card["base_model"]}`; prompt style: `finetuned` (short prompt, no examples)
-- train: `{train["file"]}` ({train["used"]} of {train["records"]} records used), sha256 `{train["sha256"]}`
-- validation: {val_line}
-- LoRA r={hp["r"]} alpha={hp["alpha"]} dropout={hp["dropout"]} targets={targets}
-- learning rate {hp["learning_rate"]}, batch {hp["batch_size"]} x accumulation {hp["grad_accum"]}, \
-epochs {hp["epochs"]}, max steps {hp["max_steps"]}, seed {hp["seed"]}
-- steps {card["steps"]}, final train loss {card["train_loss"]}, best validation loss {card["best_eval_loss"]} \
-({card["best_checkpoint"]})
-- wall time {card["wall_time_s"]} s on {card["device"]} in {card.get("dtype", "bfloat16")}
-
-| epoch | step | validation loss | field F1 | exact match | JSON rate |
-|---|---|---|---|---|---|
-{rows}
-
-![loss curve](loss.png)
-"""
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -332,14 +346,16 @@ def cli(argv: list[str] | None = None) -> None:
         (args,) = parser.parse_yaml_file(argv[1])
     else:
         (args,) = parser.parse_args_into_dataclasses(argv)
+    from backends.local.base_model import ModelPrepareError
     from service.tasks import TaskLoadError
-    from training.base_model import ModelPrepareError
     from training.datasets import DatasetError
 
     try:
         card = main(args)
     except (DatasetError, TaskLoadError, ModelPrepareError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
+    if card["adapter"] is None:
+        raise SystemExit(f"error: training diverged and no finite weights were kept; see {args.out}/training_card.md")
     print(json.dumps({k: card[k] for k in ("adapter", "steps", "train_loss", "best_eval_loss", "wall_time_s")}))  # noqa: T201
 
 
