@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.table import Table
 
 from service.config import Settings
 
@@ -49,6 +50,44 @@ def start_api(config: Path, host: str, port: int, log_file: Path) -> subprocess.
         time.sleep(0.2)  # polling the health endpoint: a child process gives no other readiness signal
 
 
+# The right answers to SAMPLES, field by field (only fields with one right answer are graded).
+EXPECTED: dict[str, dict[str, Any]] = {
+    "invoice": {"company": "Nordwind Logistik GmbH", "invoice_date": "2024-05-02", "total_amount": 845.2,
+                "currency": "EUR"},
+    "receipt": {"company": "CORNER DELI", "date": "2022-11-03", "address": "45 MAIN ST, SPRINGFIELD IL",
+                "total": 8.25},
+    "contract_clause": {"clause_type": "governing_law"},
+    "entities": {"persons": ["Maria Lopez"], "organizations": ["Google"], "locations": ["Madrid"]},
+    "support_intent": {"intent": "card_arrival"},
+}  # fmt: skip
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return {_norm(x) for x in a} == {_norm(x) for x in b}
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return abs(a - b) < 0.005
+    return bool(_norm(a) == _norm(b))
+
+
+def _norm(value: Any) -> Any:
+    return " ".join(value.casefold().split()) if isinstance(value, str) else value
+
+
+def grade(task: str, data: Any) -> tuple[int, int] | None:
+    """(right, graded) fields of an answer against EXPECTED; None when the sample is not graded."""
+    expected = EXPECTED.get(task)
+    if not expected:
+        return None
+    got = data if isinstance(data, dict) else {}
+    return sum(_same(got.get(k), v) for k, v in expected.items()), len(expected)
+
+
+def routed_backends(api: str) -> dict[str, str]:
+    """Task -> the backend it routes to now (an adapter once its folder exists, else the default)."""
+    return {t["name"]: t["backend"] for t in httpx.get(f"{api}/v1/tasks", timeout=10).json()}
+
+
 def available_backends(api: str, served: list[str], console: Console) -> list[str]:
     """Backends the demo can use now; says how to enable the others."""
     usable = []
@@ -56,8 +95,9 @@ def available_backends(api: str, served: list[str], console: Console) -> list[st
         name, model = backend["name"], backend["model"]
         if backend["kind"] == "vllm" and model not in served:
             console.print(
-                f"[yellow]{name}[/yellow]: adapter [bold]{model}[/bold] is not trained yet - train one with "
-                f"`extraction train` and serve it with `extraction vllm load-adapter {model} DIR`"
+                f"[yellow]{name}[/yellow]: adapter [bold]{model}[/bold] is not served - train it (`make adapters` "
+                f"for the shipped tasks, or `extraction train`) and serve it with "
+                f"`extraction vllm load-adapter {model} DIR`"
             )
         elif not backend["configured"]:
             console.print(f"[yellow]{name}[/yellow]: not configured (set OPENAI_API_KEY to use {model})")
@@ -66,8 +106,58 @@ def available_backends(api: str, served: list[str], console: Console) -> list[st
     return usable
 
 
+def compare_samples(api: str, usable: list[str], prompted: str, console: Console) -> list[dict[str, Any]]:
+    """Per task: the prompted answer and the fine-tuned one (where the task routes to an adapter) to the same
+    text, side by side with latency, input tokens and cost, and a one-line verdict."""
+    routes = routed_backends(api)
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(base_url=api, timeout=300) as client:
+        for task, text in SAMPLES.items():
+            pair = [prompted] + ([routes[task]] if routes.get(task) not in (None, prompted) else [])
+            answers = []
+            for backend in (b for b in pair if b in usable):
+                r = client.post("/v1/extract", json={"task": task, "text": text, "backend": backend})
+                answers.append({"task": task, "backend": backend, "status": r.status_code, "body": r.json()})
+            rows.extend(answers)
+            _show(task, answers, console)
+    return rows
+
+
+def _show(task: str, answers: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title=f"[bold]{task}[/bold]", show_lines=True, title_justify="left")
+    for column in ("backend", "answer", "right", "latency ms", "input tokens", "USD"):
+        table.add_column(column, overflow="fold")
+    graded: list[tuple[str, tuple[int, int] | None, dict[str, Any]]] = []
+    for a in answers:
+        body = a["body"]
+        if a["status"] == 200:
+            score = grade(task, body["data"])
+            table.add_row(a["backend"], json.dumps(body["data"], ensure_ascii=False),
+                          f"{score[0]}/{score[1]}" if score else "-", f"{body['latency_ms']:.0f}",
+                          str(body["usage"]["input_tokens"]), f"{body['cost_usd']:.6f}")  # fmt: skip
+            graded.append((a["backend"], score, body))
+        else:
+            error = body["error"]
+            table.add_row(a["backend"], f"{a['status']} {error['code']}: {error['message'][:160]}", "-", "-", "-", "-")
+    console.print(table)
+    console.print(verdict(graded))
+
+
+def verdict(graded: list[tuple[str, tuple[int, int] | None, dict[str, Any]]]) -> str:
+    """One line: who was right more often, and at what input size and latency."""
+    if len(graded) < 2:
+        return "  verdict: one backend answered (no adapter for this task, or the other failed)"
+    (pa, ps, pb), (fa, fs, fb) = graded[0], graded[1]
+    tokens = pb["usage"]["input_tokens"] / max(1, fb["usage"]["input_tokens"])
+    speed = pb["latency_ms"] / max(1.0, fb["latency_ms"])
+    quality = ""
+    if ps and fs:
+        quality = f"{fa} {fs[0]}/{fs[1]} fields right vs {pa} {ps[0]}/{ps[1]}; "
+    return f"  verdict: {quality}{fa} used {tokens:.1f}x fewer input tokens and was {speed:.1f}x faster"
+
+
 def run_samples(api: str, backends: list[str], console: Console) -> list[dict[str, Any]]:
-    """One extraction per shipped sample and backend, printed as it arrives."""
+    """One extraction per shipped sample and backend (backends without a side-by-side partner)."""
     results = []
     with httpx.Client(base_url=api, timeout=300) as client:
         for backend in backends:
@@ -109,7 +199,12 @@ def demo(settings: Settings, host: str, port: int, keep_running: bool, console: 
     api = f"http://{host}:{port}"
     try:
         backends = available_backends(api, vllm.models(), console)
-        run_samples(api, backends, console)
+        prompted = settings.default_backend
+        console.rule("[bold]prompted vs fine-tuned, same text")
+        compare_samples(api, backends, prompted, console)
+        others = [b for b in backends if b.startswith("openai")]
+        if others:
+            run_samples(api, others, console)
         console.print(
             f"\n[bold green]extraction-service is running[/bold green] at {api}\n"
             f"  docs:    {api}/docs\n  metrics: {api}/metrics\n  API log: {api_log}\n"

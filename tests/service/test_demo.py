@@ -1,0 +1,52 @@
+"""The demo's side-by-side: the prompted and the fine-tuned answer to the same text, graded, with a verdict."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+
+from rich.console import Console
+
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
+from service.app import create_app
+from service.config import Settings
+from service.demo import EXPECTED, compare_samples, grade, verdict
+from tests.conftest import backend_entry
+
+
+def test_grading_is_by_field_and_lenient_on_case_spacing_and_list_order() -> None:
+    assert grade("invoice", EXPECTED["invoice"]) == (4, 4)
+    assert grade("invoice", {"company": "nordwind  logistik gmbh", "invoice_date": None, "total_amount": 845.20,
+                             "currency": "EUR"}) == (3, 4)  # fmt: skip
+    assert grade("entities", {"persons": ["maria lopez"], "organizations": ["Google"], "locations": []}) == (2, 3)
+    assert grade("email_triage", {"category": "billing"}) is None  # no single right answer: not graded
+    assert grade("invoice", None) == (0, 4)
+
+
+def test_side_by_side_runs_both_backends_on_the_same_text(
+    upstream: MockUpstream, make_settings: Callable[..., Settings]
+) -> None:
+    url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
+    settings = make_settings({"prompted": backend_entry(url), "ft": backend_entry(url, model="ft-model",
+                              prompt_style="finetuned", pricing={"input_per_1k": 0.0002, "output_per_1k": 0.0002})},
+                             routes={"invoice": "ft"})  # fmt: skip
+    wrong = {"company": None, "invoice_date": None, "total_amount": None, "currency": None}
+    # SAMPLES order: invoice first (prompted, then ft), then the other tasks' prompted answers (the queue's default)
+    upstream.enqueue(Reply(content=json.dumps(wrong), usage=(1000, 20)),
+                     Reply(content=json.dumps(EXPECTED["invoice"]), usage=(120, 20)))  # fmt: skip
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    with ServerThread(create_app(settings)) as api:
+        rows = compare_samples(api.url, ["prompted", "ft"], "prompted", console)
+    invoice = [r for r in rows if r["task"] == "invoice"]
+    assert [r["backend"] for r in invoice] == ["prompted", "ft"]
+    assert all(r["status"] == 200 for r in invoice)
+    assert all(r["backend"] == "prompted" for r in rows if r["task"] != "invoice")  # no adapter routed there
+    printed = out.getvalue()
+    assert "ft 4/4 fields right vs prompted 0/4" in printed
+    assert "8.3x fewer input tokens" in printed
+
+
+def test_verdict_with_one_answer_says_so() -> None:
+    assert "one backend answered" in verdict([])
