@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import time
 import urllib.parse
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 
 from backends.base import BackendRequest, BackendResponse, Usage
 from backends.config import Endpoint
@@ -29,24 +31,31 @@ from backends.errors import (
 DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 USER_AGENT = "extraction-service/0.1"
+SLACK_TOKENS = 1024  # above what a reply's usage could plausibly count: chat template, hidden system prompt
+
+log = structlog.get_logger("extraction.backend")
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms` / `retry-after` (seconds or HTTP date); None if absent."""
+    """Seconds to wait from `retry-after-ms` / `retry-after` (seconds or HTTP date); None if absent or not a
+    finite number (`inf`, `nan`, garbage). Not capped here: the caller's retry policy caps it."""
     if not headers:
         return None
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return max(0.0, float(ms) / 1000)
+            if math.isfinite(seconds := float(ms) / 1000):
+                return max(0.0, seconds)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -179,18 +188,46 @@ class OpenAIBackend:
                 raise UpstreamBadResponse("response has no choices", backend=self.name)
             choice = choices[0]
             text = (choice.get("message") or {}).get("content") or ""
-            usage = completion.get("usage") or {}
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
             return BackendResponse(
                 text=text,
-                usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+                usage=self._usage(completion.get("usage"), request, len(payload), text),
                 model=completion.get("model") or self.config.model,
                 finish_reason=choice.get("finish_reason"),
                 latency_s=latency,
             )
         except (AttributeError, TypeError, ValueError) as e:  # JSON, but not a chat completion
             raise UpstreamBadResponse(f"not a chat completion: {e}", backend=self.name) from e
+
+    def _usage(self, reported: Any, request: BackendRequest, sent_bytes: int, text: str) -> Usage:
+        """The upstream's token counts where plausible, else estimated at 4 characters per token (logged).
+
+        Plausible: a whole number from 0 to 2 tokens per byte we sent + 1,024 (input), or to max_output_tokens
+        + 2 per byte of the answer + 1,024 (output). The answer is good and already paid for, so a bad count is
+        no reason to fail or retry the call (an upstream that never counts would fail every one); but a
+        negative, 1e30 or missing count must never reach the token and cost counters or a key's budget.
+        """
+        fields = reported if isinstance(reported, dict) else {}
+        prompt_chars = sum(len(m.get("content") or "") for m in request.messages)
+        answer_bytes = len(text.encode("utf-8", "replace"))
+        checks = {
+            "prompt_tokens": (2 * sent_bytes + SLACK_TOKENS, prompt_chars),
+            "completion_tokens": (request.max_output_tokens + 2 * answer_bytes + SLACK_TOKENS, len(text)),
+        }
+        counts: dict[str, int] = {}
+        wrong: dict[str, str] = {}
+        for field, (bound, chars) in checks.items():
+            value = fields.get(field)
+            if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= bound:
+                if value == int(value):
+                    counts[field] = int(value)
+                    continue
+            counts[field] = math.ceil(chars / 4)
+            wrong[field] = _short(repr(value), 60)
+        if wrong:
+            log.warning("upstream_usage_estimated", backend=self.name, reported=wrong, estimated=counts)
+        return Usage(counts["prompt_tokens"], counts["completion_tokens"])
 
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> BackendError:
         name = self.name

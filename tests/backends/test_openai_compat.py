@@ -196,6 +196,47 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({}) is None
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0  # in the past
     assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({"retry-after": "999999"}) == 999999  # the retry policy caps it, not the parser
+    assert parse_retry_after({"retry-after": "-5"}) == 0
+    for bad in ("inf", "-inf", "nan", "1e400", "Infinity"):
+        assert parse_retry_after({"retry-after": bad}) is None, bad
+        assert parse_retry_after({"retry-after-ms": bad}) is None, bad
+    assert parse_retry_after({"retry-after-ms": "inf", "retry-after": "2"}) == 2
+
+
+def completion_with_usage(usage: Any) -> dict[str, Any]:
+    body = completion(content='{"a":"' + "x" * 38 + '"}')  # 46 characters: estimated at 12 tokens
+    if usage is ...:
+        del body["usage"]
+    else:
+        body["usage"] = usage
+    return body
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": 11, "completion_tokens": 4}, (11, 4)),
+        ({"prompt_tokens": 11.0, "completion_tokens": 0}, (11, 0)),  # whole numbers as floats, and zero
+        ({"prompt_tokens": -5, "completion_tokens": 4}, (1, 4)),  # each count judged alone: "hi" is 1 token
+        ({"prompt_tokens": 11, "completion_tokens": 1e30}, (11, 12)),
+        ({"prompt_tokens": 10**30, "completion_tokens": -1}, (1, 12)),
+        ({"prompt_tokens": 2.5, "completion_tokens": True}, (1, 12)),
+        ({"prompt_tokens": "11", "completion_tokens": None}, (1, 12)),
+        ({"prompt_tokens": 11, "completion_tokens": 1200}, (11, 12)),  # over 77 max_output + 2 x 46 bytes + 1024
+        ({}, (1, 12)),
+        (None, (1, 12)),
+        ("lots", (1, 12)),
+        (..., (1, 12)),  # no usage at all
+    ],
+)
+async def test_implausible_or_missing_usage_is_estimated_never_trusted(
+    make: Make, usage: Any, expected: tuple[int, int]
+) -> None:
+    backend, _ = make(lambda r: httpx2.Response(200, json=completion_with_usage(usage)))
+    response = await backend.complete(request(max_output_tokens=77))
+    assert (response.usage.input_tokens, response.usage.output_tokens) == expected
+    assert response.text.startswith('{"a":')  # the answer is kept: only the count was wrong
 
 
 async def test_unknown_model_error_says_what_to_check(make: Make) -> None:
