@@ -10,7 +10,7 @@ ExtractionError
  ├── Unauthorized             401 unauthorized       (no key, or an unknown one; WWW-Authenticate)
  ├── Forbidden                403 forbidden          (the key may not use this task or backend)
  ├── PayloadTooLarge          413 payload_too_large
- ├── ClientClosedRequest      499 client_closed_request  (the caller went away; the work was cancelled)
+ ├── ClientClosedRequest      499 client_closed_request  (the caller went away: work cancelled, outcome cancelled)
  ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
  │    └── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
  ├── PiiDetected              422 pii_detected       (the task's PII policy rejects what the output holds)
@@ -112,7 +112,7 @@ class PayloadTooLarge(ExtractionError):
 
 
 class ClientClosedRequest(ExtractionError):
-    status, code, outcome = 499, "client_closed_request", "rejected"
+    status, code, outcome = 499, "client_closed_request", "cancelled"
 
 
 class SchemaValidationFailed(ExtractionError):

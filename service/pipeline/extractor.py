@@ -123,8 +123,11 @@ class Extractor:
         except ExtractionError as e:
             outcome, spend = e.outcome, e.spend or Spend()
             raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # the client went away (or the server stopped): nobody's fault, no answer
+            raise
         except BaseException:
-            outcome = "upstream_error"  # cancelled (client went away) or a bug: never counted as success
+            outcome = "upstream_error"  # a bug: never counted as success
             raise
         finally:
             elapsed = time.monotonic() - started

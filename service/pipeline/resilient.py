@@ -106,16 +106,22 @@ class ResilientBackend:
             error = state.outcome.exception() if state.outcome else None
             reason = _RETRY_REASON.get(type(error) if error else None, "retry")
 
-        async for try_ in AsyncRetrying(
-            retry=retry_if_exception(self._retryable),
-            wait=wait,
-            stop=stop,
-            reraise=True,
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-        ):
-            with try_:
-                response = await self._guarded_call(request, deadline_at, reason, on_call)
+        try:
+            async for try_ in AsyncRetrying(
+                retry=retry_if_exception(self._retryable),
+                wait=wait,
+                stop=stop,
+                reraise=True,
+                sleep=self._sleep,
+                before_sleep=before_sleep,
+            ):
+                with try_:
+                    response = await self._guarded_call(request, deadline_at, reason, on_call)
+        except UpstreamRateLimited as e:
+            # The caller is told to wait no longer than we would have (an upstream may say 999999).
+            if e.retry_after_s is not None:
+                e.retry_after_s = min(e.retry_after_s, policy.retry_after_cap_s)
+            raise
         return response
 
     def _retryable(self, error: BaseException) -> bool:

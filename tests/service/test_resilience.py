@@ -26,7 +26,7 @@ from tests.conftest import backend_entry
 pytestmark = pytest.mark.integration  # most tests here run servers on loopback
 
 GOOD = {"company": "ACME GmbH", "invoice_date": "2024-03-14", "total_amount": 1190.0, "currency": "EUR"}
-OUTCOMES = ("ok", "schema_invalid", "upstream_error", "timeout", "rejected")
+OUTCOMES = ("ok", "schema_invalid", "upstream_error", "timeout", "rejected", "cancelled")
 
 
 def ok(content: dict[str, Any] | str) -> Reply:
@@ -311,12 +311,14 @@ def test_upstream_down_at_start_then_recovering(make_settings: Callable[..., Set
             assert r.status_code == 200 and r.json()["data"] == GOOD
 
 
-def test_client_disconnect_cancels_the_upstream_call(
-    upstream: MockUpstream, make_settings: Callable[..., Settings]
+@pytest.mark.parametrize("items", [0, 2])  # 0: POST /v1/extract; 2: a batch of two
+def test_client_disconnect_cancels_the_upstream_call_and_counts_as_cancelled(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], items: int
 ) -> None:
     from backends import create_backend
 
-    cancelled = threading.Event()
+    calls = max(1, items)
+    cancelled: list[str] = []
 
     class Watched:
         def __init__(self, cfg: Any) -> None:
@@ -329,17 +331,69 @@ def test_client_disconnect_cancels_the_upstream_call(
             try:
                 return await self.inner.complete(request)
             except asyncio.CancelledError:
-                cancelled.set()
+                cancelled.append(request.messages[-1]["content"])
                 raise
 
     url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
     app = create_app(make_settings({"primary": backend_entry(url, timeout_s=30)}), backend_factory=Watched)
-    upstream.enqueue(Reply(content=json.dumps(GOOD), delay_s=4))
-    with ServerThread(app) as api:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(
-                f"{api.url}/v1/extract", json={"task": "invoice", "text": "x"}, timeout=httpx.Timeout(5, read=0.5)
-            )
-        assert cancelled.wait(timeout=3.5)  # set only by a cancel: the upstream answers after 4 s
-        metrics = app.state.extraction.metrics
-        assert sample(metrics.registry, "extraction_inflight_requests") == 0
+    observer = app.state.extraction.extractor.observer
+    outcomes: list[str] = []
+    all_finished = threading.Event()
+    finish = observer.finished
+
+    def finished(trace: Any, outcome: str, *rest: Any) -> None:
+        finish(trace, outcome, *rest)
+        outcomes.append(outcome)
+        if len(outcomes) == calls:
+            all_finished.set()
+
+    observer.finished = finished
+    release = threading.Event()  # the upstream answers only once the test is over
+    upstream.enqueue(*(Reply(content=json.dumps(GOOD), hold=release) for _ in range(calls)))
+    item = {"task": "invoice", "text": "x"}
+    path, body = ("/v1/extract/batch", {"items": [item] * items}) if items else ("/v1/extract", item)
+    payload = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}"
+    try:
+        with ServerThread(app) as api:
+            with socket.create_connection(("127.0.0.1", api.port)) as sock:
+                sock.sendall(head.encode() + b"\r\n\r\n" + payload)
+                assert upstream.wait_for_requests(calls)  # every call is at the upstream, held
+            assert all_finished.wait(timeout=10)  # the socket closed: the server saw the caller go
+            metrics = app.state.extraction.metrics
+            assert sample(metrics.registry, "extraction_inflight_requests") == 0
+    finally:
+        release.set()
+    assert len(cancelled) == calls and outcomes == ["cancelled"] * calls
+    counted = {o: sample(metrics.registry, "extraction_requests_total", task="invoice", backend="primary", outcome=o)
+               for o in OUTCOMES}  # fmt: skip
+    assert counted == {o: (calls if o == "cancelled" else 0) for o in OUTCOMES}
+
+
+def test_an_upstream_retry_after_is_capped_for_our_waits_and_for_the_caller(
+    make_service: Callable[..., Service],
+) -> None:
+    retry = {"deadline_s": 20, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "retry_after_cap_s": 0.05}
+    svc = make_service(retry=retry)  # primary: 1 retry
+    svc.upstream.enqueue(Reply(status=429, headers={"retry-after": "999999"}), ok(GOOD))
+    r = svc.extract()
+    assert r.status_code == 200 and r.json()["retries"] == 1  # waited the cap, neither 11 days nor gave up
+    svc.upstream.enqueue(Reply(status=429, headers={"retry-after": "inf"}), ok(GOOD))
+    r = svc.extract()
+    assert r.status_code == 200 and r.json()["retries"] == 1  # a value that is no number: our own backoff
+    svc.upstream.enqueue(*(Reply(status=429, headers={"retry-after": "999999"}) for _ in range(2)))
+    r = svc.extract()
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"  # 0.05 s, rounded up to whole seconds
+
+
+@pytest.mark.parametrize(
+    ("sent", "told"), [("999999", "5"), ("3", "3"), ("inf", None), ("nan", None), ("1e400", None), ("soon", None)]
+)
+def test_the_caller_is_told_at_most_the_cap_and_never_gets_a_500(
+    make_service: Callable[..., Service], sent: str, told: str | None
+) -> None:
+    svc = make_service()  # retry_after_cap_s: 5
+    svc.upstream.enqueue(Reply(status=429, headers={"retry-after": sent}))
+    r = svc.extract(backend="secondary")  # no retries: the first 429 is the answer
+    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+    assert r.headers.get("retry-after") == told
