@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from backends.config import Pricing
@@ -52,6 +53,11 @@ class ExtractRequest(BaseModel):
     backend: str | None = Field(None, description="Override the routed backend (or X-Extraction-Backend).")
     options: ExtractOptions = Field(default_factory=ExtractOptions)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sendable(cls, data: Any) -> Any:
+        return check_sendable(data)
+
     @field_validator("text")
     @classmethod
     def _not_blank(cls, text: str) -> str:
@@ -66,6 +72,23 @@ class ExtractRequest(BaseModel):
         if self.instructions is not None and self.task is not None:
             raise ValueError("`instructions` goes with an ad-hoc `schema`; a task brings its own")
         return self
+
+
+def check_sendable(data: Any) -> Any:
+    """`data` unchanged if it can be written as JSON for a backend (and into our answers); else a ValueError
+    that says why. Python's parser accepts what orjson cannot write: lone surrogates (`"\\ud800"`), integers
+    beyond 64 bits, nesting deeper than 254 levels; passed on, each would fail the call with a 500."""
+    try:
+        orjson.dumps(data)
+    except orjson.JSONEncodeError as e:
+        reason = str(e)
+        if "surrogates" in reason:
+            raise ValueError("a string holds a lone surrogate (such as \\ud800): it is not valid Unicode") from None
+        if "64-bit" in reason:
+            raise ValueError("an integer is outside the 64-bit range") from None
+        if "Recursion" in reason:
+            raise ValueError("the request is nested more than 254 levels of arrays and objects deep") from None
+    return data  # anything else orjson refuses is not JSON: the fields' own validation says what is wrong
 
 
 class TokenUsage(BaseModel):
@@ -119,6 +142,13 @@ class BatchRequest(BaseModel):
     items: list[ExtractRequest] = Field(min_length=1, description="Independent extractions.")
     backend: str | None = Field(None, description="Default backend for items that name none.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sendable(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # the items check themselves
+            check_sendable({k: v for k, v in data.items() if k != "items"})
+        return data
+
 
 class BatchItemResult(BaseModel):
     index: int
@@ -156,7 +186,9 @@ class BackendInfo(BaseModel):
     name: str
     kind: str
     model: str
-    base_url: str | None
+    base_url: str | None = Field(
+        None, description="Shown only with API keys off and auth.show_base_urls (null: hidden, or the kind's default)."
+    )
     prompt_style: str
     structured_output: str
     pricing: Pricing

@@ -15,13 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends import create_backend
 from service.config import Settings, get_settings
-from service.errors import BadRequest, ExtractionError, PayloadTooLarge
+from service.errors import BadRequest, ExtractionError
 from service.lifecycle import DrainGuard, install_signal_handler
 from service.logs import configure_logging
+from service.middleware import COUNTED, ApiKeyGate, BodySizeLimit, error_response, unreadable_body
 from service.routes import extract, health, meta
 from service.state import AppState, BackendFactory
 
@@ -63,23 +63,25 @@ def create_app(
     app.include_router(meta.router)
     app.include_router(health.router)
     Instrumentator(registry=state.metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    # Outermost last: request id, drain, the key (before any body is read), the body's size, the routes.
     app.add_middleware(
-        DrainGuard, drain=state.drain, respond=_error_response, on_reject=state.metrics.rejected_before_pipeline
+        BodySizeLimit,
+        max_bytes=settings.limits.max_body_bytes,
+        count=lambda outcome: state.metrics.requests.labels("-", "-", outcome).inc(),
+    )
+    app.add_middleware(ApiKeyGate, authenticator=state.authenticator, on_reject=state.metrics.rejected_before_pipeline)
+    app.add_middleware(
+        DrainGuard, drain=state.drain, respond=error_response, on_reject=state.metrics.rejected_before_pipeline
     )
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=None)
     _install_error_handlers(app, state)
     return app
 
 
-def _error_response(error: ExtractionError) -> JSONResponse:
-    return JSONResponse(error.body(correlation_id.get()), status_code=error.status, headers=error.headers)
-
-
 def _install_error_handlers(app: FastAPI, state: AppState) -> None:
     @app.exception_handler(ExtractionError)
     async def extraction_error(_: Request, exc: ExtractionError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,15 +90,19 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
             {"loc": [str(p) for p in err.get("loc", ())], "message": err.get("msg", ""), "type": err.get("type", "")}
             for err in exc.errors()
         ]
-        if request.url.path.startswith("/v1/extract"):
+        if request.url.path.startswith(COUNTED):
             state.metrics.rejected_before_pipeline()
         first: dict[str, Any] = problems[0] if problems else {"loc": [], "message": "invalid request"}
         where = ".".join(first["loc"][1:]) or "body"
         message = f"invalid request: {where}: {first['message']}"
-        return _error_response(BadRequest(message, details={"errors": problems}))
+        return error_response(BadRequest(message, details={"errors": problems}))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not parse the body (invalid UTF-8, too deep, huge integer)
+            if request.url.path.startswith(COUNTED):
+                state.metrics.rejected_before_pipeline()
+            return error_response(unreadable_body(exc.__cause__))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "details": {}}, "request_id": correlation_id.get()}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
@@ -109,49 +115,6 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
             "request_id": correlation_id.get(),
         }
         return JSONResponse(body, status_code=500)
-
-
-class BodySizeLimit:
-    """413 for bodies over `max_bytes`, by Content-Length or by counting a streamed body."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = PayloadTooLarge(
-            f"request body is larger than {self.max_bytes} bytes", details={"limit_bytes": self.max_bytes}
-        )
-        await _error_response(error)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def app_factory() -> Any:

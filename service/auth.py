@@ -56,6 +56,9 @@ class AuthConfig(BaseModel):
     key_file: Path | None = Field(None, description="YAML with a `keys:` list (hashes only).")
     protect_metrics: bool = Field(False, description="Require a key for /metrics.")
     protect_health: bool = Field(False, description="Require a key for /healthz and /readyz.")
+    show_base_urls: bool = Field(
+        False, description="With keys off, show backends' base_url in GET /v1/backends (with keys on, never)."
+    )
 
 
 def hash_key(key: str) -> str:
@@ -112,14 +115,20 @@ class Principal:
     def name(self) -> str:
         return self.config.name
 
+    def allows_task(self, task: str | None) -> bool:
+        """Whether this key may use the task (None: an ad-hoc schema)."""
+        return self.config.tasks is None or (task or ADHOC) in self.config.tasks
+
+    def allows_backend(self, backend: str) -> bool:
+        return self.config.backends is None or backend in self.config.backends
+
     def authorize(self, task: str | None, backend: str | None) -> None:
         """403 unless this key may use the task (None: an ad-hoc schema) and the backend."""
         c = self.config
-        wanted = task or ADHOC
-        if c.tasks is not None and wanted not in c.tasks:
+        if not self.allows_task(task):
             what = f"task {task!r}" if task else "ad-hoc schemas"
             raise Forbidden(f"key {c.name!r} may not use {what}", details={"key": c.name, "allowed_tasks": c.tasks})
-        if c.backends is not None and backend is not None and backend not in c.backends:
+        if backend is not None and not self.allows_backend(backend):
             raise Forbidden(
                 f"key {c.name!r} may not use backend {backend!r}",
                 details={"key": c.name, "allowed_backends": c.backends},

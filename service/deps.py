@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from service.auth import Principal
 from service.errors import ExtractionError
+from service.middleware import PRINCIPAL_KEY
 from service.state import AppState
 
 
@@ -27,7 +28,11 @@ async def get_request_id() -> str | None:
 
 
 async def get_principal(request: Request) -> Principal | None:
-    """The caller's key (None when auth is off); 401 otherwise, counted as a rejected request."""
+    """The caller's key (None when auth is off), as `ApiKeyGate` found it before the body was read; without
+    the gate (an app mounted differently), checked here: 401, counted as a rejected request."""
+    if PRINCIPAL_KEY in request.scope:
+        principal: Principal | None = request.scope[PRINCIPAL_KEY]
+        return principal
     state: AppState = request.app.state.extraction
     try:
         return state.authenticator.authenticate(request.headers.get("authorization"))

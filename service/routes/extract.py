@@ -144,7 +144,7 @@ async def extract(
 @router.post(
     "/extract/batch",
     response_model=BatchResponse,
-    responses={code: ERRORS[code] for code in (400, 401, 413, 429)},
+    responses={code: ERRORS[code] for code in (400, 401, 403, 413, 429)},
 )
 async def extract_batch(
     request: Request,
@@ -157,6 +157,7 @@ async def extract_batch(
     """Independent extractions run concurrently (each backend's max_concurrency applies); per-item results."""
     limit = state.settings.limits.max_batch_items
     if len(body.items) > limit:
+        state.metrics.rejected_before_pipeline()  # one request turned away, as a malformed body is
         raise BadRequest(
             f"batch has {len(body.items)} items; the limit is {limit}",
             details={"items": len(body.items), "limit": limit},

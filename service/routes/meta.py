@@ -1,16 +1,26 @@
-"""GET /v1/tasks, /v1/tasks/{name}, /v1/backends."""
+"""GET /v1/tasks, /v1/tasks/{name}, /v1/backends: behind the same keys as extraction.
+
+A key sees only the tasks and backends it may use, and never a backend's base_url (those of vLLM servers are
+internal addresses). With keys off, base URLs are shown only when `auth.show_base_urls` says so.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 
 from service.api_models import BackendInfo, ErrorResponse, TaskDetail, TaskSummary
-from service.deps import StateDep
+from service.auth import Principal
+from service.deps import PrincipalDep, StateDep
 from service.errors import TaskNotFound
 from service.routing import route
 from service.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["catalogue"])
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "unauthorized: no API key, or an unknown one (when keys are on)"}
+}
 
 
 def _summary(state: AppState, name: str) -> dict[str, str]:
@@ -18,17 +28,26 @@ def _summary(state: AppState, name: str) -> dict[str, str]:
     return {"name": task.name, "description": task.description, "backend": route(state.settings, task).name}
 
 
-@router.get("/tasks", response_model=list[TaskSummary])
-async def list_tasks(state: StateDep) -> list[TaskSummary]:
-    """The configured tasks and the backend each routes to now."""
-    return [TaskSummary(**_summary(state, name)) for name in sorted(state.tasks)]
+def _visible_tasks(state: AppState, principal: Principal | None) -> list[str]:
+    return sorted(name for name in state.tasks if principal is None or principal.allows_task(name))
 
 
-@router.get("/tasks/{name}", response_model=TaskDetail, responses={404: {"model": ErrorResponse}})
-async def get_task(name: str, state: StateDep) -> TaskDetail:
+@router.get("/tasks", response_model=list[TaskSummary], responses=UNAUTHORIZED)
+async def list_tasks(state: StateDep, principal: PrincipalDep) -> list[TaskSummary]:
+    """The tasks this key may use and the backend each routes to now."""
+    return [TaskSummary(**_summary(state, name)) for name in _visible_tasks(state, principal)]
+
+
+@router.get(
+    "/tasks/{name}",
+    response_model=TaskDetail,
+    responses={404: {"model": ErrorResponse, "description": "unknown_task (or not this key's)"}, **UNAUTHORIZED},
+)
+async def get_task(name: str, state: StateDep, principal: PrincipalDep) -> TaskDetail:
     """One task: schema, instructions, few-shot examples, routed backend."""
-    if name not in state.tasks:
-        raise TaskNotFound(f"unknown task {name!r}", details={"available": sorted(state.tasks)})
+    visible = _visible_tasks(state, principal)
+    if name not in visible:  # another key's task is as unknown as a missing one: its name is not confirmed
+        raise TaskNotFound(f"unknown task {name!r}", details={"available": visible})
     task = state.tasks[name]
     return TaskDetail(
         **_summary(state, name),
@@ -39,17 +58,21 @@ async def get_task(name: str, state: StateDep) -> TaskDetail:
     )
 
 
-@router.get("/backends", response_model=list[BackendInfo])
-async def list_backends(state: StateDep) -> list[BackendInfo]:
-    """Configured backends with models and pricing. Never keys."""
+@router.get("/backends", response_model=list[BackendInfo], responses=UNAUTHORIZED)
+async def list_backends(state: StateDep, principal: PrincipalDep) -> list[BackendInfo]:
+    """The backends this key may use, with models and pricing. Never keys; base URLs only with keys off and
+    `auth.show_base_urls`."""
+    show_urls = not state.authenticator.enabled and state.settings.auth.show_base_urls
     out = []
     for name, cfg in sorted(state.settings.backends.items()):
+        if principal is not None and not principal.allows_backend(name):
+            continue
         out.append(
             BackendInfo(
                 name=name,
                 kind=cfg.kind,
                 model=cfg.model,
-                base_url=cfg.base_url,
+                base_url=cfg.base_url if show_urls else None,
                 prompt_style=cfg.prompt_style,
                 structured_output=cfg.structured_output,
                 pricing=cfg.pricing,

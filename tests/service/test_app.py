@@ -168,6 +168,39 @@ def test_broken_upstream_body_is_retried(service: Service) -> None:
     assert r.status_code == 200 and r.json()["retries"] == 1
 
 
+def completion_body(content: dict[str, Any], usage: Any) -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", "content": json.dumps(content)}, "finish_reason": "stop"}
+    return json.dumps({"id": "c", "object": "chat.completion", "model": "mock-model", "choices": [choice],
+                       "usage": usage}).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -700, "completion_tokens": -150},
+        {"prompt_tokens": 1e30, "completion_tokens": 10**30},
+        {"prompt_tokens": "many", "completion_tokens": 1.5},
+        None,
+    ],
+)
+def test_an_implausible_upstream_usage_is_estimated_and_the_counters_stay_sane(service: Service, usage: Any) -> None:
+    service.upstream.enqueue(Reply(body=completion_body(GOOD, usage)), ok(GOOD, usage=(700, 150)))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "Invoice from ACME GmbH ..."})
+    assert r.status_code == 200 and r.json()["data"] == GOOD and r.json()["attempts"] == 1
+    estimated = r.json()["usage"]
+    prompt_chars = sum(len(m["content"]) for m in service.upstream.requests[0]["messages"])
+    assert estimated == {"input_tokens": -(-prompt_chars // 4), "output_tokens": -(-len(json.dumps(GOOD)) // 4)}
+    assert 0 < r.json()["cost_usd"] < 0.01
+    r = service.post("/v1/extract", {"task": "invoice", "text": "Invoice from ACME GmbH ..."})
+    assert r.status_code == 200  # and the next request is counted on top, as usual
+    tokens = {d: service.metric("extraction_tokens_total", backend="mock", task="invoice", direction=d)
+              for d in ("input", "output")}  # fmt: skip
+    assert tokens == {"input": estimated["input_tokens"] + 700, "output": estimated["output_tokens"] + 150}
+    cost = service.metric("extraction_cost_usd_total", backend="mock", task="invoice")
+    assert cost == pytest.approx(0.003 + estimated["input_tokens"] * 0.003e-3 + estimated["output_tokens"] * 0.006e-3)
+    assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="ok") == 2
+
+
 def test_backend_override_by_body_and_header(service: Service) -> None:
     service.upstream.enqueue(ok(GOOD), ok(GOOD))
     assert (
@@ -264,6 +297,8 @@ def test_catalogue_endpoints_never_show_keys(service: Service) -> None:
     assert backends["unset"]["configured"] is False
     assert backends["second"]["pricing"] == {"input_per_1k": 0.0008, "output_per_1k": 0.0008}
     assert "sk-test-secret-123" not in r.text
+    assert all(b["base_url"] is None for b in backends.values())  # internal addresses: auth.show_base_urls
+    assert service.upstream.url.removeprefix("http://") not in r.text  # type: ignore[attr-defined]
 
 
 def test_health_readiness_and_metrics(service: Service) -> None:

@@ -155,6 +155,7 @@ def api(
     settings = make_settings(
         {"mock": backend_entry(url), "other": backend_entry(url, model="other-model")},
         auth={"key_file": str(keyfile), "protect_metrics": True},
+        limits={"max_body_bytes": 20_000},
     )
     app = create_app(settings)
     with ServerThread(app) as server:
@@ -200,5 +201,66 @@ def test_protected_metrics_and_open_health(api: Api) -> None:
     assert api.http.get("/metrics").status_code == 401
     assert api.http.get("/metrics", headers={"Authorization": "Bearer sk-admin-1"}).status_code == 200
     assert api.http.get("/healthz").status_code == 200
-    catalogue = api.http.get("/v1/backends").text
+    catalogue = api.http.get("/v1/backends", headers={"Authorization": "Bearer sk-admin-1"}).text
     assert "sk-" not in catalogue and hash_key("sk-limited") not in catalogue
+
+
+def test_the_catalogue_is_behind_the_keys_and_shows_a_key_only_its_own(api: Api, upstream: MockUpstream) -> None:
+    for path in ("/v1/tasks", "/v1/tasks/invoice", "/v1/backends", "/v1/nothing"):
+        r = api.http.get(path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
+        assert api.http.get(path, headers={"Authorization": "Bearer sk-wrong"}).status_code == 401
+    limited, admin = ({"Authorization": f"Bearer {k}"} for k in ("sk-limited", "sk-admin-1"))
+    assert [t["name"] for t in api.http.get("/v1/tasks", headers=limited).json()] == ["invoice"]
+    assert len(api.http.get("/v1/tasks", headers=admin).json()) == 6
+    assert api.http.get("/v1/tasks/invoice", headers=limited).json()["schema"]["type"] == "object"
+    r = api.http.get("/v1/tasks/receipt", headers=limited)  # exists, but not for this key: as unknown as "nope"
+    assert r.status_code == 404 and r.json()["error"]["details"] == {"available": ["invoice"]}
+    assert api.http.get("/v1/tasks/receipt", headers=admin).status_code == 200
+    backends = api.http.get("/v1/backends", headers=limited).json()
+    assert [(b["name"], b["base_url"]) for b in backends] == [("mock", None)]
+    r = api.http.get("/v1/backends", headers=admin)
+    assert [(b["name"], b["base_url"]) for b in r.json()] == [("mock", None), ("other", None)]
+    assert upstream.url.removeprefix("http://") not in r.text  # type: ignore[attr-defined]
+    registry = api.app.state.extraction.metrics.registry  # catalogue calls are not extractions
+    assert sample(registry, "extraction_requests_total", task="-", backend="-", outcome="rejected") == 0
+
+
+BIG = b'{"task": "invoice", "text": "' + b"x" * 30_000 + b'"}'  # over the fixture's max_body_bytes
+
+
+@pytest.mark.parametrize(
+    ("body", "chunked"),
+    [
+        (b'{"task": "invoice", "text": ', False),  # malformed JSON
+        (b'{"task": "invoice", "text": "\xff"}', False),  # invalid UTF-8
+        (b'{"task": "invoice", "text": "x", "surprise": 1}', False),  # not our shape
+        (BIG, False),
+        (BIG, True),  # no Content-Length: found too large only while reading
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/extract", "/v1/extract/batch"])
+def test_without_a_valid_key_any_body_gets_401_first(api: Api, body: bytes, chunked: bool, path: str) -> None:
+    def send(auth: dict[str, str]) -> httpx.Response:
+        content = iter([body[:100], body[100:]]) if chunked else body
+        return api.http.post(path, content=content, headers={"content-type": "application/json"} | auth)
+
+    for auth in ({}, {"Authorization": "Bearer sk-wrong"}):
+        r = send(auth)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    registry = api.app.state.extraction.metrics.registry
+    assert sample(registry, "extraction_requests_total", task="-", backend="-", outcome="rejected") == 2
+    r = send({"Authorization": "Bearer sk-admin-1"})  # with a key, the body's own error
+    assert r.status_code == (413 if body is BIG else 400)
+    assert r.json()["error"]["code"] == ("payload_too_large" if body is BIG else "bad_request")
+
+
+def test_with_keys_off_base_urls_show_only_when_the_operator_says_so(
+    upstream: MockUpstream, make_settings: Callable[..., Settings]
+) -> None:
+    url = f"{upstream.url}/v1"  # type: ignore[attr-defined]
+    for show in (False, True):
+        app = create_app(make_settings({"mock": backend_entry(url)}, auth={"show_base_urls": show}))
+        with ServerThread(app) as server:
+            backends = httpx.get(f"{server.url}/v1/backends").json()
+        assert backends[0]["base_url"] == (url if show else None)
