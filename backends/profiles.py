@@ -39,39 +39,87 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "prefixItems",
         }
     ),
+    # vLLM with xgrammar (what `extraction local` starts): its converter rejects or drops these (vLLM's own
+    # `has_xgrammar_unsupported_json_features` lists multipleOf, uniqueItems, contains, min/maxContains,
+    # patternProperties, propertyNames), and has no conditionals, negation or dependencies.
     "vllm": frozenset(
         {
             "not",
             "if",
             "then",
             "else",
+            "dependentRequired",
             "dependentSchemas",
             "unevaluatedProperties",
             "unevaluatedItems",
             "$dynamicRef",
             "propertyNames",
+            "patternProperties",
+            "multipleOf",
+            "uniqueItems",
+            "contains",
+            "minContains",
+            "maxContains",
         }
     ),
     "full": frozenset(),
 }
 
 
+# String formats each engine enforces; another `format` would be dropped (xgrammar) or rejected (OpenAI).
+FORMATS: dict[str, frozenset[str]] = {
+    "openai_strict": frozenset({"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}),
+    "vllm": frozenset(
+        {
+            "email",
+            "date",
+            "time",
+            "date-time",
+            "duration",
+            "ipv4",
+            "ipv6",
+            "hostname",
+            "uuid",
+            "uri",
+            "uri-reference",
+            "uri-template",
+            "json-pointer",
+            "relative-json-pointer",
+        }
+    ),  # fmt: skip
+}
+# OpenAI's documented limits for strict schemas: object nesting, properties, enum values.
+OPENAI_MAX_NESTING, OPENAI_MAX_PROPERTIES, OPENAI_MAX_ENUM_VALUES = 10, 5000, 1000
+
+
 def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
     """Why `dialect`'s engine cannot enforce `schema` (empty list: it can)."""
     unsupported = UNSUPPORTED.get(dialect, frozenset())
+    formats = FORMATS.get(dialect)
     gaps: list[str] = []
+    totals = {"properties": 0, "enum": 0, "nesting": 0}
     if dialect == "openai_strict" and schema.get("type") != "object":
         gaps.append("root must be an object")
 
-    def walk(node: Any, path: str) -> None:
+    def walk(node: Any, path: str, objects: int = 0) -> None:
         if isinstance(node, list):
             for i, item in enumerate(node):
-                walk(item, f"{path}/{i}")
+                walk(item, f"{path}/{i}", objects)
             return
         if not isinstance(node, dict):
             return
         for key in sorted(unsupported & node.keys()):
             gaps.append(f"{path or '/'}: keyword {key!r}")
+        if formats is not None and isinstance(node.get("format"), str) and node["format"] not in formats:
+            gaps.append(f"{path or '/'}: format {node['format'][:40]!r}")
+        if dialect == "vllm" and ("pattern" in node or "format" in node) and node.keys() & {"minLength", "maxLength"}:
+            gaps.append(f"{path or '/'}: a pattern or format with length bounds (xgrammar drops the bounds)")
+        if isinstance(node.get("properties"), dict):
+            objects += 1
+            totals["properties"] += len(node["properties"])
+            totals["nesting"] = max(totals["nesting"], objects)
+        if isinstance(node.get("enum"), list):
+            totals["enum"] += len(node["enum"])
         if dialect == "openai_strict" and "properties" in node:
             if node.get("additionalProperties") is not False:
                 gaps.append(f"{path or '/'}: additionalProperties must be false")
@@ -81,9 +129,15 @@ def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
         for key, value in node.items():
             if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
                 for name, sub in value.items():
-                    walk(sub, f"{path}/{key}/{name}")
+                    walk(sub, f"{path}/{key}/{name}", objects)
             elif key not in ("enum", "const", "examples", "default"):
-                walk(value, f"{path}/{key}")
+                walk(value, f"{path}/{key}", objects)
 
     walk(schema, "")
+    if dialect == "openai_strict":
+        for what, limit in (
+            ("nesting", OPENAI_MAX_NESTING), ("properties", OPENAI_MAX_PROPERTIES), ("enum", OPENAI_MAX_ENUM_VALUES)
+        ):  # fmt: skip
+            if totals[what] > limit:
+                gaps.append(f"{totals[what]} {'object levels' if what == 'nesting' else what} over OpenAI's {limit}")
     return gaps

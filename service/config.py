@@ -58,6 +58,21 @@ class AdaptiveConcurrency(BaseModel):
     backoff: float = Field(0.7, gt=0, lt=1, description="Factor the limit is cut by.")
 
 
+class StructuredLimits(BaseModel):
+    """The largest schema still sent as `response_format`. An engine compiles a grammar from each new schema
+    before it decodes (vLLM per request, on its scheduler's path), and size, subschemas and bounded repetition
+    (which grammars unroll) drive that time; above a limit the request degrades to JSON mode + validation +
+    re-ask, counted in extraction_structured_output_degraded_total. None: no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int | None = Field(32_768, ge=1, description="Compact JSON, UTF-8.")
+    max_nodes: int | None = Field(1_000, ge=1, description="Objects in the schema document.")
+    max_repeat: int | None = Field(
+        1_000, ge=1, description="Largest minLength/maxLength/minItems/maxItems/... or {m,n} in a pattern."
+    )
+
+
 class BackendPolicy(BaseModel):
     """What the service does with an endpoint: prompt, constrain, retry, limit, fall back, price."""
 
@@ -68,6 +83,7 @@ class BackendPolicy(BaseModel):
     schema_dialect: SchemaDialect | None = Field(
         None, description="What the structured-output engine enforces (its profile); None: by kind."
     )
+    structured_limits: StructuredLimits = Field(default_factory=StructuredLimits)
     pricing: Pricing = Field(default_factory=Pricing)
     max_attempts: int = Field(3, ge=1, le=10, description="Answers asked for (first try + re-asks).")
     max_retries: int = Field(4, ge=0, le=20, description="Transport retries (429/5xx/timeouts) per answer.")
@@ -137,6 +153,31 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Larger bodies get 413.")
     max_inflight: int = Field(512, ge=1, description="Extractions running at once in one worker process.")
     max_queue: int = Field(1024, ge=0, description="Extractions waiting for a slot; more get 503 overloaded.")
+    # Ad-hoc schemas (task files are trusted configuration: only the checks of their meaning apply to them).
+    max_schema_bytes: int = Field(
+        65_536, ge=256, description="Ad-hoc schemas larger than this (compact JSON, UTF-8) get 400 invalid_schema."
+    )
+    max_schema_depth: int = Field(
+        32, ge=2, description="Objects and arrays nested deeper than this in an ad-hoc schema: 400 invalid_schema."
+    )
+    max_schema_properties: int = Field(
+        500, ge=1, description="Property definitions in an ad-hoc schema, all levels together; more: 400."
+    )
+    schema_check_budget_s: float = Field(
+        2.0, gt=0, description="Time to check and compile a new ad-hoc schema (off the event loop); over it: 400."
+    )
+    schema_cache_bytes: int = Field(
+        16 * 2**20, ge=0, description="Compiled ad-hoc schemas kept for reuse, by size; least recently used go first."
+    )
+    validation_budget_s: float = Field(
+        1.0, gt=0, description="Time to parse and validate one answer (off the event loop); over it: 422 "
+        "validation_timeout, and no further attempt.",
+    )
+    validation_threads: int = Field(4, ge=1, description="Worker threads for schema checks and validation.")
+    max_repair_chars: int = Field(
+        32_768, ge=0, description="Longer answers that are not valid JSON are not given to json-repair (it is "
+        "pure Python and superlinear): a failed attempt instead.",
+    )
 
 
 class RetryPolicy(BaseModel):

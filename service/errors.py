@@ -12,7 +12,8 @@ ExtractionError
  ├── PayloadTooLarge          413 payload_too_large
  ├── ClientClosedRequest      499 client_closed_request  (the caller went away: work cancelled, outcome cancelled)
  ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
- │    └── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
+ │    ├── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
+ │    └── ValidationTimeout   422 validation_timeout         (an answer took longer than its budget to validate)
  ├── PiiDetected              422 pii_detected       (the task's PII policy rejects what the output holds)
  ├── RateLimited              429 rate_limited       (the key's requests or tokens per minute; Retry-After)
  │    └── QuotaExceeded       429 quota_exceeded     (the key's daily USD budget; Retry-After: next UTC day)
@@ -121,6 +122,12 @@ class SchemaValidationFailed(ExtractionError):
 
 class BudgetExceeded(SchemaValidationFailed):
     code = "budget_exceeded"
+
+
+class ValidationTimeout(SchemaValidationFailed):
+    """The schema's patterns or branches cost more than limits.validation_budget_s on an answer: no re-ask."""
+
+    code = "validation_timeout"
 
 
 class PiiDetected(ExtractionError):

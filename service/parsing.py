@@ -23,8 +23,16 @@ class Parsed:
     repaired: bool
 
 
-def parse_output(text: str) -> Parsed:
-    """The first JSON object/array in `text`; repaired with json-repair when it is broken but close."""
+def parse_output(text: str, max_repair_chars: int | None = None) -> Parsed:
+    """The first JSON object/array in `text`; repaired with json-repair when it is broken but close (and, with
+    `max_repair_chars`, no longer than that: json-repair is pure Python and superlinear on broken input)."""
+    try:
+        return _parse(text, max_repair_chars)
+    except RecursionError:  # the C parser and json-repair both recurse per nesting level
+        raise OutputNotJSON("the output is nested too deeply to parse") from None
+
+
+def _parse(text: str, max_repair_chars: int | None) -> Parsed:
     candidate = text.strip()
     if fence := _FENCE.search(candidate):
         candidate = fence.group(1).strip()
@@ -40,6 +48,9 @@ def parse_output(text: str) -> Parsed:
         return Parsed(value, repaired=False)
     except ValueError:
         pass
+    if max_repair_chars is not None and len(candidate) - start > max_repair_chars:
+        raise OutputNotJSON(f"the output is not valid JSON, and at {len(candidate) - start} characters too long "
+                            f"to repair (limit {max_repair_chars})")  # fmt: skip
     repaired = json_repair.loads(candidate[start:])
     if not isinstance(repaired, dict | list) or repaired in ({}, []):
         raise OutputNotJSON("the output is not valid JSON and could not be repaired")

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from service.config import PromptStyle
 from service.parsing import dumps_compact
+from service.schemas.compiled import Issue
 from service.tasks import ADHOC, Task
-from service.validation import Issue
 
 OPEN, CLOSE = "<document>", "</document>"
 ESCAPED_CLOSE = "<\\/document>"

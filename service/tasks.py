@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, FormatChecker
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from service.pii import PiiPolicy
-from service.validation import schema_errors
+from service.schemas.compiled import CompiledSchema, compile_schema, validate
+from service.schemas.problems import SchemaProblem
 
 ADHOC = "adhoc"
 
@@ -39,20 +39,30 @@ class Task(BaseModel):
         default_factory=list, description="Free-text fields left out of field-level accuracy (e.g. a reason)."
     )
 
-    @field_validator("json_schema")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        if problem := schema_errors(schema):
-            raise ValueError(f"invalid JSON Schema {problem}")
-        return schema
+    _compiled: CompiledSchema | None = PrivateAttr(None)
+
+    def model_post_init(self, context: Any) -> None:
+        """Check and compile the schema (by the draft it declares); an ad-hoc task comes compiled already."""
+        compiled = context.get("compiled") if isinstance(context, dict) else None
+        if compiled is None:
+            try:
+                compiled = compile_schema(self.json_schema)
+            except SchemaProblem as e:
+                raise ValueError(f"schema: invalid JSON Schema: {e.message}") from None
+        self._compiled = compiled
+
+    @property
+    def compiled(self) -> CompiledSchema:
+        """The checked, compiled schema answers are validated with."""
+        assert self._compiled is not None, "set in model_post_init"
+        return self._compiled
 
     def check_examples(self) -> list[str]:
         """Problems with the few-shot examples (each must validate against the schema)."""
-        validator = Draft202012Validator(self.json_schema, format_checker=FormatChecker())
         return [
-            f"examples[{i}]: {err.json_path}: {err.message}"
+            f"examples[{i}]: {issue.path}: {issue.message}"
             for i, ex in enumerate(self.examples)
-            for err in validator.iter_errors(ex.output)
+            for issue in validate(ex.output, self.compiled)
         ]
 
 
@@ -73,7 +83,8 @@ def load_task(path: Path) -> Task:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise TaskLoadError(f"{path}: {where}: {first['msg']}") from e
+        message = first["msg"].removeprefix("Value error, ")
+        raise TaskLoadError(f"{path}: {where + ': ' if where else ''}{message}") from e
     if task.name != path.stem:
         raise TaskLoadError(f"{path}: name {task.name!r} must match the file name {path.stem!r}")
     if problems := task.check_examples():
@@ -95,6 +106,8 @@ def load_tasks(folder: Path) -> dict[str, Task]:
     return tasks
 
 
-def adhoc_task(schema: dict[str, Any], instructions: str | None) -> Task:
-    """A task for a request that brings its own schema."""
-    return Task.model_validate({"name": ADHOC, "schema": schema, "instructions": instructions or ""})
+def adhoc_task(compiled: CompiledSchema, instructions: str | None) -> Task:
+    """A task for a request that brings its own schema, checked and compiled already."""
+    return Task.model_validate(
+        {"name": ADHOC, "schema": compiled.schema, "instructions": instructions or ""}, context={"compiled": compiled}
+    )

@@ -15,18 +15,19 @@ from backends.errors import BackendError
 from service.api_models import ExtractOptions
 from service.config import BackendConfig, Settings
 from service.cost import request_cost
-from service.errors import BudgetExceeded, DeadlineExceeded, PiiDetected, SchemaValidationFailed
+from service.errors import BudgetExceeded, DeadlineExceeded, PiiDetected, SchemaValidationFailed, ValidationTimeout
 from service.metrics import Metrics
-from service.parsing import OutputNotJSON, parse_output
 from service.pii import scan
+from service.pipeline.checks import Checks
 from service.pipeline.failures import failure_details, translate_backend_error
 from service.pipeline.limits import TextLimits
 from service.pipeline.resilient import ResilientBackend
 from service.pipeline.spend import Spend
 from service.pipeline.structured import StructuredModes
 from service.prompts import build_messages, reask_messages
-from service.tasks import Task
-from service.validation import Issue, ValidatorCache, validate
+from service.schemas.budget import TooSlow
+from service.schemas.compiled import CompiledSchema, Issue
+from service.tasks import ADHOC, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +60,12 @@ class _Tally:
 class Attempts:
     """Runs the attempts of one request against one backend. One per extractor."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, limits: TextLimits) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, limits: TextLimits, checks: Checks) -> None:
         self.settings = settings
         self.metrics = metrics
         self.limits = limits
-        self.validators = ValidatorCache()
-        self.modes = StructuredModes(metrics)
+        self.checks = checks
+        self.modes = StructuredModes(metrics, settings.backends)
 
     async def run(
         self,
@@ -108,7 +109,7 @@ class Attempts:
         tally: _Tally,
     ) -> Answer:
         mode, strict = self.modes.mode(cfg, task)
-        validator = self.validators.get(task.json_schema)
+        compiled = task.compiled
         last_text, last_issues = "", list[Issue]()
         for attempt in range(1, max_attempts + 1):
             self._check_budget(options, cfg, messages, max_tokens, tally, last_issues, last_text)
@@ -126,9 +127,9 @@ class Attempts:
             response = await backend.complete(request, deadline_at=deadline_at, reason=reason, on_call=tally.call)
             tally.answers += 1
             self._account(cfg, task, response, tally)
-            data, issues = self._check(cfg, response, validator)
+            data, issues = await self._check(cfg, response, compiled, tally)
             if not issues:
-                data = self._apply_pii_policy(task, data, validator, tally.spend())
+                data = await self._apply_pii_policy(task, data, compiled, tally.spend())
                 self._record_success(task, cfg, data, first_attempt=attempt == 1)
                 return Answer(data, cfg.name, response.model, mode, tally.spend())
             last_text, last_issues = response.text, issues
@@ -149,16 +150,27 @@ class Attempts:
         m.tokens.labels(cfg.name, task.name, "output").inc(usage.output_tokens)
         m.cost.labels(cfg.name, task.name).inc(float(cost))
 
-    def _check(self, cfg: BackendConfig, response: BackendResponse, validator: Any) -> tuple[Any, list[Issue]]:
+    async def _check(
+        self, cfg: BackendConfig, response: BackendResponse, compiled: CompiledSchema, tally: _Tally
+    ) -> tuple[Any, list[Issue]]:
         if response.finish_reason == "length":
             return None, [Issue("$", "output truncated at the output-token limit")]
         try:
-            parsed = parse_output(response.text)
-        except OutputNotJSON as e:
-            return None, [Issue("$", str(e))]
-        if parsed.repaired:
+            checked = await self.checks.answer(response.text, compiled)
+        except TooSlow:
+            raise self._too_slow(response.text, tally) from None
+        if checked.repaired:
             self.metrics.json_repairs.labels(cfg.name).inc()
-        return parsed.value, validate(parsed.value, validator)
+        return checked.data, checked.issues
+
+    def _too_slow(self, text: str, tally: _Tally) -> ValidationTimeout:
+        budget = self.settings.limits.validation_budget_s
+        return ValidationTimeout(
+            f"the answer could not be validated within limits.validation_budget_s ({budget:g} s): the schema's "
+            "patterns or branches are too costly for it; no further attempt was made",
+            details={**failure_details([], text), "limit": "validation_budget_s", "allowed": budget},
+            spend=tally.spend(),
+        )
 
     def _check_budget(
         self,
@@ -186,7 +198,7 @@ class Attempts:
                 spend=tally.spend(),
             )
 
-    def _apply_pii_policy(self, task: Task, data: Any, validator: Any, spend: Spend) -> Any:
+    async def _apply_pii_policy(self, task: Task, data: Any, compiled: CompiledSchema, spend: Spend) -> Any:
         policy = task.pii or self.settings.pii
         if policy.action == "allow":
             return data
@@ -203,7 +215,11 @@ class Attempts:
                 details={"findings": found},
                 spend=spend,
             )
-        if problems := validate(redacted, validator):
+        try:
+            problems = await self.checks.revalidate(redacted, compiled)
+        except TooSlow:
+            problems = [Issue("$", "the redacted output could not be validated within the time budget")]
+        if problems:
             raise PiiDetected(
                 "redacting PII made the output invalid against the schema",
                 details={"findings": found, "errors": [i.as_dict() for i in problems]},
@@ -216,4 +232,5 @@ class Attempts:
         if isinstance(data, dict):
             for name, value in data.items():
                 if value is None or value == [] or value == "":
-                    self.metrics.field_null.labels(task.name, name).inc()
+                    # Field names of ad-hoc schemas are the caller's: one series for all of them.
+                    self.metrics.field_null.labels(task.name, "-" if task.name == ADHOC else name).inc()

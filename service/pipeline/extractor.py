@@ -18,14 +18,15 @@ from service.errors import (
     BudgetExceeded,
     DeadlineExceeded,
     ExtractionError,
-    InvalidSchema,
     SchemaValidationFailed,
     TextTooLong,
     UnknownTask,
     UpstreamError,
+    ValidationTimeout,
 )
 from service.metrics import Metrics
 from service.pipeline.attempts import Answer, Attempts
+from service.pipeline.checks import Checks
 from service.pipeline.limits import TextLimits
 from service.pipeline.observe import Observer, Trace
 from service.pipeline.resilient import ResilientBackend
@@ -34,11 +35,11 @@ from service.request_log import RequestLog
 from service.resilience import Bulkhead, CircuitBreaker
 from service.routing import route
 from service.tasks import Task, adhoc_task
-from service.validation import schema_errors
 
 log = structlog.get_logger("extraction")
 
-# Failures after which the next backend of a chain is tried; bad input and budget stops never fall back.
+# Failures after which the next backend of a chain is tried; bad input, budget stops and a schema too costly
+# to validate never fall back.
 FALLBACK_ON = (UpstreamError, BackendUnavailable, DeadlineExceeded, SchemaValidationFailed, TextTooLong)
 
 
@@ -66,30 +67,28 @@ class Extractor:
             for name, cfg in settings.backends.items()
         }
         self.limits = TextLimits(settings, backends, tasks)
-        self.attempts = Attempts(settings, metrics, self.limits)
+        self.checks = Checks(limits)
+        self.attempts = Attempts(settings, metrics, self.limits, self.checks)
         self.observer = Observer(metrics, request_log, settings.request_log.redact_pii)
 
     def circuit(self, backend: str) -> CircuitBreaker:
         """The circuit breaker of a configured backend."""
         return self.backends[backend].circuit
 
-    def resolve_task(
-        self, name: str | None, schema: dict[str, Any] | None = None, instructions: str | None = None
-    ) -> Task:
-        """A configured task by name, or an ad-hoc task for a request's own schema."""
-        if name is not None:
-            try:
-                return self.tasks[name]
-            except KeyError:
-                raise UnknownTask(
-                    f"unknown task {name!r}; available: {', '.join(sorted(self.tasks))}",
-                    details={"task": name, "available": sorted(self.tasks)},
-                ) from None
-        if schema is None:
-            raise BadRequest("give a task name or a schema")
-        if problem := schema_errors(schema):
-            raise InvalidSchema(f"the schema is not a valid JSON Schema (draft 2020-12): {problem}")
-        return adhoc_task(schema, instructions)
+    def named_task(self, name: str) -> Task:
+        """A configured task; 400 unknown_task."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(
+                f"unknown task {name!r}; available: {', '.join(sorted(self.tasks))}",
+                details={"task": name, "available": sorted(self.tasks)},
+            ) from None
+
+    async def adhoc_task(self, schema: dict[str, Any], instructions: str | None = None) -> Task:
+        """A task for a request's own schema, checked off the event loop: 400 invalid_schema before any call."""
+        compiled = await self.checks.admit(schema, self.attempts.modes.prepare)
+        return adhoc_task(compiled, instructions)
 
     async def extract(
         self,
@@ -112,11 +111,20 @@ class Extractor:
         outcome, spend, output = "ok", Spend(), None
         self.observer.started()
         try:
-            spec = self.resolve_task(task, schema, instructions)
-            trace.task = spec.name
-            cfg = route(self.settings, spec, backend)
-            trace.backend = cfg.name
+            if task is None and schema is None:
+                raise BadRequest("give a task name or a schema")
+            spec = self.named_task(task) if task is not None else None
+            if spec is not None:
+                trace.task = spec.name
+                cfg = route(self.settings, spec, backend)
+                trace.backend = cfg.name
             async with self.gate.slot():
+                if spec is None:  # checked inside the gate, so a flood of new schemas is shed like any other
+                    assert schema is not None
+                    spec = await self.adhoc_task(schema, instructions)
+                    trace.task = spec.name
+                    cfg = route(self.settings, spec, backend)
+                    trace.backend = cfg.name
                 answer = await self._chain(spec, text, cfg, options, started, trace)
             spend, output = answer.spend, answer.data
             return _response(answer, spec, started, request_id)
@@ -150,7 +158,7 @@ class Extractor:
             try:
                 answer = await self.attempts.run(task, text, cfg, self.backends[cfg.name], options, started)
             except FALLBACK_ON as e:
-                if isinstance(e, BudgetExceeded) or index == len(chain) - 1:
+                if isinstance(e, BudgetExceeded | ValidationTimeout) or index == len(chain) - 1:
                     if tried:
                         e.add_spend(carried)
                         e.details["tried"] = [*tried, {"backend": cfg.name, "error": e.code}]

@@ -8,7 +8,7 @@ from typing import Any
 from backends.errors import BackendError, BackendNotConfigured, CircuitOpen, UpstreamRateLimited, UpstreamTimeout
 from service.errors import BackendUnavailable, DeadlineExceeded, ExtractionError, UpstreamError
 from service.pipeline.spend import Spend
-from service.validation import Issue
+from service.schemas.compiled import Issue
 
 RAW_SNIPPET_CHARS = 500
 

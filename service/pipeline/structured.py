@@ -1,10 +1,19 @@
-"""What goes upstream as `response_format`: the schema where the backend's engine enforces it, else JSON mode.
+"""What goes upstream as `response_format`: the schema where the backend's engine enforces it with the meaning
+we validate by, else JSON mode.
 
-The engine's profile (`backends.profiles`) says what it cannot enforce; such a request degrades explicitly to
-JSON mode + validation + re-ask, logged once per schema and counted per request.
+A schema is sent only when (1) it means in 2020-12 what it means in its own draft (engines read every schema
+as 2020-12: a draft-04 `dependencies` or boolean `exclusiveMaximum` would be dropped or misread), (2) the
+engine's profile (`backends.profiles`) enforces every keyword in it, and (3) it is within the backend's
+`structured_limits` (a big grammar is slow to compile, and vLLM compiles it on its scheduler's path).
+Otherwise the request degrades explicitly to JSON mode + validation + re-ask: logged once per schema and
+backend, counted per request in extraction_structured_output_degraded_total. The decision is made once per
+schema and backend and kept with the compiled schema, so it is evicted with it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -12,46 +21,83 @@ from backends.base import StructuredMode
 from backends.profiles import dialect_gaps
 from service.config import BackendConfig
 from service.metrics import Metrics
+from service.schemas.compiled import CompiledSchema
+from service.schemas.drafts import meaning_changes
+from service.schemas.problems import clip
+from service.schemas.walk import subschemas
 from service.tasks import Task
-from service.validation import schema_key
 
 log = structlog.get_logger("extraction")
+MAX_GAPS = 10  # reasons kept per decision (a schema can have one per property)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    mode: StructuredMode
+    strict: bool
+    reason: str | None = None  # why it degraded: "draft", "engine" or "size"
+    gaps: tuple[str, ...] = ()
+
+
+def decide(cfg: BackendConfig, compiled: CompiledSchema) -> Decision:
+    """The mode for this backend and schema, with the reasons when it degrades."""
+    if cfg.structured_output != "json_schema":
+        return Decision(cfg.structured_output, False)
+    dialect = cfg.schema_dialect or "full"
+    for reason, gaps in (
+        ("size", _size_gaps(cfg, compiled)),
+        ("draft", meaning_changes(subschemas(compiled.schema, compiled.draft), compiled.draft)),
+        ("engine", dialect_gaps(compiled.schema, dialect)),
+    ):
+        if gaps:
+            return Decision("json_object", False, reason, tuple(clip(g) for g in gaps[:MAX_GAPS]))
+    return Decision("json_schema", dialect == "openai_strict")
+
+
+def _size_gaps(cfg: BackendConfig, compiled: CompiledSchema) -> list[str]:
+    limits, shape = cfg.structured_limits, compiled.shape
+    return [
+        f"{what} {measured} over backends.{cfg.name}.structured_limits.{key} ({limit})"
+        for what, measured, limit, key in (
+            ("size", shape.bytes, limits.max_bytes, "max_bytes"),
+            ("subschemas", shape.nodes, limits.max_nodes, "max_nodes"),
+            ("bounded repetition", shape.max_repeat, limits.max_repeat, "max_repeat"),
+        )
+        if limit is not None and measured > limit
+    ]
 
 
 class StructuredModes:
-    """Decides the mode per (schema, engine profile), remembering each decision (bounded)."""
+    """Decides the mode per (schema, backend) once, and counts degraded requests."""
 
-    def __init__(self, metrics: Metrics, max_entries: int = 4096) -> None:
+    def __init__(self, metrics: Metrics, backends: Mapping[str, BackendConfig]) -> None:
         self.metrics = metrics
-        self._gaps: dict[tuple[str, str], list[str]] = {}
-        self._max = max_entries
+        self.backends = backends
+
+    def prepare(self, compiled: CompiledSchema, task: str = "adhoc") -> None:
+        """Decide for every backend now (a new ad-hoc schema: in the worker thread that compiled it)."""
+        for cfg in self.backends.values():
+            self._decision(cfg, compiled, task)
 
     def mode(self, cfg: BackendConfig, task: Task) -> tuple[StructuredMode, bool]:
         """(mode, strict) for this backend and task's schema."""
-        if cfg.structured_output != "json_schema":
-            return cfg.structured_output, False
-        dialect = cfg.schema_dialect or "full"
-        gaps = self._gaps_for(cfg, task, dialect)
-        if gaps:
+        decision = self._decision(cfg, task.compiled, task.name)
+        if decision.reason is not None:
             self.metrics.structured_degraded.labels(cfg.name, task.name).inc()
-            return "json_object", False
-        return "json_schema", dialect == "openai_strict"
+        return decision.mode, decision.strict
 
-    def _gaps_for(self, cfg: BackendConfig, task: Task, dialect: str) -> list[str]:
-        key = (schema_key(task.json_schema), dialect)
-        gaps = self._gaps.get(key)
-        if gaps is None:
-            gaps = dialect_gaps(task.json_schema, dialect)
-            if len(self._gaps) >= self._max:  # ad-hoc schemas must not grow it without bound
-                self._gaps.pop(next(iter(self._gaps)))
-            self._gaps[key] = gaps
-            if gaps:
+    def _decision(self, cfg: BackendConfig, compiled: CompiledSchema, task: str) -> Decision:
+        key = f"structured:{cfg.name}"
+        decision: Decision | None = compiled.memo.get(key)
+        if decision is None:
+            decision = compiled.memo[key] = decide(cfg, compiled)
+            if decision.reason is not None:
                 log.warning(
                     "structured_output_degraded",
                     backend=cfg.name,
-                    task=task.name,
-                    dialect=dialect,
-                    gaps=gaps[:5],
+                    task=task,
+                    reason=decision.reason,
+                    gaps=list(decision.gaps[:5]),
                     fallback="json_object + validation + re-ask",
                 )
-        return gaps
+        return decision

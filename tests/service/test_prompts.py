@@ -1,8 +1,8 @@
 import json
 
 from service.prompts import build_messages, reask_messages, wrap_document
+from service.schemas.compiled import Issue
 from service.tasks import Example, Task
-from service.validation import Issue
 
 TASK = Task(
     name="invoice",

@@ -1,0 +1,76 @@
+"""A per-thread deadline for schema work, and validators whose every keyword checks it.
+
+Validation time is not bounded by the sizes of the schema and the answer alone: `oneOf` under a recursive
+`$ref` evaluates every branch at every level (2^depth), and a backtracking pattern doubles per character. The
+pipeline runs that work in a worker thread under `time_budget(seconds)`; `guarded(cls)` is the draft's
+validator class with each keyword function wrapped to raise `TooSlow` once the deadline has passed, and
+`service.schemas.patterns` gives each regular-expression match the time that is left. A thread cannot be
+killed, so the work must stop itself: it does, within one keyword evaluation or one match of the deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from jsonschema import validators
+from jsonschema.protocols import Validator
+
+_local = threading.local()
+
+
+class TooSlow(Exception):
+    """The work passed its time budget (raised in the thread doing it)."""
+
+
+@contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Schema work in this block (this thread) stops with `TooSlow` after `seconds`."""
+    previous = getattr(_local, "deadline", None)
+    _local.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _local.deadline = previous
+
+
+def remaining() -> float | None:
+    """Seconds left of this thread's budget (None: no budget)."""
+    deadline: float | None = getattr(_local, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def check() -> None:
+    """Raise `TooSlow` if this thread's budget is spent."""
+    left = remaining()
+    if left is not None and left <= 0:
+        raise TooSlow("the time budget is spent")
+
+
+Keyword = Callable[[Any, Any, Any, Any], Iterable[Any] | None]
+
+
+def _guard(keyword: Keyword) -> Keyword:
+    def guarded_keyword(validator: Any, value: Any, instance: Any, schema: Any) -> Iterable[Any] | None:
+        check()
+        return keyword(validator, value, instance, schema)
+
+    return guarded_keyword
+
+
+_GUARDED: dict[type[Validator], type[Validator]] = {}
+
+
+def guarded(cls: type[Validator]) -> type[Validator]:
+    """`cls` with every keyword checking the deadline first (one class per draft, made once).
+
+    Instances must be built on a schema without `$schema` in it: jsonschema picks the class of a subschema
+    that declares one by that URI (`validator_for`), which would be the unguarded class.
+    """
+    if cls not in _GUARDED:
+        wrapped = {name: _guard(fn) for name, fn in cls.VALIDATORS.items()}
+        _GUARDED[cls] = validators.extend(cls, wrapped)  # type: ignore[no-untyped-call]
+    return _GUARDED[cls]

@@ -1,0 +1,82 @@
+"""Regular expressions from schemas (`pattern`, `patternProperties`) matched with a timeout.
+
+The engine is the `regex` module with `timeout=`, not RE2 and not a bounded pre-check:
+- RE2 is linear-time but rejects lookaround and backreferences, which real schemas use (password rules,
+  "does not end with ..."), so such schemas would be refused; `regex` accepts what `re` accepts (its default
+  V0 mode is `re`-compatible), so a pattern means what it meant before.
+- `regex` stops a match when the timeout passes, and with `concurrent=True` releases the GIL while it runs.
+  A pattern that backtracks exponentially (`^(a|a)*$` against 40 `a`s and a `!`) ends in `TooSlow` after the
+  time left of the thread's budget, instead of running for days in a thread that cannot be killed.
+
+Why the `re` module jsonschema sees is replaced rather than keywords overridden through `validators.extend`:
+jsonschema calls `re.search` in five places in three modules — `pattern`, `patternProperties`,
+`additionalProperties` (`_utils.find_additional_properties`) and `unevaluatedProperties` (its 2019-09 and
+2020-12 walkers of evaluated properties) — and overriding keywords would mean copying those walkers. The
+stand-in delegates everything to `re` except `search`; outside a time budget (other users of jsonschema in the
+process) `search` has no timeout, exactly as before. `tests/service/schemas/test_patterns.py` fails if a
+jsonschema release moves a call site out of reach.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from types import ModuleType
+from typing import Any
+
+import regex
+
+from service.schemas import budget
+from service.schemas.problems import clip
+
+# jsonschema's modules whose `re.search` runs schema patterns against instance data.
+PATCHED_MODULES = ("jsonschema._keywords", "jsonschema._utils", "jsonschema._legacy_keywords")
+
+
+def search(pattern: str, string: str, flags: int = 0) -> Any:
+    """`re.search` with the thread's remaining budget as timeout (`TooSlow` when it runs out)."""
+    left = budget.remaining()
+    if left is None:
+        return regex.search(pattern, string, flags, concurrent=True)
+    try:
+        return regex.search(pattern, string, flags, timeout=max(left, 0.001), concurrent=True)
+    except TimeoutError:
+        raise budget.TooSlow(f"pattern {clip(pattern, 80)!r} ran out of time on a value") from None
+
+
+class _TimedRe(ModuleType):
+    """What `re` is inside jsonschema's keyword modules: `re`, with `search` from above."""
+
+    def __init__(self) -> None:
+        super().__init__("re")
+        self.search = search
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(re, name)
+
+
+TIMED_RE = _TimedRe()
+
+
+def install() -> None:
+    """Point jsonschema's keyword modules at `TIMED_RE` (idempotent)."""
+    for name in PATCHED_MODULES:
+        module = importlib.import_module(name)
+        current = getattr(module, "re", None)
+        if current is not re and current is not TIMED_RE:
+            raise RuntimeError(f"{name} no longer uses the `re` module: update service/schemas/patterns.py")
+        module.re = TIMED_RE  # type: ignore[attr-defined]
+
+
+def pattern_error(pattern: str) -> str | None:
+    """Why `regex` cannot compile `pattern` (None: it can)."""
+    try:
+        regex.compile(pattern)
+    except regex.error as e:
+        return str(e)
+    except (ValueError, TypeError, OverflowError) as e:
+        return str(e)
+    return None
+
+
+install()
