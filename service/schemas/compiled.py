@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 
@@ -26,6 +27,7 @@ from service.schemas.refs import REF_KEYWORDS, REGISTRY, check_references
 from service.schemas.shape import SchemaLimits, Shape, check_shape, measure
 from service.schemas.walk import subschemas
 
+log = structlog.get_logger("extraction")
 MAX_ISSUES = 20
 # Keywords whose evaluation cost can grow faster than the answer (branches, references, regexes); a schema
 # without them validates in time linear in schema x answer, cheap enough to run on the event loop.
@@ -143,6 +145,11 @@ def validate(instance: Any, compiled: CompiledSchema) -> list[Issue]:
                 break
     except RecursionError:
         return [Issue("$", "the answer is nested too deeply to validate")]
+    except (budget.TooSlow, MemoryError):
+        raise
+    except Exception as e:  # a validator bug must not pass an answer, nor 500 after the model was paid
+        log.exception("validator_failed", error_type=type(e).__name__)
+        return [Issue("$", f"the answer could not be validated ({type(e).__name__})")]
     errors.sort(key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     return [Issue(clip(e.json_path, 200), clip(e.message, 300)) for e in errors[:MAX_ISSUES]]
 

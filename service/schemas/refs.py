@@ -34,6 +34,18 @@ REGISTRY: Registry[Any] = Registry(retrieve=_refuse)  # type: ignore[call-arg]
 
 def check_references(schema: dict[str, Any], draft: Draft) -> None:
     """SchemaProblem for a reference that does not resolve inside `schema`, or an endless in-place cycle."""
+    try:
+        _check_references(schema, draft)
+    except (AttributeError, TypeError, ValueError, LookupError) as e:  # `referencing` on shapes it does not expect
+        if isinstance(e, SchemaProblem):
+            raise
+        raise SchemaProblem(
+            f"the schema's references cannot be resolved ({type(e).__name__}: {clip(str(e), 120)}); "
+            "e.g. draft-04..07 `dependencies` mixing lists and schemas: use one form per object"
+        ) from None
+
+
+def _check_references(schema: dict[str, Any], draft: Draft) -> None:
     spec = draft.specification
     root = spec.create_resource(schema)
     registry = REGISTRY.with_resource(root.id() or "", root).crawl()
