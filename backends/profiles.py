@@ -139,5 +139,6 @@ def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
             ("nesting", OPENAI_MAX_NESTING), ("properties", OPENAI_MAX_PROPERTIES), ("enum", OPENAI_MAX_ENUM_VALUES)
         ):  # fmt: skip
             if totals[what] > limit:
-                gaps.append(f"{totals[what]} {'object levels' if what == 'nesting' else what} over OpenAI's {limit}")
+                label = {"nesting": "object levels", "enum": "enum values"}.get(what, what)
+                gaps.append(f"{totals[what]} {label} over OpenAI's {limit}")
     return gaps

@@ -170,12 +170,16 @@ class Limits(BaseModel):
         16 * 2**20, ge=0, description="Compiled ad-hoc schemas kept for reuse, by size; least recently used go first."
     )
     validation_budget_s: float = Field(
-        1.0, gt=0, description="Time to parse and validate one answer (off the event loop); over it: 422 "
+        1.0,
+        gt=0,
+        description="Time to parse and validate one answer (off the event loop); over it: 422 "
         "validation_timeout, and no further attempt.",
     )
     validation_threads: int = Field(4, ge=1, description="Worker threads for schema checks and validation.")
     max_repair_chars: int = Field(
-        32_768, ge=0, description="Longer answers that are not valid JSON are not given to json-repair (it is "
+        32_768,
+        ge=0,
+        description="Longer answers that are not valid JSON are not given to json-repair (it is "
         "pure Python and superlinear): a failed attempt instead.",
     )
 

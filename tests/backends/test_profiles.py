@@ -40,3 +40,27 @@ def test_enum_values_are_not_mistaken_for_keywords() -> None:
 
 def test_kinds_get_their_engine_profile() -> None:
     assert default_dialect("openai") == "openai_strict" and default_dialect("vllm") == "vllm"
+
+
+def test_vllm_xgrammar_gaps_follow_what_vllm_itself_refuses() -> None:
+    for keyword, value in (("multipleOf", 2), ("uniqueItems", True), ("contains", {}), ("patternProperties", {})):
+        assert dialect_gaps({"type": "object", keyword: value}, "vllm") == [f"/: keyword {keyword!r}"]
+    assert dialect_gaps({"type": "string", "format": "iri"}, "vllm") == ["/: format 'iri'"]
+    assert dialect_gaps({"type": "string", "format": "date"}, "vllm") == []
+    bounded = {"type": "string", "pattern": "^[a-z]+$", "maxLength": 5}
+    assert dialect_gaps(bounded, "vllm") == ["/: a pattern or format with length bounds (xgrammar drops the bounds)"]
+
+
+def test_openai_strict_limits_and_formats() -> None:
+    def strict(properties: dict[str, object]) -> dict[str, object]:
+        return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+    deep: dict[str, object] = strict({"v": {"type": "string"}})
+    for _ in range(10):
+        deep = strict({"child": deep})
+    assert dialect_gaps(deep, "openai_strict") == ["11 object levels over OpenAI's 10"]
+    enums = strict({f"p{i}": {"enum": list(range(100))} for i in range(11)})
+    assert dialect_gaps(enums, "openai_strict") == ["1100 enum values over OpenAI's 1000"]
+    assert dialect_gaps(strict({"u": {"type": "string", "format": "uri"}}), "openai_strict") == [
+        "/properties/u: format 'uri'"
+    ]

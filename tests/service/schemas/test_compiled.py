@@ -134,3 +134,19 @@ def test_same_content_same_key() -> None:
     a = compile_schema(json.loads(json.dumps(SCHEMA)))
     b = compile_schema({k: SCHEMA[k] for k in reversed(list(SCHEMA))})
     assert a.key == b.key
+
+
+@pytest.mark.parametrize(
+    ("schema", "cheap"),
+    [
+        (SCHEMA, True),
+        ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^a"}}}, False),
+        ({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}, False),
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {}}}, False),
+        ({"type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}, False),
+        ({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(300)}}, False),
+    ],
+)
+def test_only_schemas_whose_validation_is_linear_are_cheap(schema: dict[str, Any], cheap: bool) -> None:
+    # cheap: validated on the event loop for a small answer; the rest always in a worker under the budget
+    assert compile_schema(schema).cheap is cheap
