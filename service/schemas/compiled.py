@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ _COSTLY = frozenset({
 })  # fmt: skip
 _CHEAP_FORMATS = frozenset({"date", "date-time", "time", "email", "ipv4", "ipv6", "uuid", "duration"})
 _CHEAP_NODES = 256
+# A pattern without groups, alternation, backreferences or unbounded repetition (`^[A-Z]{3}$`) cannot
+# backtrack: its cost is bounded by its own length times the string's.
+_LINEAR_PATTERN = re.compile(r"^(?:[^()|*+{\\]|\\[^1-9gkpP]|\{\d{1,2}(?:,\d{1,2})?\})*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +96,18 @@ def compile_schema(schema: Any, limits: SchemaLimits | None = None, *, raw: byte
         nodes = list(subschemas(schema, draft))
         _check_patterns(nodes)
         check_references(schema, draft)
-        validator = _validator(schema, draft, nodes)
+        cheap = shape.nodes <= _CHEAP_NODES and all(_cheap(node) for _, node in nodes)
+        validator = _validator(schema, draft, nodes, guard=not cheap)
     except RecursionError:
         raise SchemaProblem("the schema is nested too deeply to check") from None
-    cheap = shape.nodes <= _CHEAP_NODES and not any(
-        node.keys() & _COSTLY or node.get("format", "date") not in _CHEAP_FORMATS for _, node in nodes
-    )
     return CompiledSchema(schema, draft, shape, schema_key(raw), validator, cheap)
+
+
+def _cheap(node: dict[str, Any]) -> bool:
+    costly = node.keys() & _COSTLY
+    if costly == {"pattern"} and isinstance(node["pattern"], str) and _LINEAR_PATTERN.match(node["pattern"]):
+        costly = set()
+    return not costly and node.get("format", "date") in _CHEAP_FORMATS
 
 
 def _check_meta(schema: dict[str, Any], draft: Draft) -> None:
@@ -124,14 +133,18 @@ def _check_patterns(nodes: list[tuple[str, dict[str, Any]]]) -> None:
                                     f"{problem}", at=path)  # fmt: skip
 
 
-def _validator(schema: dict[str, Any], draft: Draft, nodes: list[tuple[str, dict[str, Any]]]) -> Validator:
-    # A copy without `$schema` in its subschemas, so jsonschema keeps the guarded class all the way down.
+def _validator(
+    schema: dict[str, Any], draft: Draft, nodes: list[tuple[str, dict[str, Any]]], *, guard: bool
+) -> Validator:
+    """The draft's validator; `guard`: its keywords check the deadline (a cheap schema, linear, needs none and
+    is validated ~30% faster without). Built on a copy without `$schema` in its subschemas, so jsonschema keeps
+    the guarded class all the way down."""
     declaring = [id(node) for _, node in nodes if "$schema" in node]
     memo: dict[int, Any] = {}
     bare = copy.deepcopy(schema, memo)
     for ident in declaring:
         memo[ident].pop("$schema", None)
-    cls = budget.guarded(draft.validator)
+    cls = budget.guarded(draft.validator) if guard else draft.validator
     return cls(bare, registry=REGISTRY, format_checker=draft.format_checker)
 
 
