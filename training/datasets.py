@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.protocols import Validator
 
 from service.tasks import Task
 
@@ -48,11 +48,12 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def validator_for(task: Task) -> Draft202012Validator:
-    return Draft202012Validator(task.json_schema, format_checker=FormatChecker())
+def validator_for(task: Task) -> Validator:
+    """The task's compiled validator: the draft its schema declares, formats checked, no remote `$ref`."""
+    return task.compiled.validator
 
 
-def check_record(raw: Any, validator: Draft202012Validator, seen: set[str]) -> tuple[Record | None, list[str]]:
+def check_record(raw: Any, validator: Validator, seen: set[str]) -> tuple[Record | None, list[str]]:
     """A record from one parsed line, or the problems with it."""
     if not isinstance(raw, dict):
         return None, ["not a JSON object"]

@@ -40,7 +40,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     422: {
         "model": ErrorResponse,
         "description": "schema_validation_failed (with the last validation errors and "
-        "a raw-output snippet) or budget_exceeded",
+        "a raw-output snippet), budget_exceeded, validation_timeout or pii_detected",
     },
     429: {
         "model": ErrorResponse,
