@@ -4,6 +4,7 @@ and the guard that stops a run whose loss turns NaN and keeps the good weights."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +44,6 @@ def write_jsonl(path: Path, records: list[tuple[str, str]]) -> Path:
     rows = [{"id": str(i), "text": text, "output": {"intent": intent}} for i, (text, intent) in enumerate(records)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide Llama with the real tokenizer: random weights, since these tests are about mechanics."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from backends.local.base_model import prepare
-
-    tokenizer = AutoTokenizer.from_pretrained(prepare())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture
@@ -178,7 +158,7 @@ def padding_in_batches(tiny_base: Path, data: dict[str, Path], tmp_path: Path, g
     for i in range(64):
         n = 8 if i % 2 else 64
         examples.append({"input_ids": [1] * n, "attention_mask": [1] * n, "labels": [1] * n})
-    trainer = build_trainer(args, model, tokenizer, (Encoded(examples), Encoded([])), CPU, [])
+    trainer = build_trainer(args, model, tokenizer, (Encoded(examples), Encoded([])), replace(CPU, batch_size=4), [])
     return sum(int((batch["attention_mask"] == 0).sum()) for batch in trainer.get_train_dataloader())
 
 
