@@ -3,7 +3,7 @@
     python -m loadtest.bench_decode --out var/bench/decode.json
 
 1. Measures the machine once: memory read bandwidth (a large torch tensor summed on all cores) and the
-   bf16 matmul rate (square torch.mm, all cores).
+   matmul rate in the dtype the engine computes in here (square torch.mm, all cores).
 2. Ceilings for the served model: batch 1 decode is bandwidth-bound (every weight is read once per token):
    tokens/s <= bandwidth / weight bytes; large-batch decode is compute-bound: tokens/s <= matmul FLOP/s /
    (2 x parameters). Attention and sampling are ignored, so the true ceilings are lower still.
@@ -28,6 +28,7 @@ from rich.table import Table
 
 from backends.local.base_model import prepare
 from backends.local.config import VllmServer
+from backends.local.hardware import choose_dtype
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.bench_local import throughput
 from loadtest.machine import describe, machine
@@ -64,11 +65,12 @@ def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def matmul_tflops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_tflops(n: int = 2048, repeats: int = 5, dtype: str = "bfloat16") -> float:
+    """Square matmul rate in `dtype` on all cores (the dtype the engine computes in on this machine)."""
     import torch
 
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -102,8 +104,10 @@ def main() -> None:
     p.add_argument("--levers", default=",".join(name for name, *_ in LEVERS))
     args = p.parse_args()
     base = prepare()
-    params, nbytes = model_size(base)
-    bw, tflops = memory_bandwidth_gbs(), matmul_tflops()
+    params, _ = model_size(base)
+    nbytes = params * (4 if choose_dtype() == "float32" else 2)  # the weights as served, not as stored
+    compute_dtype = choose_dtype()  # bf16 only where the CPU computes it natively
+    bw, tflops = memory_bandwidth_gbs(), matmul_tflops(dtype=compute_dtype)
     ceiling_b1 = bw * 1e9 / nbytes
     ceiling_big = tflops * 1e12 / (2 * params)
     result: dict[str, Any] = {
@@ -111,7 +115,8 @@ def main() -> None:
         "machine": machine(),
         "cores": os.cpu_count(),
         "memory_read_gb_s": round(bw, 1),
-        "bf16_matmul_tflops": round(tflops, 3),
+        "matmul_dtype": compute_dtype,
+        "matmul_tflops": round(tflops, 3),
         "model_parameters": params,
         "model_weight_bytes": nbytes,
         "ceiling_tok_s_batch1": round(ceiling_b1, 1),
@@ -162,7 +167,8 @@ def show(result: dict[str, Any]) -> None:
     out = make_console()
     out.print(describe(result["machine"]) if "machine" in result else "")
     out.print(
-        f"memory read {result['memory_read_gb_s']} GB/s, bf16 matmul {result['bf16_matmul_tflops']} TFLOP/s; "
+        f"memory read {result['memory_read_gb_s']} GB/s, {result.get('matmul_dtype', 'bf16')} matmul "
+        f"{result.get('matmul_tflops', result.get('bf16_matmul_tflops'))} TFLOP/s; "
         f"model {result['model_parameters'] / 1e6:.0f} M parameters, {result['model_weight_bytes'] / 1e6:.0f} MB; "
         f"ceilings: {result['ceiling_tok_s_batch1']} tok/s at batch 1 (bandwidth), "
         f"{result['ceiling_tok_s_compute']} tok/s at large batch (compute)"

@@ -93,17 +93,3 @@ def tiny_adapter(base: Path, out: Path, steps: int = 3, seed: int = 0) -> Path:
         optimiser.zero_grad()
     model.save_pretrained(out)
     return out
-
-
-def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
-    """Fold an adapter into the base weights (fastest single-adapter serving) and save model + tokenizer."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    # Merged in fp32 (no rounding of the sum), stored in bf16 like the base: half the bytes, the same weights.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out

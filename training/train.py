@@ -280,8 +280,9 @@ def build_trainer(
 def save_artefacts(args: TrainArgs, trainer: Any, tokenizer: Any, base: str) -> tuple[Path | None, Path | None]:
     """Adapter + tokenizer (+ merged model) and the loss curve; the checkpoints folder removed.
     Returns (adapter, merged); no adapter is written when its weights are not finite (nothing good was kept)."""
+    from backends.local.merge import merge_adapter
     from training.card import plot_losses
-    from training.lora import all_finite, merge_adapter, trainable_state
+    from training.lora import all_finite, trainable_state
 
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.out / "checkpoints", ignore_errors=True)
@@ -290,7 +291,9 @@ def save_artefacts(args: TrainArgs, trainer: Any, tokenizer: Any, base: str) -> 
         return None, None
     trainer.model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    merged = merge_adapter(Path(base), args.out, args.out / "merged") if args.merge else None
+    if args.merge:
+        merge_adapter(args.out, args.out / "merged", Path(base))
+    merged = args.out / "merged" if args.merge else None
     return args.out, merged
 
 
