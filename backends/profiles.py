@@ -120,10 +120,12 @@ def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
             totals["nesting"] = max(totals["nesting"], objects)
         if isinstance(node.get("enum"), list):
             totals["enum"] += len(node["enum"])
-        if dialect == "openai_strict" and "properties" in node:
+        if dialect == "openai_strict" and isinstance(node.get("properties"), dict):
             if node.get("additionalProperties") is not False:
                 gaps.append(f"{path or '/'}: additionalProperties must be false")
-            missing = set(node["properties"]) - set(node.get("required", []))
+            required = node.get("required")
+            named = {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
+            missing = set(node["properties"]) - named
             if missing:
                 gaps.append(f"{path or '/'}: every property must be required ({', '.join(sorted(missing))})")
         for key, value in node.items():

@@ -50,25 +50,26 @@ def outcomes(url: str) -> dict[str, float]:
     return counts
 
 
-def policy_backend(url: str, policy: str, deadline_s: float) -> dict[str, Any]:
+def policy_backend(url: str, policy: str, deadline_s: float, target_s: float) -> dict[str, Any]:
     entry: dict[str, Any] = {"kind": "vllm", "base_url": f"{url}/v1", "model": "bench-lora",
                              "prompt_style": "finetuned", "timeout_s": deadline_s, "pricing": PRICING,
                              "max_queue": 256, "max_queue_wait_s": deadline_s / 3, "max_attempts": 2}  # fmt: skip
     if policy == "adaptive":
-        entry.update(max_concurrency=32, adaptive_concurrency={"initial": 4, "target_latency_s": deadline_s / 3})
+        entry.update(max_concurrency=32, adaptive_concurrency={"initial": 4, "target_latency_s": target_s})
     else:
         entry.update(max_concurrency=int(policy.removeprefix("fixed-")))
     return entry
 
 
 def measure(url: str, policy: str, users: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    target = args.target or args.deadline / 2
     config = tmp / f"{policy}-{users}.yaml"
     config.write_text(
         json.dumps(
             {
                 "default_backend": "local-finetuned",
                 "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
-                "backends": {"local-finetuned": policy_backend(url, policy, args.deadline)},
+                "backends": {"local-finetuned": policy_backend(url, policy, args.deadline, target)},
                 "retry": {"deadline_s": args.deadline},
                 "log_level": "warning",
             }
@@ -109,6 +110,8 @@ def main() -> None:
     p.add_argument("--fixed", default="1,2,4,8", help="Fixed concurrency limits to compare.")
     p.add_argument("--duration", default="60s")
     p.add_argument("--deadline", type=float, default=30.0, help="retry.deadline_s of the service.")
+    p.add_argument("--target", type=float, help="Adaptive: target call latency (default: deadline / 2 attempts).")
+    p.add_argument("--adaptive-only", action="store_true", help="Measure only the adaptive policy.")
     p.add_argument("--task", default="receipt")
     p.add_argument("--port", type=int, default=8079)
     p.add_argument("--out", type=Path, default=Path("var/bench/admission"))
@@ -121,8 +124,9 @@ def main() -> None:
     server.stop()
     server.start(ensure_vllm(cfg), log=console.print)
     result: dict[str, Any] = {"machine": {**machine(), "dtype": server.dtype()}, "deadline_s": args.deadline,
+                              "adaptive_target_s": args.target or args.deadline / 2,
                               "duration": args.duration, "task": args.task, "rows": []}  # fmt: skip
-    policies = [f"fixed-{c}" for c in args.fixed.split(",")] + ["adaptive"]
+    policies = ([] if args.adaptive_only else [f"fixed-{c}" for c in args.fixed.split(",")]) + ["adaptive"]
     try:
         for users in (int(u) for u in args.users.split(",")):
             for policy in policies:

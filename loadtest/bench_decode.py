@@ -45,8 +45,8 @@ LEVERS: list[tuple[str, list[str], dict[str, Any]]] = [
     ("max-num-seqs-64", ["--max-num-seqs", "64"], {}),
     ("no-chunked-prefill", ["--no-enable-chunked-prefill"], {}),
     # dtype and start-up: bf16 is emulated on CPUs without AVX512-BF16/AMX; eager skips graph compilation
-    ("float32", [], {"dtype": "float32"}),
-    ("bfloat16", [], {"dtype": "bfloat16"}),
+    ("float32", [], {"dtype": "float32", "enforce_eager": False}),
+    ("bfloat16", [], {"dtype": "bfloat16", "enforce_eager": False}),
     ("float32-eager", [], {"dtype": "float32", "enforce_eager": True}),
     ("bfloat16-eager", [], {"dtype": "bfloat16", "enforce_eager": True}),
 ]

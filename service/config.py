@@ -137,8 +137,11 @@ class BackendConfig(Endpoint, BackendPolicy):
             self.schema_dialect = default_dialect(self.kind)
         if self.retry_timeouts is None:
             self.retry_timeouts = self.kind != "vllm"
-        if self.adaptive_concurrency and self.adaptive_concurrency.initial > self.max_concurrency:
-            raise ValueError("adaptive_concurrency.initial is above max_concurrency")
+        adaptive = self.adaptive_concurrency
+        if adaptive and max(adaptive.initial, adaptive.min_concurrency) > self.max_concurrency:
+            raise ValueError("adaptive_concurrency.initial and min_concurrency must not exceed max_concurrency")
+        if adaptive and adaptive.min_concurrency > adaptive.initial:
+            raise ValueError("adaptive_concurrency.min_concurrency is above its initial limit")
         return self
 
 

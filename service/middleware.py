@@ -87,7 +87,8 @@ class BodySizeLimit:
         self.count = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            # Nothing outside the API reads a body: pass it through unread rather than buffer it for anyone.
             await self.app(scope, receive, send)
             return
         counted = scope["path"].startswith(COUNTED)

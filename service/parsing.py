@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,14 @@ from typing import Any
 import json_repair
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
-_DECODER = json.JSONDecoder()
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Strict: NaN and Infinity are not JSON; an answer holding one would validate as a number and leave as null.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
 class OutputNotJSON(ValueError):
@@ -25,11 +33,35 @@ class Parsed:
 
 def parse_output(text: str, max_repair_chars: int | None = None) -> Parsed:
     """The first JSON object/array in `text`; repaired with json-repair when it is broken but close (and, with
-    `max_repair_chars`, no longer than that: json-repair is pure Python and superlinear on broken input)."""
+    `max_repair_chars`, no longer than that: json-repair is pure Python and superlinear on broken input).
+    A value no JSON response can carry (NaN, Infinity, a lone surrogate) is no answer either."""
     try:
-        return _parse(text, max_repair_chars)
+        parsed = _parse(text, max_repair_chars)
     except RecursionError:  # the C parser and json-repair both recurse per nesting level
         raise OutputNotJSON("the output is nested too deeply to parse") from None
+    if problem := _unsendable(parsed.value):
+        raise OutputNotJSON(f"the output holds {problem}, which JSON cannot carry")
+    return parsed
+
+
+def _unsendable(value: Any) -> str | None:
+    """What in `value` a UTF-8 JSON response cannot hold, or None (iterative: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"the number {item}"
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a lone surrogate in a string"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _parse(text: str, max_repair_chars: int | None) -> Parsed:
@@ -37,7 +69,7 @@ def _parse(text: str, max_repair_chars: int | None) -> Parsed:
     if fence := _FENCE.search(candidate):
         candidate = fence.group(1).strip()
     try:
-        return Parsed(json.loads(candidate), repaired=False)
+        return Parsed(_DECODER.decode(candidate), repaired=False)
     except ValueError:
         pass
     start = _first_bracket(candidate)

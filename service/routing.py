@@ -32,8 +32,7 @@ def route(settings: Settings, task: Task | None, override: str | None = None) ->
 
 def on_managed_server(settings: Settings, cfg: BackendConfig) -> bool:
     """Does this backend talk to the vLLM server `extraction vllm up` manages (the `vllm:` section)?"""
-    vllm = settings.vllm
-    return cfg.kind == "vllm" and (cfg.base_url or "").rstrip("/").endswith(f"{vllm.host}:{vllm.port}/v1")
+    return cfg.kind == "vllm" and settings.vllm.serves(cfg.base_url)
 
 
 def routes_in_effect(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:

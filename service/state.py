@@ -71,5 +71,6 @@ class AppState:
     async def aclose(self) -> None:
         for backend in self.backends.values():
             await backend.aclose()
+        self.extractor.close()
         if self.request_log is not None:
             self.request_log.close()

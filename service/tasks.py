@@ -102,6 +102,8 @@ def load_tasks(folder: Path) -> dict[str, Task]:
         task = load_task(path)
         if task.name in tasks:
             raise TaskLoadError(f"{path}: task {task.name!r} is defined twice")
+        if task.name == ADHOC:  # the name keys and metrics use for ad-hoc schemas
+            raise TaskLoadError(f"{path}: the task name {ADHOC!r} is reserved for ad-hoc schemas; choose another")
         tasks[task.name] = task
     return tasks
 

@@ -134,7 +134,7 @@ def counter_for(cfg: BackendConfig, vllm: VllmServer, backend: object | None = N
         return remote
     if cfg.kind != "vllm":
         return Estimate()
-    if (cfg.base_url or "").rstrip("/").endswith(f"{vllm.host}:{vllm.port}/v1"):
+    if vllm.serves(cfg.base_url):
         path = managed_model_dir(vllm)
         try:
             return _load(path)  # on disk: no round trip

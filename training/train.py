@@ -385,12 +385,13 @@ def cli(argv: list[str] | None = None) -> None:
     else:
         (args,) = parser.parse_args_into_dataclasses(argv)
     from backends.local.base_model import ModelPrepareError
+    from backends.local.merge import MergeError
     from service.tasks import TaskLoadError
     from training.datasets import DatasetError
 
     try:
         card = main(args)
-    except (DatasetError, TaskLoadError, ModelPrepareError, OSError) as e:
+    except (DatasetError, TaskLoadError, ModelPrepareError, MergeError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     if card["adapter"] is None:
         raise SystemExit(f"error: training diverged and no finite weights were kept; see {args.out}/training_card.md")

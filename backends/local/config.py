@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,8 +27,10 @@ class VllmServer(BaseModel):
         description="Serve LoRA adapters (and allow loading them at run time). False for a merged model served "
         "alone: no adapter machinery in the forward pass.",
     )
-    enforce_eager: bool = Field(
-        False, description="vLLM --enforce-eager: no graph compilation at start (faster start-up, see README)."
+    enforce_eager: bool | None = Field(
+        None,
+        description="vLLM --enforce-eager: no graph compilation. None (auto): eager on CPUs without native bf16, "
+        "where it measured faster to start and to decode (README, Performance); compiled elsewhere.",
     )
     max_lora_rank: int = Field(16, description="One of 8, 16, 32, 64, ...")
     max_loras: int = Field(4, ge=1, description="Adapters in one batch.")
@@ -50,3 +53,11 @@ class VllmServer(BaseModel):
     python: str | None = Field(None, description="A Python with vLLM installed; None: a managed venv.")
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_s: float = Field(300, gt=0)
+
+    def serves(self, base_url: str | None) -> bool:
+        """Is `base_url` (an OpenAI-compatible `.../v1`) this server? Loopback names count as one."""
+        parsed = urlsplit(base_url or "")
+        loopback = {"127.0.0.1", "localhost", "::1"}
+        host = parsed.hostname or ""
+        same_host = host == self.host or (host in loopback and self.host in loopback)
+        return same_host and parsed.port == self.port and parsed.path.rstrip("/") == "/v1"

@@ -24,7 +24,7 @@ class MergeError(Exception):
     """The adapter cannot be merged; the message says why."""
 
 
-def merge_adapter(adapter: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
+def merge_adapter(adapter: Path, out: Path, base: Path | str | None = None) -> dict[str, Any]:
     """Write base + adapter as one bf16 model (with tokenizer) to `out`; returns the merge card.
 
     Merged in fp32 (no rounding of the sum), stored in bf16 like the base: half the bytes, the same weights.
@@ -39,15 +39,21 @@ def merge_adapter(adapter: Path, out: Path, base: Path | None = None) -> dict[st
     config_file = adapter / "adapter_config.json"
     if not config_file.is_file():
         raise MergeError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
-    base = base or Path(json.loads(config_file.read_text()).get("base_model_name_or_path") or default_model_dir())
-    if not (base / "config.json").is_file():
+    base = base or json.loads(config_file.read_text()).get("base_model_name_or_path") or default_model_dir()
+    looks_local = isinstance(base, Path) or str(base).startswith((".", "/", "~")) or Path(str(base)).exists()
+    if looks_local and not (Path(str(base)).expanduser() / "config.json").is_file():
         raise MergeError(f"base model not found at {base}: run `extraction model prepare` or pass --base")
+    # anything else is a Hugging Face id: loaded from the local cache (hub downloads are off at run time)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.to(torch.bfloat16).save_pretrained(partial, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base).save_pretrained(partial)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        merged.to(torch.bfloat16).save_pretrained(partial, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(base)).save_pretrained(partial)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise MergeError(f"cannot merge {adapter} into {base}: {e}") from e
     card = {
         "base_model": str(base),
         "adapter": str(adapter.resolve()),

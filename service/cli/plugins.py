@@ -17,6 +17,8 @@ from importlib.metadata import EntryPoint, entry_points
 import typer
 
 GROUP = "extraction.commands"
+# plugin -> the pip extra its dependencies come with
+EXTRAS = {"training": "train", "loadtest": "loadtest"}
 
 
 def discover() -> list[EntryPoint]:
@@ -31,7 +33,11 @@ def load_plugins(app: typer.Typer) -> dict[str, str]:
         try:
             register = ep.load()
         except ImportError as e:
-            failed[ep.name] = f"{e} (pip install 'extraction-service[{ep.name}]' or make install)"
+            extra = EXTRAS.get(ep.name, ep.name)
+            failed[ep.name] = f"{e} (pip install 'extraction-service[{extra}]', or make install)"
             continue
-        register(app)
+        try:
+            register(app)
+        except Exception as e:  # one broken plugin must not take `extraction serve` down with it
+            failed[ep.name] = f"its register() failed: {type(e).__name__}: {e}"
     return failed

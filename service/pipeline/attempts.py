@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,7 +16,14 @@ from backends.errors import BackendError
 from service.api_models import ExtractOptions
 from service.config import BackendConfig, Settings
 from service.cost import request_cost
-from service.errors import BudgetExceeded, DeadlineExceeded, PiiDetected, SchemaValidationFailed, ValidationTimeout
+from service.errors import (
+    BudgetExceeded,
+    DeadlineExceeded,
+    ExtractionError,
+    PiiDetected,
+    SchemaValidationFailed,
+    ValidationTimeout,
+)
 from service.metrics import Metrics
 from service.pii import scan
 from service.pipeline.checks import Checks
@@ -42,13 +50,16 @@ class Answer:
 
 
 class _Tally:
-    """The running spend of one backend's attempts (a frozen Spend is taken from it for results and errors)."""
+    """The running spend of one backend's attempts (a frozen Spend is taken from it for results and errors).
+    `before`: what the request spent on earlier backends, for its budget; `on_answer` hears of each answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: Decimal = Decimal(0), on_answer: Callable[[Spend], None] | None = None) -> None:
         self.answers = 0
         self.calls = 0
         self.usage = Usage()
         self.cost = Decimal(0)
+        self.before = before
+        self.on_answer = on_answer
 
     def call(self) -> None:
         self.calls += 1
@@ -75,7 +86,11 @@ class Attempts:
         backend: ResilientBackend,
         options: ExtractOptions,
         started: float,
+        spent_before: Spend = Spend(),  # noqa: B008 - a frozen value
+        on_answer: Callable[[Spend], None] | None = None,
     ) -> Answer:
+        """The attempts against `backend`. `spent_before`: what earlier backends of the chain consumed (the
+        request's `max_cost_usd` covers them too); `on_answer` gets each answer's spend as soon as it is billed."""
         self.limits.check_chars(task, text)
         deadline_s = min(self.settings.retry.deadline_s, options.timeout_s or math.inf)
         max_attempts = min(cfg.max_attempts, options.max_attempts or cfg.max_attempts)
@@ -84,7 +99,7 @@ class Attempts:
         )
         messages = build_messages(task, text, cfg.prompt_style)
         await self.limits.check_tokens(task, text, cfg, messages, max_tokens)
-        tally = _Tally()
+        tally = _Tally(spent_before.cost, on_answer)
         try:
             async with asyncio.timeout(deadline_s - (time.monotonic() - started)):
                 return await self._loop(task, cfg, backend, options, messages, max_attempts, max_tokens,
@@ -95,6 +110,10 @@ class Attempts:
             ) from None
         except BackendError as e:
             raise translate_backend_error(e, tally.spend()) from e
+        except ExtractionError as e:
+            if e.spend is None and tally.calls:  # e.g. shed by the backend's bulkhead on a re-ask
+                e.add_spend(tally.spend())
+            raise
 
     async def _loop(
         self,
@@ -145,6 +164,8 @@ class Attempts:
         cost = request_cost(usage.input_tokens, usage.output_tokens, cfg.pricing)
         tally.usage += usage
         tally.cost += cost
+        if tally.on_answer is not None:
+            tally.on_answer(Spend(1, 0, usage, cost))
         m = self.metrics
         m.tokens.labels(cfg.name, task.name, "input").inc(usage.input_tokens)
         m.tokens.labels(cfg.name, task.name, "output").inc(usage.output_tokens)
@@ -188,12 +209,12 @@ class Attempts:
         est_input = math.ceil(sum(len(m["content"]) for m in messages) / 3)
         estimate = request_cost(est_input, max_tokens, cfg.pricing)
         budget = Decimal(str(options.max_cost_usd))
-        if tally.cost + estimate > budget:
+        if tally.before + tally.cost + estimate > budget:
             details = failure_details(last_issues, last_text) if tally.answers else {}
             details.update(max_cost_usd=options.max_cost_usd, next_attempt_estimate_usd=float(estimate))
             raise BudgetExceeded(
                 f"stopped before attempt {tally.answers + 1}: it could cost up to ${estimate:.6f}, "
-                f"which with ${tally.cost:.6f} spent would pass max_cost_usd ${options.max_cost_usd}",
+                f"which with ${tally.before + tally.cost:.6f} spent would pass max_cost_usd ${options.max_cost_usd}",
                 details=details,
                 spend=tally.spend(),
             )

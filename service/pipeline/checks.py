@@ -37,6 +37,8 @@ from service.schemas.shape import SchemaLimits
 
 T = TypeVar("T")
 INLINE_CHARS = 4096  # answers up to this long, parsed without repair, are validated on the loop when cheap
+# ...and within this long: a "cheap" schema that is not (a pattern the classifier let through) moves to a worker
+INLINE_BUDGET_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,10 @@ class Checks:
         )
         self.cache = SchemaCache(limits.schema_cache_bytes)
         self._pool = ThreadPoolExecutor(limits.validation_threads, thread_name_prefix="schema-checks")
+
+    def close(self) -> None:
+        """Stop the worker threads (work already taken finishes within its budget)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _off_loop(self, budget_s: float, job: Callable[..., T], *args: Any) -> T:
         def run() -> T:
@@ -99,7 +105,11 @@ class Checks:
             except OutputNotJSON:
                 pass  # needs json-repair, or is not JSON at all: the worker finds out
             else:
-                return Checked(parsed.value, validate(parsed.value, compiled))
+                try:
+                    with time_budget(INLINE_BUDGET_S):
+                        return Checked(parsed.value, validate(parsed.value, compiled))
+                except TooSlow:
+                    pass  # not as cheap as it looked: again in a worker, under the full budget
         return await self._off_loop(self.limits.validation_budget_s, self._answer, text, compiled)
 
     def _answer(self, text: str, compiled: CompiledSchema) -> Checked:

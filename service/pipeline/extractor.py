@@ -71,6 +71,10 @@ class Extractor:
         self.attempts = Attempts(settings, metrics, self.limits, self.checks)
         self.observer = Observer(metrics, request_log, settings.request_log.redact_pii)
 
+    def close(self) -> None:
+        """Release what the extractor holds beyond the backends (its worker threads)."""
+        self.checks.close()
+
     def circuit(self, backend: str) -> CircuitBreaker:
         """The circuit breaker of a configured backend."""
         return self.backends[backend].circuit
@@ -100,15 +104,27 @@ class Extractor:
         backend: str | None = None,
         options: ExtractOptions | None = None,
         request_id: str | None = None,
+        on_spend: Callable[[Spend], None] | None = None,
+        may_use: Callable[[str], bool] | None = None,
     ) -> ExtractResponse:
         """Extract from `text` for a named task or ad-hoc schema; raises an `ExtractionError` on failure.
 
-        Every call is counted exactly once in extraction_requests_total, rejections included.
+        Every call is counted exactly once in extraction_requests_total, rejections included. `on_spend` hears
+        of each billed answer as it happens (so a caller is charged even when the request is cancelled);
+        `may_use` says which backends the caller may use: a fallback chain skips the others.
         """
         options = options or ExtractOptions()
         started = time.monotonic()
         trace = Trace()
         outcome, spend, output = "ok", Spend(), None
+        consumed = Spend()
+
+        def billed(increment: Spend) -> None:
+            nonlocal consumed
+            consumed = consumed + increment
+            if on_spend is not None:
+                on_spend(increment)
+
         self.observer.started()
         try:
             if task is None and schema is None:
@@ -125,40 +141,54 @@ class Extractor:
                     trace.task = spec.name
                     cfg = route(self.settings, spec, backend)
                     trace.backend = cfg.name
-                answer = await self._chain(spec, text, cfg, options, started, trace)
+                answer = await self._chain(spec, text, cfg, options, started, trace, billed, may_use)
             spend, output = answer.spend, answer.data
             return _response(answer, spec, started, request_id)
         except ExtractionError as e:
             outcome, spend = e.outcome, e.spend or Spend()
             raise
         except asyncio.CancelledError:
-            outcome = "cancelled"  # the client went away (or the server stopped): nobody's fault, no answer
+            outcome, spend = "cancelled", consumed  # the client went away (or the server stopped): no answer
             raise
         except BaseException:
-            outcome = "upstream_error"  # a bug: never counted as success
+            outcome, spend = "upstream_error", consumed  # a bug: never counted as success
             raise
         finally:
             elapsed = time.monotonic() - started
             self.observer.finished(trace, outcome, spend, elapsed, request_id, text, output)
 
     async def _chain(
-        self, task: Task, text: str, first: BackendConfig, options: ExtractOptions, started: float, trace: Trace
+        self,
+        task: Task,
+        text: str,
+        first: BackendConfig,
+        options: ExtractOptions,
+        started: float,
+        trace: Trace,
+        billed: Callable[[Spend], None],
+        may_use: Callable[[str], bool] | None,
     ) -> Answer:
         """`first`, then its fallback chain in order, until one answers with valid data.
 
-        A backend is skipped on an upstream error (after its retries), an open circuit, a deadline hit by
-        its own timeout, no valid answer after its re-asks, or a text too long for it (a smaller context window).
-        What the failed backends consumed stays in the request's attempts, tokens and cost.
+        A backend is skipped on an upstream error (after its retries), an open circuit, a full queue (503
+        overloaded: the surplus spills to the next backend), a deadline hit by its own timeout, no valid answer
+        after its re-asks, or a text too long for it (a smaller context window); backends the caller may not use
+        are left out of the chain. What the failed backends consumed stays in the request's attempts, tokens and
+        cost, and counts against its `max_cost_usd`.
         """
-        chain = [first, *(self.settings.backends[name] for name in first.fallback)]
+        fallbacks = [self.settings.backends[name] for name in first.fallback]
+        chain = [first, *(c for c in fallbacks if may_use is None or may_use(c.name))]
         carried = Spend()
         tried: list[dict[str, str]] = []
         for index, cfg in enumerate(chain):
             trace.backend = cfg.name
             try:
-                answer = await self.attempts.run(task, text, cfg, self.backends[cfg.name], options, started)
-            except FALLBACK_ON as e:
-                if isinstance(e, BudgetExceeded | ValidationTimeout) or index == len(chain) - 1:
+                answer = await self.attempts.run(
+                    task, text, cfg, self.backends[cfg.name], options, started, carried, billed
+                )
+            except ExtractionError as e:
+                last = not isinstance(e, FALLBACK_ON) or isinstance(e, BudgetExceeded | ValidationTimeout)
+                if last or index == len(chain) - 1:
                     if tried:
                         e.add_spend(carried)
                         e.details["tried"] = [*tried, {"backend": cfg.name, "error": e.code}]

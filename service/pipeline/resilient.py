@@ -141,17 +141,21 @@ class ResilientBackend:
                 backend=self.name,
                 retry_after_s=breaker.retry_after_s(),
             )
-        self.metrics.attempts.labels(self.name, reason).inc()
-        if on_call is not None:
-            on_call()
-        timeout = max(0.001, min(self.policy.timeout_s, deadline_at - time.monotonic()))
         try:
             async with self.bulkhead.slot():
+                # Counted once it has a slot: a call shed by the bulkhead was never made.
+                self.metrics.attempts.labels(self.name, reason).inc()
+                if on_call is not None:
+                    on_call()
+                timeout = max(0.001, min(self.policy.timeout_s, deadline_at - time.monotonic()))
                 t0 = time.perf_counter()
                 try:
                     response = await self.inner.complete(replace(request, timeout_s=timeout))
                 except (UpstreamTimeout, UpstreamServerError):
                     self._observe(time.perf_counter() - t0, failed=True)
+                    raise
+                except asyncio.CancelledError:
+                    self._observe(time.perf_counter() - t0)  # cut off: at least this slow (cuts a limit if late)
                     raise
                 else:
                     self._observe(time.perf_counter() - t0)

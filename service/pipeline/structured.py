@@ -25,7 +25,7 @@ from service.schemas.compiled import CompiledSchema
 from service.schemas.drafts import meaning_changes
 from service.schemas.problems import clip
 from service.schemas.walk import subschemas
-from service.tasks import Task
+from service.tasks import ADHOC, Task
 
 log = structlog.get_logger("extraction")
 MAX_GAPS = 10  # reasons kept per decision (a schema can have one per property)
@@ -35,7 +35,7 @@ MAX_GAPS = 10  # reasons kept per decision (a schema can have one per property)
 class Decision:
     mode: StructuredMode
     strict: bool
-    reason: str | None = None  # why it degraded: "draft", "engine" or "size"
+    reason: str | None = None  # why it degraded: "draft", "engine", "size" or "error"
     gaps: tuple[str, ...] = ()
 
 
@@ -74,7 +74,7 @@ class StructuredModes:
         self.metrics = metrics
         self.backends = backends
 
-    def prepare(self, compiled: CompiledSchema, task: str = "adhoc") -> None:
+    def prepare(self, compiled: CompiledSchema, task: str = ADHOC) -> None:
         """Decide for every backend now (a new ad-hoc schema: in the worker thread that compiled it)."""
         for cfg in self.backends.values():
             self._decision(cfg, compiled, task)
@@ -90,7 +90,12 @@ class StructuredModes:
         key = f"structured:{cfg.name}"
         decision: Decision | None = compiled.memo.get(key)
         if decision is None:
-            decision = compiled.memo[key] = decide(cfg, compiled)
+            try:
+                decision = decide(cfg, compiled)
+            except Exception as e:  # a schema shape no check foresaw: never a 500, enforce by validation instead
+                log.exception("structured_output_check_failed", backend=cfg.name, task=task)
+                decision = Decision("json_object", False, "error", (f"{type(e).__name__} while checking",))
+            compiled.memo[key] = decision
             if decision.reason is not None:
                 log.warning(
                     "structured_output_degraded",

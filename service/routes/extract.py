@@ -93,9 +93,11 @@ def _authorize(state: AppState, principal: Principal | None, body: ExtractReques
 async def _run(
     state: AppState, body: ExtractRequest, backend: str | None, request_id: str | None, principal: Principal | None
 ) -> ExtractResponse:
-    """One extraction; the key is charged what it consumed, failed attempts included."""
+    """One extraction; the key is charged every answer it was billed for, whatever the outcome (failed attempts,
+    and a request the caller abandoned, included), and its fallback chain keeps to the backends it may use."""
+    billed: list[Spend] = []
     try:
-        result = await state.extractor.extract(
+        return await state.extractor.extract(
             body.text,
             task=body.task,
             schema=body.json_schema,
@@ -103,17 +105,13 @@ async def _run(
             backend=body.backend or backend,
             options=body.options,
             request_id=request_id,
+            on_spend=billed.append,
+            may_use=principal.allows_backend if principal is not None else None,
         )
-    except ExtractionError as e:
-        _charge(principal, e.spend)
-        raise
-    _charge(principal, result.spend)
-    return result
-
-
-def _charge(principal: Principal | None, spend: Spend | None) -> None:
-    if principal is not None and spend is not None:
-        principal.charge(spend.tokens, spend.cost_usd)
+    finally:
+        if principal is not None and billed:
+            total = sum(billed, Spend())
+            principal.charge(total.tokens, total.cost_usd)
 
 
 def _admit(state: AppState, principal: Principal | None, items: int) -> None:

@@ -40,7 +40,10 @@ _CHEAP_FORMATS = frozenset({"date", "date-time", "time", "email", "ipv4", "ipv6"
 _CHEAP_NODES = 256
 # A pattern without groups, alternation, backreferences or unbounded repetition (`^[A-Z]{3}$`) cannot
 # backtrack: its cost is bounded by its own length times the string's.
-_LINEAR_PATTERN = re.compile(r"^(?:[^()|*+{\\]|\\[^1-9gkpP]|\{\d{1,2}(?:,\d{1,2})?\})*$")
+# Patterns with no alternation, group, backreference or variable repetition: only fixed counts `{n}`, so a
+# match is linear in the text. `?` and `{m,n}` are variable: `\w{0,99}` repeated a dozen times backtracks
+# polynomially with a huge exponent, so those count as costly.
+_LINEAR_PATTERN = re.compile(r"^(?:[^()|*+?{\\]|\\[^1-9gkpP]|\{\d{1,2}\})*$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,3 +64,11 @@ def test_openai_strict_limits_and_formats() -> None:
     assert dialect_gaps(strict({"u": {"type": "string", "format": "uri"}}), "openai_strict") == [
         "/properties/u: format 'uri'"
     ]
+
+
+def test_unknown_keywords_holding_schema_like_values_do_not_break_the_check() -> None:
+    odd = {"type": "object", "x-note": {"properties": 1, "required": "a"}, "properties": {"a": {"type": "string"}},
+           "required": "a", "additionalProperties": False}  # fmt: skip
+    for dialect in ("openai_strict", "vllm", "full"):
+        assert isinstance(dialect_gaps(odd, dialect), list)
+    assert any("every property must be required" in g for g in dialect_gaps(odd, "openai_strict"))

@@ -45,3 +45,18 @@ def test_json_scalars_parse_and_are_left_to_the_validator() -> None:
 
 def test_dumps_compact_has_no_whitespace_and_keeps_unicode() -> None:
     assert dumps_compact({"a": [1, 2], "b": "München"}) == '{"a":[1,2],"b":"München"}'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"total": NaN}',
+        '{"total": Infinity}',
+        '{"total": -Infinity}',
+        '{"name": "\\ud800"}',
+        '{"items": [{"deep": [NaN]}]}',
+    ],  # fmt: skip
+)
+def test_values_json_cannot_carry_are_no_answer(text: str) -> None:
+    with pytest.raises(OutputNotJSON, match="JSON cannot carry|is not JSON|could not be repaired"):
+        parse_output(text)

@@ -108,5 +108,5 @@ async def test_adaptive_limit_is_exported_and_cut_by_a_timeout() -> None:
     with pytest.raises(UpstreamTimeout):
         await local.complete(BackendRequest(messages=[]))
     assert sample(metrics.registry, "extraction_backend_concurrency_limit", backend="b") == 2
-    with pytest.raises(ValueError, match="initial is above max_concurrency"):
+    with pytest.raises(ValueError, match="must not exceed max_concurrency"):
         BackendConfig(name="x", model="m", max_concurrency=2, adaptive_concurrency={"initial": 4})  # type: ignore[arg-type]

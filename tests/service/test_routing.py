@@ -52,3 +52,11 @@ def test_a_route_to_an_adapter_not_on_disk_waits_for_it(tmp_path: Path) -> None:
     state = AppState.build(Settings(config=config), FakeBackend)  # type: ignore[call-arg]
     assert route(state.settings, state.tasks["receipt"]).name == "ft-b"
     assert route(state.settings, state.tasks["invoice"]).name == "prompted"  # a-lora is not trained yet
+
+
+def test_the_adhoc_name_is_reserved(tmp_path: Path) -> None:
+    from service.tasks import TaskLoadError, load_tasks
+
+    (tmp_path / "adhoc.yaml").write_text("name: adhoc\nschema: {type: object}\n")
+    with pytest.raises(TaskLoadError, match="reserved for ad-hoc schemas"):
+        load_tasks(tmp_path)

@@ -118,3 +118,25 @@ def test_dtype_follows_the_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) -> No
     assert cmd[cmd.index("--dtype") + 1] == "float32"
     with pytest.raises(ValidationError, match="dtype"):
         VllmServer(dtype="bf17")  # type: ignore[arg-type]
+
+
+def test_eager_mode_by_default_only_on_cpus_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backends.local.vllm as manager
+    from backends.local.hardware import parse_cpuinfo
+
+    monkeypatch.setattr(manager, "detect_device", lambda setting="auto": "cpu")
+    monkeypatch.setattr(manager, "read_cpu", lambda: parse_cpuinfo("flags: avx2 fma\n", cores=2))
+    assert "--enforce-eager" in VllmProcess(VllmServer()).command(Path("/p"), [])
+    assert "--enforce-eager" not in VllmProcess(VllmServer(enforce_eager=False)).command(Path("/p"), [])
+    monkeypatch.setattr(manager, "read_cpu", lambda: parse_cpuinfo("flags: avx2 amx_bf16\n", cores=2))
+    assert "--enforce-eager" not in VllmProcess(VllmServer()).command(Path("/p"), [])
+    monkeypatch.setattr(manager, "detect_device", lambda setting="auto": "gpu")
+    assert "--enforce-eager" not in VllmProcess(VllmServer()).command(Path("/p"), [])
+    assert "--enforce-eager" in VllmProcess(VllmServer(enforce_eager=True)).command(Path("/p"), [])
+
+
+def test_the_managed_server_is_recognised_by_its_url() -> None:
+    cfg = VllmServer(port=8000)
+    assert cfg.serves("http://127.0.0.1:8000/v1") and cfg.serves("http://localhost:8000/v1/")
+    assert not cfg.serves("http://127.0.0.1:8001/v1") and not cfg.serves("http://10.0.0.5:8000/v1")
+    assert not cfg.serves(None) and not cfg.serves("http://127.0.0.1:8000/other")

@@ -25,5 +25,12 @@ def test_a_plugin_that_cannot_import_is_skipped_with_the_fix(monkeypatch: pytest
     monkeypatch.setattr(plugins, "discover", lambda: [broken, good])
     fresh = typer.Typer()
     failed = plugins.load_plugins(fresh)
-    assert set(failed) == {"training"} and "extraction-service[training]" in failed["training"]
+    assert set(failed) == {"training"} and "extraction-service[train]" in failed["training"]
     assert [c.name for c in fresh.registered_commands] == ["loadtest"]
+
+
+def test_a_plugin_whose_register_fails_does_not_take_the_cli_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = EntryPoint(name="loadtest", value="json:loads", group=plugins.GROUP)  # register(app) raises TypeError
+    monkeypatch.setattr(plugins, "discover", lambda: [bad])
+    failed = plugins.load_plugins(typer.Typer())
+    assert "register() failed" in failed["loadtest"]

@@ -32,6 +32,7 @@ from service.errors import (
 )
 from service.metrics import Metrics, sample
 from service.pipeline.extractor import Extractor
+from service.pipeline.spend import Spend
 from service.state import AppState
 from tests.fakes import FakeBackend
 
@@ -281,3 +282,48 @@ async def test_null_fields_are_counted(harness: Callable[..., Harness]) -> None:
     await h.extractor.extract("x", task="invoice")
     assert h.count("extraction_field_null_total", task="invoice", field="company") == 1
     assert h.count("extraction_field_null_total", task="invoice", field="currency") == 0
+
+
+async def test_max_cost_covers_the_whole_fallback_chain(harness: Callable[..., Harness]) -> None:
+    h = harness(fallback=["other"], max_attempts=1, max_output_tokens=100)
+    h.backend("main").enqueue(WRONG_TYPE)  # 700 in + 150 out at 0.003/0.006: $0.003 spent, then no valid answer
+    with pytest.raises(BudgetExceeded) as e:
+        await h.extractor.extract("Invoice ...", task="invoice", options=ExtractOptions(max_cost_usd=0.0045))
+    assert h.backend("other").requests == []  # the next backend's attempt could pass what is left
+    assert e.value.spend is not None and e.value.spend.answers == 1
+    assert e.value.details["cost_usd"] == pytest.approx(0.003)
+
+
+async def test_the_chain_skips_backends_the_caller_may_not_use(harness: Callable[..., Harness]) -> None:
+    h = harness(fallback=["other"], max_attempts=1)
+    h.backend("main").enqueue(WRONG_TYPE)
+    with pytest.raises(SchemaValidationFailed):
+        await h.extractor.extract("Invoice ...", task="invoice", may_use=lambda name: name != "other")
+    assert h.backend("other").requests == []
+
+
+async def test_every_billed_answer_is_reported_even_when_the_request_is_cancelled(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness()
+    hold = asyncio.Event()
+
+    class Hang(FakeBackend):
+        async def complete(self, request):  # type: ignore[no-untyped-def]
+            if len(self.requests) >= 1:
+                self.requests.append(request)
+                await hold.wait()  # the re-ask never answers
+            return await super().complete(request)
+
+    backends = {**h.state.backends, "main": Hang(h.state.settings.backends["main"])}
+    backends["main"].enqueue(WRONG_TYPE)  # type: ignore[attr-defined]
+    extractor = Extractor(h.state.settings, backends, h.metrics, h.state.tasks)
+    billed: list[Spend] = []
+    work = asyncio.ensure_future(extractor.extract("Invoice ...", task="invoice", on_spend=billed.append))
+    while len(backends["main"].requests) < 2:  # type: ignore[attr-defined]
+        await asyncio.sleep(0)  # yield to the extraction until its re-ask is in flight
+    work.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await work
+    assert [(s.answers, s.usage) for s in billed] == [(1, Usage(700, 150))]  # the first answer was billed
+    assert h.count("extraction_requests_total", task="invoice", backend="main", outcome="cancelled") == 1
