@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from backends.base import BackendRequest, BackendResponse, Usage
 from backends.config import Endpoint
@@ -38,3 +39,20 @@ class FakeBackend:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def fake_state(max_attempts: int) -> Any:
+    """An AppState on the shipped tasks with one FakeBackend `main` (for property tests, built once per caller)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from service.config import DEFAULT_CONFIG, Settings
+    from service.state import AppState
+
+    config = Path(tempfile.mkdtemp(prefix="fake-state-")) / "config.yaml"
+    config.write_text(json.dumps({
+        "default_backend": "main", "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
+        "backends": {"main": {"kind": "vllm", "model": "m", "max_attempts": max_attempts}},
+    }))  # fmt: skip
+    return AppState.build(Settings(config=config), FakeBackend)  # type: ignore[call-arg]

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from service.config import DEFAULT_CONFIG, Settings
 from service.errors import SchemaValidationFailed
 from service.parsing import OutputNotJSON, parse_output
 from service.state import AppState
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, fake_state
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -61,12 +58,7 @@ MODEL_TEXT = st.one_of(
 
 @cache
 def pipeline() -> AppState:
-    config = Path(tempfile.mkdtemp(prefix="props-")) / "config.yaml"
-    config.write_text(json.dumps({
-        "default_backend": "main", "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
-        "backends": {"main": {"kind": "vllm", "model": "m", "max_attempts": 3}},
-    }))  # fmt: skip
-    return AppState.build(Settings(config=config), FakeBackend)  # type: ignore[call-arg]
+    return fake_state(max_attempts=3)  # type: ignore[no-any-return]
 
 
 @given(st.lists(MODEL_TEXT, min_size=3, max_size=3))

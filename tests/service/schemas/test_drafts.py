@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -24,10 +23,10 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
 from service.api_models import ExtractOptions
-from service.config import DEFAULT_CONFIG, Settings
+from service.config import Settings
 from service.errors import InvalidSchema, SchemaValidationFailed
 from service.state import AppState
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, fake_state
 from tests.service.schemas.conftest import Service
 
 pytestmark = pytest.mark.integration
@@ -266,12 +265,7 @@ VALUES = st.recursive(
 
 @cache
 def pipeline() -> AppState:
-    config = Path(tempfile.mkdtemp(prefix="drafts-")) / "config.yaml"
-    config.write_text(json.dumps({
-        "default_backend": "main", "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
-        "backends": {"main": {"kind": "vllm", "model": "m", "max_attempts": 1}},
-    }))  # fmt: skip
-    return AppState.build(Settings(config=config), FakeBackend)  # type: ignore[call-arg]
+    return fake_state(max_attempts=1)  # type: ignore[no-any-return]
 
 
 @given(SCHEMAS, VALUES)
