@@ -5,6 +5,7 @@
     limits      text limits: characters, tokens with the backend's tokenizer, the context window
     attempts    prompt -> call -> parse -> validate -> re-ask, budget, PII, for one backend
     structured  what is sent as `response_format` (the backend's engine profile decides)
+    checks      ad-hoc schemas checked and compiled, answers parsed and validated: off the loop when costly
     resilient   a Backend wrapped in retries, a circuit breaker and a bulkhead (the same interface)
     spend       what a request consumed, one value that adds up, carried by results and errors
     failures    backend errors and exhausted attempts as API errors
