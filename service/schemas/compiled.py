@@ -183,6 +183,11 @@ class SchemaCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entries(self) -> list[CompiledSchema]:
+        """The cached schemas, least recently used first."""
+        with self._lock:
+            return list(self._entries.values())
+
     def get(self, key: str) -> CompiledSchema | None:
         with self._lock:
             compiled = self._entries.get(key)

@@ -233,7 +233,7 @@ def test_structured_output_decisions_stay_small(make_service: Callable[..., Serv
     svc = make_service()
     schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(400)}}  # none required
     assert svc.adhoc(schema, "{}").json()["structured_output"] == "json_object"
-    [compiled] = svc.state.extractor.checks.cache._entries.values()
+    [compiled] = svc.state.extractor.checks.cache.entries()
     [decision] = compiled.memo.values()
     assert decision.reason == "engine" and len(decision.gaps) <= MAX_GAPS
 
