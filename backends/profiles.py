@@ -39,7 +39,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "prefixItems",
         }
     ),
-    # vLLM with xgrammar (what `extraction local` starts): its converter rejects or drops these (vLLM's own
+    # vLLM with xgrammar (what `extraction vllm up` starts): its converter rejects or drops these (vLLM's own
     # `has_xgrammar_unsupported_json_features` lists multipleOf, uniqueItems, contains, min/maxContains,
     # patternProperties, propertyNames), and has no conditionals, negation or dependencies.
     "vllm": frozenset(
