@@ -20,6 +20,8 @@ def ship(src: Path, dst: Path, max_bytes: int = MAX_BYTES) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
+    if not (src / "adapter_model.safetensors").is_file() or not (src / "training_card.json").is_file():
+        raise SystemExit(f"{src} is not a trained adapter folder (adapter_model.safetensors and training_card.json)")
     weights = load_file(str(src / "adapter_model.safetensors"))
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -39,3 +39,10 @@ def test_ship_refuses_an_adapter_over_the_budget_and_leaves_nothing(tmp_path: Pa
     with pytest.raises(SystemExit, match="over the 100-byte budget"):
         ship(adapter(tmp_path / "src", numel=4096), tmp_path / "shipped", max_bytes=100)
     assert not (tmp_path / "shipped").exists() and not (tmp_path / "shipped.partial").exists()
+
+
+def test_ship_names_what_is_missing(tmp_path: Path) -> None:
+    from training.ship import ship
+
+    with pytest.raises(SystemExit, match="not a trained adapter folder"):
+        ship(tmp_path, tmp_path / "shipped")
