@@ -30,6 +30,7 @@ class BackendRequest:
     temperature: float = 0.0
     timeout_s: float = 30.0
     extra_body: dict[str, Any] = field(default_factory=dict)
+    purpose: Literal["extract", "probe"] = "extract"  # probe: a one-token grammar check (service.pipeline.structured)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,8 +69,25 @@ class StructuredLimits(BaseModel):
     max_bytes: int | None = Field(32_768, ge=1, description="Compact JSON, UTF-8.")
     max_nodes: int | None = Field(1_000, ge=1, description="Objects in the schema document.")
     max_repeat: int | None = Field(
-        1_000, ge=1, description="Largest minLength/maxLength/minItems/maxItems/... or {m,n} in a pattern."
+        1_000,
+        ge=1,
+        description="Largest minLength/maxLength/minItems/maxItems/..., or a pattern's unrolled size (nested "
+        "{m,n} bounds multiply: `(a{1,100}b{1,100}){1,100}` is 20,000).",
     )
+    compile_budget_s: float | None = Field(
+        None,
+        ge=0,
+        description="The first request with a schema new to this backend first sends a one-token probe with the "
+        "grammar; when the engine has not answered it within this budget (or refuses the grammar), the schema "
+        "degrades to JSON mode + validation for this backend from then on, counted. None: 10 s for kind vllm, "
+        "off for hosted APIs; 0: off.",
+    )
+
+    def probe_budget(self, kind: str) -> float:
+        """Seconds the grammar probe may take for a backend of this kind (0: no probe)."""
+        if self.compile_budget_s is None:
+            return 10.0 if kind == "vllm" else 0.0
+        return self.compile_budget_s
 
 
 class BackendPolicy(BaseModel):

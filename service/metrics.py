@@ -53,6 +53,13 @@ class Metrics:
         self.json_repairs = Counter(
             "extraction_json_repairs", "Outputs that needed json-repair to parse.", ["backend"], registry=r
         )
+        self.grammar_probes = Counter(
+            "extraction_grammar_probes",
+            "One-token probes sent with a schema new to a backend, by outcome: ok, slow (past "
+            "structured_limits.compile_budget_s), rejected (the engine refused the grammar), error (undecided).",
+            ["backend", "outcome"],
+            registry=r,
+        )
         self.structured_degraded = Counter(
             "extraction_structured_output_degraded",
             "Requests sent in JSON mode because the backend's engine cannot enforce the schema.",

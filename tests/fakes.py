@@ -15,14 +15,20 @@ class FakeBackend:
         self.config = config
         self.queue: deque[str | BackendResponse | Exception] = deque()
         self.requests: list[BackendRequest] = []
+        self.probes: list[BackendRequest] = []  # grammar probes, answered apart from the queue
+        self.probe_answer: str | Exception = "{}"
         self.closed = False
 
     def enqueue(self, *items: str | BackendResponse | Exception) -> None:
         self.queue.extend(items)
 
     async def complete(self, request: BackendRequest) -> BackendResponse:
-        self.requests.append(request)
-        item = self.queue.popleft()
+        if request.purpose == "probe":
+            self.probes.append(request)
+            item: str | BackendResponse | Exception = self.probe_answer
+        else:
+            self.requests.append(request)
+            item = self.queue.popleft()
         if isinstance(item, Exception):
             raise item
         if isinstance(item, BackendResponse):

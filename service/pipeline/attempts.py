@@ -127,7 +127,7 @@ class Attempts:
         deadline_at: float,
         tally: _Tally,
     ) -> Answer:
-        mode, strict = self.modes.mode(cfg, task)
+        mode, strict = await self.modes.mode(cfg, task, backend.inner)
         compiled = task.compiled
         last_text, last_issues = "", list[Issue]()
         for attempt in range(1, max_attempts + 1):

@@ -8,16 +8,29 @@ engine's profile (`backends.profiles`) enforces every keyword in it, and (3) it 
 Otherwise the request degrades explicitly to JSON mode + validation + re-ask: logged once per schema and
 backend, counted per request in extraction_structured_output_degraded_total. The decision is made once per
 schema and backend and kept with the compiled schema, so it is evicted with it.
+
+The static limits cannot foresee every slow grammar, so a schema that passes them is also tried at run time:
+the first request with it sends a one-token probe with the grammar to the backend (`compile_budget_s`,
+default 10 s for vLLM). vLLM compiles grammars in a thread pool of (cores + 1) // 2 workers that every
+structured request passes through (one worker on 2 cores), so a grammar that takes long holds the others; a
+probe that has not come back within the budget, or that the engine refuses (400), degrades that schema to JSON
+mode + validation for that backend from then on (reason "compile_time" or "rejected"), counted in
+extraction_grammar_probes_total and, per request, in extraction_structured_output_degraded_total. Concurrent
+requests with the same new schema wait for the one probe. A probe that fails for another reason (server down)
+decides nothing; the request goes on and meets that error itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 
-from backends.base import StructuredMode
+from backends.base import Backend, BackendRequest, StructuredMode
+from backends.errors import BackendError, UpstreamTimeout
 from backends.profiles import dialect_gaps
 from service.config import BackendConfig
 from service.metrics import Metrics
@@ -35,7 +48,7 @@ MAX_GAPS = 10  # reasons kept per decision (a schema can have one per property)
 class Decision:
     mode: StructuredMode
     strict: bool
-    reason: str | None = None  # why it degraded: "draft", "engine", "size" or "error"
+    reason: str | None = None  # why it degraded: "draft", "engine", "size", "error", "compile_time", "rejected"
     gaps: tuple[str, ...] = ()
 
 
@@ -79,9 +92,13 @@ class StructuredModes:
         for cfg in self.backends.values():
             self._decision(cfg, compiled, task)
 
-    def mode(self, cfg: BackendConfig, task: Task) -> tuple[StructuredMode, bool]:
-        """(mode, strict) for this backend and task's schema."""
+    async def mode(self, cfg: BackendConfig, task: Task, backend: Backend | None = None) -> tuple[StructuredMode, bool]:
+        """(mode, strict) for this backend and task's schema; with `backend`, a schema new to it is probed first
+        (see the module's docstring)."""
         decision = self._decision(cfg, task.compiled, task.name)
+        budget = cfg.structured_limits.probe_budget(cfg.kind)
+        if decision.mode == "json_schema" and backend is not None and budget > 0:
+            decision = await self._probed(cfg, task, backend, budget, decision)
         if decision.reason is not None:
             self.metrics.structured_degraded.labels(cfg.name, task.name).inc()
         return decision.mode, decision.strict
@@ -105,4 +122,80 @@ class StructuredModes:
                     gaps=list(decision.gaps[:5]),
                     fallback="json_object + validation + re-ask",
                 )
+        return decision
+
+    async def _probed(
+        self, cfg: BackendConfig, task: Task, backend: Backend, budget: float, static: Decision
+    ) -> Decision:
+        key = f"probe:{cfg.name}"
+        memo = task.compiled.memo
+        known = memo.get(key)
+        if isinstance(known, Decision):
+            return known
+        loop = asyncio.get_running_loop()
+        if isinstance(known, asyncio.Task) and known.get_loop() is loop:
+            probe: asyncio.Task[Decision | None] = known
+        else:
+            probe = loop.create_task(self._probe(cfg, task, backend, budget, static))
+            memo[key] = probe
+        try:
+            result = await asyncio.shield(probe)
+        finally:
+            if probe.done() and memo.get(key) is probe:
+                outcome = None if probe.cancelled() or probe.exception() else probe.result()
+                if outcome is None:
+                    memo.pop(key, None)  # undecided: the next request probes again
+                else:
+                    memo[key] = outcome
+        return result or static
+
+    async def _probe(
+        self, cfg: BackendConfig, task: Task, backend: Backend, budget: float, static: Decision
+    ) -> Decision | None:
+        request = BackendRequest(
+            messages=[{"role": "user", "content": "{}"}],
+            schema=task.json_schema,
+            schema_name=task.name,
+            mode="json_schema",
+            strict=static.strict,
+            max_output_tokens=1,
+            temperature=0.0,
+            timeout_s=budget,
+            purpose="probe",
+        )
+        started = time.monotonic()
+        decision: Decision | None = static
+        try:
+            async with asyncio.timeout(budget):
+                await backend.complete(request)
+            outcome = "ok"
+        except (TimeoutError, UpstreamTimeout):
+            outcome = "slow"
+            decision = Decision(
+                "json_object",
+                False,
+                "compile_time",
+                (f"no answer to a one-token probe with the schema's grammar within "
+                 f"backends.{cfg.name}.structured_limits.compile_budget_s ({budget:g} s)",),
+            )  # fmt: skip
+        except BackendError as e:
+            if e.status_code in (400, 422):
+                outcome = "rejected"
+                decision = Decision(
+                    "json_object", False, "rejected", (clip(f"the engine refused the grammar: {e.message}"),)
+                )
+            else:
+                outcome, decision = "error", None
+        except Exception:  # never a 500 from a probe: decide nothing, the request goes on
+            log.exception("grammar_probe_failed", backend=cfg.name, task=task.name)
+            outcome, decision = "error", None
+        self.metrics.grammar_probes.labels(cfg.name, outcome).inc()
+        (log.info if outcome == "ok" else log.warning)(
+            "grammar_probe",
+            backend=cfg.name,
+            task=task.name,
+            outcome=outcome,
+            seconds=round(time.monotonic() - started, 3),
+            **({"fallback": "json_object + validation + re-ask"} if decision and decision.reason else {}),
+        )
         return decision
