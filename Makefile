@@ -7,7 +7,7 @@ PORT ?= 8080
 # The CPU build of torch (a wheel on this machine's disk); set TORCH_SPEC=torch for a GPU build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install local-stack prometheus demo down test test-unit lint format typecheck serve clean
+.PHONY: install local-stack prometheus demo down test test-unit lint format typecheck serve clean adapters
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ local-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 
 demo: local-stack  ## THE MAIN JOB: vLLM + the API on the embedded default, sample extractions, then serve
 	$(BIN)/extraction demo --port $(PORT)
+
+adapters: install  ## rebuild the shipped adapters in training/adapters from ../shared/data (CPU: about 2 h, see README)
+	$(BIN)/extraction model prepare
+	$(BIN)/python -m training.recipes $(RECIPES)
 
 down:  ## stop the vLLM server started by demo / vllm up
 	$(BIN)/extraction vllm down
