@@ -8,12 +8,14 @@ from typing import Any
 from backends.base import Backend, BackendRequest, BackendResponse, Usage
 from backends.config import Endpoint, Pricing
 
-# kind -> "module:Class". Both kinds share one implementation; they differ in config defaults only.
+# kind -> "module:Class". The kinds share one implementation; they differ in config defaults (and llama.cpp in
+# how an adapter is named: see OpenAIBackend).
 _REGISTRY: dict[str, str] = {
     "openai": "backends.openai_compat:OpenAIBackend",
     "vllm": "backends.openai_compat:OpenAIBackend",
+    "llamacpp": "backends.openai_compat:OpenAIBackend",
 }
-_EXTRAS = {"openai": "serve", "vllm": "serve"}
+_EXTRAS = {"openai": "serve", "vllm": "serve", "llamacpp": "serve"}
 
 
 def register(kind: str, target: str) -> None:

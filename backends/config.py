@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Kind = Literal["openai", "vllm"]
+Kind = Literal["openai", "vllm", "llamacpp"]
+LOCAL_KINDS = frozenset({"vllm", "llamacpp"})  # engines on this machine: no key, no retry of a timeout
 
 
 class Pricing(BaseModel):
@@ -27,7 +28,9 @@ class Endpoint(BaseModel):
     name: str = Field("", description="Filled from the key under `backends:`.")
     kind: Kind = "openai"
     base_url: str | None = Field(
-        None, description="None: OPENAI_BASE_URL for kind openai, http://127.0.0.1:8000/v1 for vllm."
+        None,
+        description="None: OPENAI_BASE_URL for kind openai, http://127.0.0.1:8000/v1 for vllm, "
+        "http://127.0.0.1:8001/v1 for llamacpp.",
     )
     model: str
     api_key_env: str | None = Field(

@@ -16,7 +16,7 @@ import orjson
 import structlog
 
 from backends.base import BackendRequest, BackendResponse, Usage
-from backends.config import Endpoint
+from backends.config import LOCAL_KINDS, Endpoint
 from backends.errors import (
     BackendError,
     BackendNotConfigured,
@@ -29,6 +29,8 @@ from backends.errors import (
 )
 
 DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_LLAMACPP_URL = "http://127.0.0.1:8001/v1"
+LORA_RECHECK_S = 30.0  # llama.cpp: how often an unknown adapter name sends us to /lora-adapters again
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 USER_AGENT = "extraction-service/0.1"
 SLACK_TOKENS = 1024  # above what a reply's usage could plausibly count: chat template, hidden system prompt
@@ -77,14 +79,16 @@ class OpenAIBackend:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
+        self._lora_ids: dict[str, int] | None = None  # llama.cpp: adapter name -> llama-server's id
+        self._lora_checked = -math.inf
 
     def _api_key(self) -> str:
         env = self.config.api_key_env or ("OPENAI_API_KEY" if self.config.kind == "openai" else None)
         key = os.environ.get(env) if env else None
         if key:
             return key
-        if self.config.kind == "vllm" and not self.config.api_key_env:
-            return "EMPTY"  # vLLM started without --api-key accepts any value
+        if self.config.kind in LOCAL_KINDS and not self.config.api_key_env:
+            return "EMPTY"  # a local server started without --api-key accepts any value
         raise BackendNotConfigured(
             f"backend {self.name!r} has no API key: set the environment variable {env} "
             f"or point api_key_env at one that holds the key",
@@ -103,6 +107,8 @@ class OpenAIBackend:
             url = self.config.base_url
         elif self.config.kind == "vllm":
             url = DEFAULT_VLLM_URL
+        elif self.config.kind == "llamacpp":
+            url = DEFAULT_LLAMACPP_URL
         else:
             url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL  # as the openai client does
         return url.rstrip("/")
@@ -173,9 +179,28 @@ class OpenAIBackend:
         except aiohttp.ClientError as e:
             raise UpstreamBadResponse(f"unusable upstream response: {_short(str(e))}", backend=self.name) from e
 
+    async def _llamacpp_fields(self, timeout_s: float) -> dict[str, Any]:
+        """llama-server has one model; an adapter is applied per request by id (`lora`), the backend's `model`
+        naming it (the server lists its adapters at /lora-adapters, files named NAME-DIGEST.gguf). A `model`
+        that names no adapter is the base model. Prompt-cache reuse is asked for explicitly."""
+        model = self.config.model
+        ids = self._lora_ids
+        if ids is None or (model not in ids and time.monotonic() - self._lora_checked > LORA_RECHECK_S):
+            root = self.base_url().removesuffix("/v1")
+            raw = await self._send("GET", "/lora-adapters", min(timeout_s, 5.0), base=root)
+            try:
+                ids = llamacpp_lora_ids(orjson.loads(raw))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise UpstreamBadResponse(f"unreadable /lora-adapters answer: {e}", backend=self.name) from e
+            self._lora_ids, self._lora_checked = ids, time.monotonic()
+        return {"cache_prompt": True, "lora": [{"id": ids[model], "scale": 1.0}] if model in ids else []}
+
     async def complete(self, request: BackendRequest) -> BackendResponse:
         started = time.perf_counter()
-        payload = orjson.dumps(self._body(request))
+        body = self._body(request)
+        if self.config.kind == "llamacpp":
+            body.update(await self._llamacpp_fields(request.timeout_s))
+        payload = orjson.dumps(body)
         raw = await self._send("POST", "/chat/completions", request.timeout_s, payload)
         try:
             completion = orjson.loads(raw)
@@ -295,3 +320,15 @@ def _error_message(raw: bytes) -> str:
 
 def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def llamacpp_lora_ids(listing: Any) -> dict[str, int]:
+    """{name: id} from llama-server's /lora-adapters answer ([{id, path, scale}, ...]); a file NAME-DIGEST.gguf
+    (16 hex digits, as `extraction llamacpp up` converts them) or NAME.gguf is named NAME."""
+    ids: dict[str, int] = {}
+    for entry in listing:
+        stem = str(entry["path"]).replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
+        name, _, digest = stem.rpartition("-")
+        is_digest = len(digest) == 16 and all(c in "0123456789abcdef" for c in digest)
+        ids[name if name and is_digest else stem] = int(entry["id"])
+    return ids

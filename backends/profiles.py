@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-SchemaDialect = Literal["openai_strict", "vllm", "full"]
+SchemaDialect = Literal["openai_strict", "vllm", "llamacpp", "full"]
 
 
 def default_dialect(kind: str) -> SchemaDialect:
-    """The profile a backend kind gets unless configured: OpenAI's strict mode, or vLLM's grammars."""
-    return "openai_strict" if kind == "openai" else "vllm"
+    """The profile a backend kind gets unless configured: OpenAI's strict mode, vLLM's or llama.cpp's grammars."""
+    return {"openai": "openai_strict", "llamacpp": "llamacpp"}.get(kind, "vllm")  # type: ignore[return-value]
 
 
 # Keywords each structured-output engine rejects or cannot enforce, so a request carrying them would fail
@@ -62,6 +62,29 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "maxContains",
         }
     ),
+    # llama.cpp's json-schema-to-grammar (common/json-schema-to-grammar.cpp): no conditionals, negation,
+    # dependencies or property-name rules; `oneOf` becomes `anyOf` (validation enforces exactly one), an
+    # unsupported `pattern` is accepted as any string with a warning (validation enforces it).
+    "llamacpp": frozenset(
+        {
+            "not",
+            "if",
+            "then",
+            "else",
+            "dependentRequired",
+            "dependentSchemas",
+            "unevaluatedProperties",
+            "unevaluatedItems",
+            "$dynamicRef",
+            "propertyNames",
+            "patternProperties",
+            "multipleOf",
+            "uniqueItems",
+            "contains",
+            "minContains",
+            "maxContains",
+        }
+    ),
     "full": frozenset(),
 }
 
@@ -87,6 +110,7 @@ FORMATS: dict[str, frozenset[str]] = {
             "relative-json-pointer",
         }
     ),  # fmt: skip
+    "llamacpp": frozenset({"date", "time", "date-time", "uuid"}),
 }
 # OpenAI's documented limits for strict schemas: object nesting, properties, enum values.
 OPENAI_MAX_NESTING, OPENAI_MAX_PROPERTIES, OPENAI_MAX_ENUM_VALUES = 10, 5000, 1000

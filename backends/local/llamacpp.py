@@ -1,0 +1,250 @@
+"""Run llama.cpp's `llama-server` as a local engine beside vLLM: built once per CPU, GGUF models as they ship,
+peft LoRA adapters converted to GGUF and applied per request, JSON Schema enforced by its grammar.
+
+    extraction llamacpp install | up | down | status
+
+Why `llama-server` and not llama-cpp-python's server: it decodes several sequences at once (`--parallel`
+slots, continuous batching; llama-cpp-python's server runs one at a time), applies a different LoRA per
+request (`lora: [{id, scale}]`; llama-cpp-python binds one adapter to a model), keeps each slot's prompt
+cache, and runs without a Python GIL in the serving path. Neither has a binary on PyPI; the llama.cpp
+source comes from the llama-cpp-python sdist (the registry is the one source this project may reach), is
+compiled with cmake for this CPU (`-DGGML_NATIVE=ON`) and cached by CPU flags, so a different CPU builds its
+own. Loopback only: the API is the one public door.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf
+from backends.local.config import LlamaCppServer
+from backends.local.hardware import read_cpu
+from backends.local.process import ManagedServer, ServerError
+from backends.openai_compat import llamacpp_lora_ids
+
+SOURCE = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp (tools/server, quantize, conversion scripts)
+TARGETS = ("llama-server", "llama-quantize")
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_WEBUI=OFF",
+)  # fmt: skip
+
+
+class LlamaCppError(ServerError):
+    """llama.cpp cannot be built, started or driven; the message says why and what to do."""
+
+
+def build_key() -> str:
+    """The cache key of a build: the source and the CPU features a native build compiles for."""
+    cpu = read_cpu()
+    digest = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:12]
+    return f"{SOURCE.split('==')[1]}-{cpu.arch}-{digest}"
+
+
+def home() -> Path:
+    return cache_dir() / "llamacpp" / build_key()
+
+
+def binary(name: str = "llama-server") -> Path:
+    return home() / "bin" / name
+
+
+def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None) -> Path:
+    """The folder with `bin/llama-server`, `bin/llama-quantize` and the conversion scripts; built on first use
+    (about 20 minutes on 2 cores), then reused on any machine with the same CPU flags."""
+    root = home()
+    marker = root / ".extraction-built"
+    if marker.is_file() and all((root / "bin" / t).is_file() for t in TARGETS):
+        return root
+    started = time.monotonic()
+    work = root.parent / f"{root.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log(f"building llama.cpp from {SOURCE} (sdist) for this CPU into {root} (once; many minutes on few cores)")
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SOURCE]
+    if subprocess.run([*pip, "-d", str(work)]).returncode != 0:
+        raise LlamaCppError(f"could not download the {SOURCE} sdist from the package index")
+    (sdist,) = work.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work, filter="data")
+    src = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
+    build = src / "build"
+    steps = [
+        ["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
+        ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs or os.cpu_count() or 1)],
+    ]
+    with (work / "build.log").open("wb") as out:
+        for step in steps:
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise LlamaCppError(f"building llama.cpp failed at: {' '.join(step)}; see {work / 'build.log'}")
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "bin").mkdir(parents=True)
+    for target in TARGETS:
+        shutil.copy2(build / "bin" / target, root / "bin" / target)
+    for part in ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion", "gguf-py"):
+        copy = shutil.copytree if (src / part).is_dir() else shutil.copy2
+        copy(src / part, root / part)
+    shutil.copy2(work / "build.log", root / "build.log")
+    seconds = time.monotonic() - started
+    marker.write_text(json.dumps({"source": SOURCE, "seconds": round(seconds), "cpu": read_cpu().as_dict()}))
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"llama.cpp built in {seconds / 60:.1f} min: {root / 'bin'}")
+    return root
+
+
+def adapter_gguf(name: str, path: Path, base: Path | None = None) -> Path:
+    """A GGUF LoRA for `path`: the file itself, or a peft folder converted once (f16, cached by content)."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file() or not (path / "adapter_config.json").is_file():
+        raise LlamaCppError(f"{path} is neither a GGUF LoRA file nor a peft adapter folder")
+    digest = hashlib.sha256(weights.read_bytes() + (path / "adapter_config.json").read_bytes()).hexdigest()[:16]
+    out = cache_dir() / "llamacpp" / "lora" / f"{name}-{digest}.gguf"
+    if out.is_file():
+        return out
+    root = ensure_llama_cpp()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    command = [
+        sys.executable, str(root / "convert_lora_to_gguf.py"), str(path),
+        "--base", str(base or default_model_dir()), "--outtype", "f16", "--outfile", str(partial),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise LlamaCppError(f"converting {path} to a GGUF LoRA failed:\n{result.stderr[-2000:]}")
+    partial.rename(out)
+    return out
+
+
+def quantize(source: Path, kind: str, out: Path) -> Path:
+    """`source` GGUF re-quantised to `kind` (Q8_0, Q4_K_M, ...) with llama-quantize; kept when present."""
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    tool = ensure_llama_cpp() / "bin" / "llama-quantize"
+    result = subprocess.run([str(tool), "--allow-requantize", str(source), str(partial), kind], capture_output=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise LlamaCppError(f"llama-quantize {kind} failed: {result.stderr[-1000:].decode(errors='replace')}")
+    partial.rename(out)
+    return out
+
+
+def convert_hf(model_dir: Path, outtype: str, out: Path) -> Path:
+    """A Hugging Face folder as GGUF (`f16`, `bf16`, `q8_0`, `f32`) with llama.cpp's converter; kept when present."""
+    if out.is_file():
+        return out
+    root = ensure_llama_cpp()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    command = [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
+               "--outfile", str(partial)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise LlamaCppError(f"converting {model_dir} to GGUF failed:\n{result.stderr[-2000:]}")
+    partial.rename(out)
+    return out
+
+
+class LlamaCppProcess(ManagedServer):
+    """One llama-server, identified by its port; pid and log in the cache's run folder."""
+
+    label = "llama.cpp"
+
+    def __init__(self, cfg: LlamaCppServer, config_dir: Path | None = None) -> None:
+        super().__init__(cfg.host, cfg.port, cfg.startup_timeout_s)
+        self.cfg = cfg
+        self.config_dir = config_dir or Path.cwd()
+
+    def error(self, message: str) -> ServerError:
+        return LlamaCppError(message)
+
+    def model_path(self) -> Path:
+        return Path(os.path.expanduser(self.cfg.model)) if self.cfg.model else packaged_gguf()
+
+    def threads(self) -> int:
+        if self.cfg.threads:
+            return self.cfg.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def adapters(self) -> tuple[dict[str, Path], list[str]]:
+        """Configured adapters that exist, as {name: folder or file}, and the names whose path is missing."""
+        present: dict[str, Path] = {}
+        missing: list[str] = []
+        for name, raw in self.cfg.adapters.items():
+            path = Path(os.path.expandvars(os.path.expanduser(raw)))
+            path = (path if path.is_absolute() else self.config_dir / path).resolve()
+            if path.is_file() or (path / "adapter_config.json").is_file():
+                present[name] = path
+            else:
+                missing.append(name)
+        return present, missing
+
+    def command(self, server: Path, loras: dict[str, Path]) -> list[str]:
+        cfg = self.cfg
+        cmd = [
+            str(server), "--model", str(self.model_path()), "--host", cfg.host, "--port", str(cfg.port),
+            "--ctx-size", str(cfg.ctx_size * cfg.parallel), "--parallel", str(cfg.parallel),
+            "--threads", str(self.threads()), "--threads-batch", str(self.threads()), "--no-webui",
+            "--metrics", "--jinja",
+        ]  # fmt: skip
+        if not cfg.cache_prompt:
+            cmd += ["--no-cache-prompt"]
+        for path in loras.values():
+            cmd += ["--lora", str(path)]
+        if loras:
+            cmd += ["--lora-init-without-apply"]  # base model unless a request names an adapter
+        return cmd + list(cfg.extra_args)
+
+    def start(self, log: Callable[[str], None] = print) -> int:
+        if (pid := self.running_already(log)) is not None:
+            return pid
+        model = self.model_path()
+        if not model.is_file():
+            raise LlamaCppError(f"no GGUF model at {model}")
+        present, missing = self.adapters()
+        for name in missing:
+            log(f"adapter {name!r} not found: not served by llama.cpp until it exists")
+        root = ensure_llama_cpp(log)
+        loras = {name: adapter_gguf(name, path) for name, path in present.items()}
+        pid, seconds = self.launch(self.command(root / "bin" / "llama-server", loras), dict(os.environ))
+        log(f"llama.cpp ready at {self.url} in {seconds:.1f} s (pid {pid}, {model.name}, log {self.log_file})")
+        return pid
+
+    def lora_ids(self) -> dict[str, int]:
+        """Adapter name -> llama-server's id, from GET /lora-adapters (files are named NAME-DIGEST.gguf)."""
+        response = httpx.get(f"{self.url}/lora-adapters", timeout=5)
+        response.raise_for_status()
+        return llamacpp_lora_ids(response.json())
+
+    def status(self) -> dict[str, Any]:
+        healthy = self.healthy()
+        return {
+            "url": self.url,
+            "pid": self.pid(),
+            "healthy": healthy,
+            "model": str(self.model_path()),
+            "adapters": sorted(self.lora_ids()) if healthy else [],
+            "log": str(self.log_file),
+            "build": str(home()),
+            "cpu": read_cpu().as_dict(),
+        }

@@ -1,0 +1,125 @@
+"""llama.cpp as a local engine: the llama-server command, adapters by name, the build cache key, and the
+client selecting an adapter per request (real loopback HTTP against a stand-in that speaks llama-server's
+/lora-adapters and /v1/chat/completions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from backends import BackendRequest, Endpoint
+from backends.local import llamacpp
+from backends.local.config import LlamaCppServer
+from backends.local.hardware import CpuInfo
+from backends.local.llamacpp import LlamaCppProcess, build_key
+from backends.openai_compat import OpenAIBackend, llamacpp_lora_ids
+from backends.profiles import default_dialect, dialect_gaps
+from loadtest.mock_upstream import ServerThread
+from service.config import BackendConfig
+
+
+def test_command_serves_the_gguf_with_slots_adapters_off_by_default_and_the_prompt_cache(tmp_path: Path) -> None:
+    cfg = LlamaCppServer(model=str(tmp_path / "m.gguf"), port=8123, ctx_size=1024, parallel=3, threads=2)
+    loras = {"receipt-lora": tmp_path / "receipt-lora-0123456789abcdef.gguf"}
+    cmd = LlamaCppProcess(cfg, tmp_path).command(Path("/bin/llama-server"), loras)
+    joined = " ".join(cmd)
+    assert cmd[0] == "/bin/llama-server" and f"--model {tmp_path / 'm.gguf'}" in joined
+    assert "--host 127.0.0.1 --port 8123" in joined
+    assert "--ctx-size 3072 --parallel 3" in joined  # the context is shared by the slots
+    assert f"--lora {loras['receipt-lora']}" in joined and "--lora-init-without-apply" in cmd
+    assert "--no-cache-prompt" not in cmd
+    off = LlamaCppProcess(LlamaCppServer(cache_prompt=False), tmp_path).command(Path("s"), {})
+    assert "--no-cache-prompt" in off and "--lora-init-without-apply" not in off
+
+
+def test_adapters_split_into_present_and_missing_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text("{}")
+    (tmp_path / "b.gguf").write_bytes(b"GGUF")
+    cfg = LlamaCppServer(adapters={"a": "a", "b": str(tmp_path / "b.gguf"), "c": "nowhere"})
+    present, missing = LlamaCppProcess(cfg, tmp_path).adapters()
+    assert present == {"a": (tmp_path / "a").resolve(), "b": (tmp_path / "b.gguf").resolve()}
+    assert missing == ["c"]
+
+
+def test_a_native_build_is_cached_per_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cpu(flags: str) -> CpuInfo:
+        return CpuInfo(model="x", flags=frozenset(flags.split()), arch="x86_64", cores=2)
+
+    monkeypatch.setattr(llamacpp, "read_cpu", lambda: cpu("avx2 fma"))
+    avx2 = build_key()
+    monkeypatch.setattr(llamacpp, "read_cpu", lambda: cpu("avx2 fma avx512f amx_tile"))
+    assert build_key() != avx2 and build_key().startswith("0.3.36-x86_64-")
+
+
+def test_a_file_that_is_no_adapter_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(llamacpp.LlamaCppError, match="neither a GGUF LoRA file nor a peft adapter folder"):
+        llamacpp.adapter_gguf("x", tmp_path)
+
+
+def test_lora_ids_name_adapters_by_file_stem_without_the_digest() -> None:
+    listing = [
+        {"id": 0, "path": "/c/lora/receipt-lora-0123456789abcdef.gguf", "scale": 0.0},
+        {"id": 1, "path": "/x/my-own.gguf", "scale": 0.0},
+    ]
+    assert llamacpp_lora_ids(listing) == {"receipt-lora": 0, "my-own": 1}
+
+
+def test_llamacpp_kind_defaults_local_engine_policy() -> None:
+    cfg = BackendConfig(name="l", kind="llamacpp", model="smollm2-135m")
+    assert cfg.retry_timeouts is False and cfg.schema_dialect == "llamacpp"
+    assert cfg.structured_limits.probe_budget(cfg.kind) == 10.0
+    assert default_dialect("llamacpp") == "llamacpp"
+    assert dialect_gaps({"type": "string", "format": "email"}, "llamacpp") == ["/: format 'email'"]
+    assert dialect_gaps({"type": "string", "format": "date"}, "llamacpp") == []
+
+
+class LlamaServerStandIn:
+    """Speaks the two llama-server routes the client uses; records the chat bodies."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.adapters = [{"id": 0, "path": "/c/receipt-lora-0123456789abcdef.gguf", "scale": 0.0}]
+        self.listings = 0
+
+    async def lora(self, request: Request) -> JSONResponse:
+        self.listings += 1
+        return JSONResponse(self.adapters)
+
+    async def chat(self, request: Request) -> JSONResponse:
+        self.bodies.append(json.loads(await request.body()))
+        return JSONResponse({
+            "choices": [{"message": {"content": '{"a": "x"}'}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 5}},
+        })  # fmt: skip
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/lora-adapters", self.lora), Route("/v1/chat/completions", self.chat, methods=["POST"]),
+        ])  # fmt: skip
+
+
+async def test_the_client_applies_the_named_adapter_per_request_and_the_base_otherwise() -> None:
+    stand_in = LlamaServerStandIn()
+    request = BackendRequest(messages=[{"role": "user", "content": "hi"}], schema={"type": "object"})
+    with ServerThread(stand_in.app()) as server:
+        tuned = OpenAIBackend(Endpoint(name="t", kind="llamacpp", base_url=f"{server.url}/v1", model="receipt-lora"))
+        base = OpenAIBackend(Endpoint(name="b", kind="llamacpp", base_url=f"{server.url}/v1", model="smollm2-135m"))
+        try:
+            for _ in range(2):
+                await tuned.complete(request)
+            await base.complete(request)
+        finally:
+            await tuned.aclose()
+            await base.aclose()
+    assert [b["lora"] for b in stand_in.bodies] == [[{"id": 0, "scale": 1.0}]] * 2 + [[]]
+    assert all(b["cache_prompt"] is True and b["max_tokens"] == 512 for b in stand_in.bodies)
+    assert stand_in.bodies[0]["response_format"]["type"] == "json_schema"
+    assert stand_in.listings == 2  # once per client: the adapter ids are kept
