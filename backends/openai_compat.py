@@ -252,7 +252,10 @@ class OpenAIBackend:
             wrong[field] = _short(repr(value), 60)
         if wrong:
             log.warning("upstream_usage_estimated", backend=self.name, reported=wrong, estimated=counts)
-        return Usage(counts["prompt_tokens"], counts["completion_tokens"])
+        details = fields.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        plausible = isinstance(cached, int) and not isinstance(cached, bool) and 0 <= cached <= counts["prompt_tokens"]
+        return Usage(counts["prompt_tokens"], counts["completion_tokens"], cached if plausible else 0)  # type: ignore[arg-type]
 
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> BackendError:
         name = self.name

@@ -38,7 +38,11 @@ class Metrics:
             "extraction_attempts", "Calls to backends, by why the call was made.", ["backend", "reason"], registry=r
         )
         self.tokens = Counter(
-            "extraction_tokens", "Tokens billed, every attempt.", ["backend", "task", "direction"], registry=r
+            "extraction_tokens",
+            "Tokens billed, every attempt; direction input, output, and cached_input (the part of input the engine "
+            "reported served from its prefix cache).",
+            ["backend", "task", "direction"],
+            registry=r,
         )
         self.cost = Counter("extraction_cost_usd", "USD spent, every attempt.", ["backend", "task"], registry=r)
         self.inflight = Gauge(

@@ -169,6 +169,8 @@ class Attempts:
         m = self.metrics
         m.tokens.labels(cfg.name, task.name, "input").inc(usage.input_tokens)
         m.tokens.labels(cfg.name, task.name, "output").inc(usage.output_tokens)
+        if usage.cached_input_tokens:  # a subset of input: the prefix the engine did not compute again
+            m.tokens.labels(cfg.name, task.name, "cached_input").inc(usage.cached_input_tokens)
         m.cost.labels(cfg.name, task.name).inc(float(cost))
 
     async def _check(

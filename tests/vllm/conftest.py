@@ -69,8 +69,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "spare": {**local, "model": "spare-lora", "prompt_style": "finetuned"},
             "e2e": {**local, "model": "e2e-lora", "prompt_style": "finetuned"},
             # The run-time grammar guard alone: static limits off, a 1 s compile budget.
-            "guarded": {**local, "model": "smollm2-135m", "prompt_style": "few_shot",
-                        "structured_limits": {"max_repeat": None, "compile_budget_s": 1.0}},
+            "guarded": {
+                **local,
+                "model": "smollm2-135m",
+                "prompt_style": "few_shot",
+                "structured_limits": {"max_repeat": None, "compile_budget_s": 1.0},
+            },
         },
         retry={"deadline_s": 300},
     )

@@ -113,8 +113,7 @@ async def test_the_client_applies_the_named_adapter_per_request_and_the_base_oth
         tuned = OpenAIBackend(Endpoint(name="t", kind="llamacpp", base_url=f"{server.url}/v1", model="receipt-lora"))
         base = OpenAIBackend(Endpoint(name="b", kind="llamacpp", base_url=f"{server.url}/v1", model="smollm2-135m"))
         try:
-            for _ in range(2):
-                await tuned.complete(request)
+            answers = [await tuned.complete(request) for _ in range(2)]
             await base.complete(request)
         finally:
             await tuned.aclose()
@@ -123,3 +122,4 @@ async def test_the_client_applies_the_named_adapter_per_request_and_the_base_oth
     assert all(b["cache_prompt"] is True and b["max_tokens"] == 512 for b in stand_in.bodies)
     assert stand_in.bodies[0]["response_format"]["type"] == "json_schema"
     assert stand_in.listings == 2  # once per client: the adapter ids are kept
+    assert answers[0].usage.cached_input_tokens == 5  # the prefix llama-server reused from its cache
