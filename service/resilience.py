@@ -46,11 +46,15 @@ class Bulkhead:
         self._wake()
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, max_wait_s: float | None = None) -> AsyncIterator[None]:
+        """Hold a slot for the block. `max_wait_s`: this caller's own bound on the wait (below `max_wait_s` of
+        the bulkhead); 0 or less sheds at once when no slot is free."""
         if self.active >= self.limit or self._waiters:
             if self.waiting >= self.max_queue:
                 raise self._overloaded()
-            await self._wait_turn()
+            if max_wait_s is not None and max_wait_s <= 0:
+                raise self._overloaded("; a call now would not finish before the request's deadline")
+            await self._wait_turn(max_wait_s)
         else:
             self.active += 1
         try:
@@ -58,13 +62,15 @@ class Bulkhead:
         finally:
             self._release()
 
-    async def _wait_turn(self) -> None:
+    async def _wait_turn(self, own_wait_s: float | None = None) -> None:
         """Queue until a slot is handed over (`_wake` counts it as ours before we resume)."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(turn)
         self.waiting += 1
+        waits = [w for w in (self.max_wait_s, own_wait_s) if w is not None]
+        wait_s = min(waits) if waits else None
         try:
-            async with asyncio.timeout(self.max_wait_s):
+            async with asyncio.timeout(wait_s):
                 await turn
         except BaseException as e:
             if turn.done() and not turn.cancelled():
@@ -72,7 +78,9 @@ class Bulkhead:
             else:
                 turn.cancel()
             if isinstance(e, TimeoutError):
-                raise self._overloaded(f"; no slot within {self.max_wait_s:g} s") from None
+                why = (f"; no slot within {wait_s:g} s" if wait_s == self.max_wait_s
+                       else "; no slot in time to finish before the request's deadline")  # fmt: skip
+                raise self._overloaded(why) from None
             raise
         finally:
             self.waiting -= 1

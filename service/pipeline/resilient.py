@@ -29,6 +29,8 @@ from service.config import BackendConfig, RetryPolicy
 from service.metrics import Metrics
 from service.resilience import AdaptiveLimit, Bulkhead, CircuitBreaker
 
+LATENCY_WEIGHT = 0.2  # EWMA weight of the latest call in the latency estimate
+
 _RETRY_REASON: dict[type[BaseException] | None, str] = {
     UpstreamRateLimited: "retry_rate_limited",
     UpstreamServerError: "retry_server_error",
@@ -74,6 +76,7 @@ class ResilientBackend:
         self.circuit = CircuitBreaker(
             c.failure_threshold, c.reset_after_s, clock, error_rate=c.error_rate, window=c.window
         )
+        self._latency_s: float | None = None  # EWMA of answered calls, for deadline-aware admission
         metrics.circuit_state.labels(self.name).set(0)  # on the dashboard from the start, closed
         metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)
 
@@ -142,7 +145,7 @@ class ResilientBackend:
                 retry_after_s=breaker.retry_after_s(),
             )
         try:
-            async with self.bulkhead.slot():
+            async with self.bulkhead.slot(self._admission_wait(deadline_at)):
                 # Counted once it has a slot: a call shed by the bulkhead was never made.
                 self.metrics.attempts.labels(self.name, reason).inc()
                 if on_call is not None:
@@ -173,7 +176,18 @@ class ResilientBackend:
             self.metrics.circuit_state.labels(self.name).set(int(breaker.state))
         return response
 
+    def _admission_wait(self, deadline_at: float) -> float | None:
+        """How long this call may wait for a slot and still finish before its deadline, by the latency of recent
+        calls (an EWMA; None until one finished, or without adaptive admission). A call that could not finish
+        in time is shed with 503 now, not admitted to end as a 504 after the engine spent its work on it."""
+        if self.adaptive is None or self._latency_s is None or deadline_at == float("inf"):
+            return None
+        return deadline_at - time.monotonic() - self._latency_s
+
     def _observe(self, latency_s: float, failed: bool = False) -> None:
+        if not failed:
+            previous = self._latency_s
+            self._latency_s = latency_s if previous is None else previous + LATENCY_WEIGHT * (latency_s - previous)
         if self.adaptive is not None:
             self.adaptive.observe(latency_s, failed=failed)
             self.metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)

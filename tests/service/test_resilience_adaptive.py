@@ -110,3 +110,61 @@ async def test_adaptive_limit_is_exported_and_cut_by_a_timeout() -> None:
     assert sample(metrics.registry, "extraction_backend_concurrency_limit", backend="b") == 2
     with pytest.raises(ValueError, match="must not exceed max_concurrency"):
         BackendConfig(name="x", model="m", max_concurrency=2, adaptive_concurrency={"initial": 4})  # type: ignore[arg-type]
+
+
+async def test_a_caller_bound_below_the_bulkheads_wait_sheds_at_once_or_at_its_own_bound() -> None:
+    gate = Bulkhead(1, max_queue=5, what="b", max_wait_s=30)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    holder = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="would not finish before the request's deadline"):
+        async with gate.slot(max_wait_s=-1.0):
+            pass
+    with pytest.raises(Overloaded, match="no slot in time to finish before the request's deadline"):
+        async with gate.slot(max_wait_s=0.01):
+            pass
+    assert gate.waiting == 0
+    release.set()
+    await holder
+    async with gate.slot(max_wait_s=-1.0):  # a free slot is taken whatever the bound
+        assert gate.active == 1
+
+
+class Held(FakeBackend):
+    """Answers once `release` is set (a call the engine is still working on)."""
+
+    def __init__(self, config: object) -> None:
+        super().__init__(config)  # type: ignore[arg-type]
+        self.release = asyncio.Event()
+
+    async def complete(self, request: BackendRequest) -> object:  # type: ignore[override]
+        await self.release.wait()
+        return await super().complete(request)
+
+
+async def test_a_call_that_would_miss_its_deadline_is_shed_instead_of_queued() -> None:
+    cfg = BackendConfig.model_validate({"name": "b", "kind": "vllm", "model": "m", "max_concurrency": 1,
+                                        "adaptive_concurrency": {"initial": 1, "target_latency_s": 60}})  # fmt: skip
+    inner = Held(cfg.endpoint)
+    local = ResilientBackend(inner, cfg, RetryPolicy(), Metrics())
+    inner.enqueue('{"a": 1}', '{"a": 2}', '{"a": 3}')
+    loop = asyncio.get_running_loop()
+    inner.release.set()
+    assert (await local.complete(BackendRequest(messages=[]))).text == '{"a": 1}'  # latency known from here
+    inner.release.clear()
+    first = asyncio.ensure_future(local.complete(BackendRequest(messages=[]), deadline_at=loop.time() + 600))
+    await asyncio.sleep(0)
+    assert local.bulkhead.active == 1
+    # The only slot is busy; this one's deadline is already behind the engine's recent latency.
+    with pytest.raises(Overloaded, match="deadline"):
+        await local.complete(BackendRequest(messages=[]), deadline_at=loop.time() - 1)
+    waiter = asyncio.ensure_future(local.complete(BackendRequest(messages=[]), deadline_at=loop.time() + 600))
+    await asyncio.sleep(0)
+    assert local.bulkhead.waiting == 1  # a call with time to spare still queues
+    inner.release.set()
+    assert [(await first).text, (await waiter).text] == ['{"a": 2}', '{"a": 3}']

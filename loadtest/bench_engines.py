@@ -1,0 +1,220 @@
+"""vLLM-CPU against llama.cpp on the same receipts, through the service (numbers for the README, not a test).
+
+    python -m loadtest.bench_engines --data var/recipes/receipt/sroie/val.jsonl --limit 12 \\
+        --engines vllm llamacpp:Q4_1 llamacpp:Q8_0 llamacpp:F16 --concurrency 1 4 --out var/bench/engines
+
+Per engine: start-up to healthy; then the first `--limit` receipts through `/v1/extract` (task `receipt`, the
+few-shot prompt, the schema as grammar) at each concurrency: P50/P95 latency, requests/s, output tokens/s,
+field F1 against the gold labels, and the share of input tokens the engine served from its prefix cache (the
+instructions, schema and examples come first in every prompt, the document last). The decode ceiling is the
+measured memory bandwidth divided by the bytes of weights read per token (the model file: every weight is read
+once per decoded token). `vllm` runs with the dtype and eager mode `auto` picks here; `llamacpp:Q4_1` is the
+packaged GGUF as it ships; F16 and Q8_0 are made from the prepared model (itself dequantised from that Q4_1, so
+they cannot be better than it: they show the speed of the format, not a better model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.table import Table
+
+from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf, prepare
+from backends.local.config import LlamaCppServer, VllmServer
+from backends.local.llamacpp import LlamaCppProcess, convert_hf, ensure_llama_cpp, quantize
+from backends.local.vllm import VllmProcess, ensure_vllm
+from loadtest.machine import describe, machine
+from loadtest.mock_upstream import ServerThread
+from service.app import create_app
+from service.config import DEFAULT_CONFIG, Settings
+from service.terminal import console as make_console
+from training.metrics import Scores
+
+console = make_console(stderr=True)
+TASKS = DEFAULT_CONFIG.parent / "tasks"
+PORTS = {"vllm": 8310, "llamacpp": 8311}
+
+
+def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
+    """Memory bandwidth as numpy copies it (read + write), best of `repeats`: an upper bound on decode speed."""
+    import numpy as np
+
+    src = np.ones(size_mb * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = max(best, 2 * src.nbytes / (time.perf_counter() - t0) / 1e9)
+    return round(best, 1)
+
+
+def gguf_for(quant: str) -> Path:
+    if quant == "Q4_1":
+        return packaged_gguf()
+    models = cache_dir() / "llamacpp" / "models"
+    f16 = convert_hf(prepare(), "f16", models / "smollm2-135m-f16.gguf")
+    return f16 if quant == "F16" else quantize(f16, quant, models / f"smollm2-135m-{quant.lower()}.gguf")
+
+
+def start_engine(engine: str) -> tuple[Any, float, float, str]:
+    """(server, start-up seconds, weight bytes read per token, what runs)."""
+    kind, _, quant = engine.partition(":")
+    if kind == "vllm":
+        cfg = VllmServer(port=PORTS["vllm"], enable_lora=False, kv_cache_gib=2, max_model_len=2048)
+        server: Any = VllmProcess(cfg)
+        server.stop()
+        python = ensure_vllm(cfg)
+        t0 = time.monotonic()
+        server.start(python, log=console.print)
+        weights = sum(p.stat().st_size for p in default_model_dir().glob("*.safetensors"))
+        per_param = 4 if server.dtype() == "float32" else 2
+        return server, time.monotonic() - t0, weights / 2 * per_param, f"vLLM {server.dtype()}"  # stored in bf16
+    ensure_llama_cpp(log=console.print)
+    model = gguf_for(quant or "Q4_1")
+    server = LlamaCppProcess(LlamaCppServer(model=str(model), port=PORTS["llamacpp"], parallel=4))
+    server.stop()
+    t0 = time.monotonic()
+    server.start(log=console.print)
+    return server, time.monotonic() - t0, model.stat().st_size, f"llama.cpp {quant or 'Q4_1'}"
+
+
+def service_config(tmp: Path, engine: str) -> Path:
+    kind = engine.partition(":")[0]
+    backend = {
+        "kind": kind,
+        "base_url": f"http://127.0.0.1:{PORTS[kind]}/v1",
+        "model": "smollm2-135m",
+        "prompt_style": "few_shot",
+        "timeout_s": 600,
+        "max_attempts": 2,
+        "max_concurrency": 32,
+        "context_window": 2048,
+        "pricing": {"input_per_1k": 0.0002, "output_per_1k": 0.0002},
+    }
+    path = tmp / f"{kind}.yaml"
+    config = {"default_backend": "engine", "tasks_dir": str(TASKS), "backends": {"engine": backend},
+              "retry": {"deadline_s": 900}, "log_level": "warning"}  # fmt: skip
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    latencies: list[float] = []
+    answers: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    out_tokens = 0
+    failures = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal out_tokens, failures
+        while not queue.empty():
+            item = queue.get_nowait()
+            t0 = time.perf_counter()
+            r = await client.post("/v1/extract", json={"task": "receipt", "text": item["text"]})
+            latencies.append(time.perf_counter() - t0)
+            body = r.json()
+            if r.status_code == 200:
+                out_tokens += body["usage"]["output_tokens"]
+                answers.append((item["output"], body["data"]))
+            else:
+                failures += 1
+                answers.append((item["output"], None))
+
+    async with httpx.AsyncClient(base_url=url, timeout=1200) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    scores = Scores()
+    for gold, pred in answers:
+        scores.add(gold, pred, ["company", "date", "address", "total"])
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "items": len(items),
+        "failures": failures,
+        "p50_ms": round(statistics.median(latencies) * 1000),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))] * 1000),
+        "requests_per_s": round(len(items) / elapsed, 3),
+        "output_tok_per_s": round(out_tokens / elapsed, 1),
+        "field_f1": scores.micro.as_dict()["f1"],
+    }
+
+
+def cache_share(app: Any) -> float | None:
+    registry = app.state.extraction.metrics.registry
+    from service.metrics import sample
+
+    total = sample(registry, "extraction_tokens_total", backend="engine", task="receipt", direction="input")
+    cached = sample(registry, "extraction_tokens_total", backend="engine", task="receipt", direction="cached_input")
+    return round(cached / total, 3) if total else None
+
+
+def bench(
+    engine: str, items: list[dict[str, Any]], levels: list[int], tmp: Path, ceiling_gb_s: float
+) -> dict[str, Any]:
+    server, startup, bytes_per_token, what = start_engine(engine)
+    try:
+        app = create_app(Settings(config=service_config(tmp, engine)))
+        with ServerThread(app) as api:
+            asyncio.run(run_items(api.url, items[:1], 1))  # warm-up: first compile, first cache fill
+            rows = [asyncio.run(run_items(api.url, items, c)) for c in levels]
+            share = cache_share(app)
+    finally:
+        server.stop()
+    return {
+        "engine": engine,
+        "what": what,
+        "startup_s": round(startup, 1),
+        "weights_mb": round(bytes_per_token / 1e6, 1),
+        "decode_ceiling_tok_s": round(ceiling_gb_s * 1e9 / bytes_per_token, 1),
+        "cached_input_share": share,
+        "levels": rows,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="Receipt JSONL with gold `output` (e.g. SROIE val).")
+    p.add_argument("--limit", type=int, default=12)
+    p.add_argument("--engines", nargs="+", default=["vllm", "llamacpp:Q4_1", "llamacpp:Q8_0", "llamacpp:F16"])
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--out", type=Path, default=Path("var/bench/engines"))
+    args = p.parse_args()
+    lines = [line for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = [json.loads(line) for line in lines][: args.limit]
+    ceiling = bandwidth_gb_s()
+    results: dict[str, Any] = {"machine": machine(), "bandwidth_gb_s": ceiling, "data": str(args.data),
+                               "items": len(items), "engines": []}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in args.engines:
+            console.print(f"[bold]{engine}[/bold]: {len(items)} receipts at concurrency {args.concurrency}")
+            results["engines"].append(bench(engine, items, args.concurrency, Path(tmp), ceiling))
+            (args.out / "engines.json").write_text(json.dumps(results, indent=2))
+    table = Table(title=f"{describe(results['machine'])}; memory bandwidth {ceiling} GB/s")
+    for col in ("engine", "start s", "weights MB", "ceiling tok/s", "cached input", "conc", "P50 ms", "P95 ms",
+                "req/s", "out tok/s", "field F1", "failed"):  # fmt: skip
+        table.add_column(col)
+    for e in results["engines"]:
+        for row in e["levels"]:
+            table.add_row(e["what"], str(e["startup_s"]), str(e["weights_mb"]), str(e["decode_ceiling_tok_s"]),
+                          str(e["cached_input_share"]), str(row["concurrency"]), str(row["p50_ms"]),
+                          str(row["p95_ms"]), str(row["requests_per_s"]), str(row["output_tok_per_s"]),
+                          str(row["field_f1"]), str(row["failures"]))  # fmt: skip
+    make_console().print(table)
+    console.print(f"wrote {args.out / 'engines.json'}")
+
+
+if __name__ == "__main__":
+    main()
