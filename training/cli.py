@@ -285,6 +285,9 @@ def eval_command(
     metric: Annotated[
         list[str] | None, typer.Option(help="Add a metric: sroie (SROIE task 3's per-field exact match).")
     ] = None,
+    shed_retries: Annotated[
+        int, typer.Option(min=0, help="Send a 429/503 (load shed) again after its Retry-After, this many times.")
+    ] = 5,
 ) -> None:
     """Run a frozen test set through the running service against one backend; write the run file."""
     from rich.progress import Progress
@@ -294,7 +297,8 @@ def eval_command(
     from training.split import FrozenTestError
 
     args = EvalArgs(task, data, backend, url, out, concurrency, limit, fields.split(",") if fields else None,
-                    allow_changed_test, api_key=api_key, metrics=tuple(metric or ()))  # fmt: skip
+                    allow_changed_test, api_key=api_key, metrics=tuple(metric or ()),
+                    shed_retries=shed_retries)  # fmt: skip
     try:
         with Progress(console=err) as progress:
             bar = progress.add_task(f"{task} on {backend}", total=None)

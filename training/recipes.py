@@ -196,6 +196,24 @@ def build(recipe: Recipe, work: Path, shipped: Path = SHIPPED) -> Path:
     return dst
 
 
+def shipped_summary(folder: Path) -> dict[str, object] | None:
+    """What a shipped adapter's files say: when and where it was built, in how long, its validation scores."""
+    card_file, record_file = folder / "training_card.json", folder / "recipe.json"
+    if not card_file.is_file() or not record_file.is_file():
+        return None
+    card, record = json.loads(card_file.read_text()), json.loads(record_file.read_text())
+    last = (card.get("validation") or [{}])[-1]
+    return {
+        "built": record.get("built"),
+        "cpu": record.get("cpu", {}).get("model"),
+        "minutes": round(record.get("seconds", 0) / 60, 1),
+        "val_field_f1": last.get("field_f1"),
+        "val_exact_match": last.get("exact_match"),
+        "val_items": (card.get("hyperparameters") or {}).get("eval_samples"),
+        "mb": round(card.get("shipped", {}).get("bytes", 0) / 2**20, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Rebuild the shipped adapters (training/adapters/NAME) from public data.")
     p.add_argument("names", nargs="*", help=f"Recipes to build (default: all): {', '.join(RECIPES)}")
@@ -206,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         for r in RECIPES.values():
             print(f"{r.name:16} {r.summary}")  # noqa: T201
+            summary = shipped_summary(args.out / r.name)
+            print(f"{'':16} shipped: {summary or 'not built'}")  # noqa: T201
         return
     unknown = [n for n in args.names if n not in RECIPES]
     if unknown:

@@ -144,3 +144,24 @@ def test_a_better_but_weak_adapter_wins_with_the_caveat_said() -> None:
     assert any("neither is ready" in f for f in factors)  # better than prompting is not good enough yet
     strong = {**finetuned, "field_f1": 0.8}
     assert not any("neither is ready" in f for f in decide(prompted, strong, 1.68, 0.01, 30)[1])
+
+
+def test_a_shed_request_is_sent_again_after_its_retry_after_not_scored_as_a_failure(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    entry = backend_entry(f"{upstream.url}/v1", max_attempts=1, max_retries=0)
+    settings = make_settings({"mock": entry})  # type: ignore[attr-defined]
+    write_split({"test": [Record("r0", "invoice 0", GOLD[0])]}, tmp_path / "data", meta={})
+    upstream.enqueue(
+        Reply(status=429, headers={"Retry-After": "0"}),  # the service answers 503 with Retry-After: 0
+        Reply(content=json.dumps(GOLD[0]), usage=(100, 10)),
+    )
+    with ServerThread(create_app(settings)) as api:
+        args = EvalArgs("invoice", tmp_path / "data" / "test.jsonl", "mock", api.url, None, 1)
+        run = asyncio.run(run_eval(args))
+        no_retry = EvalArgs("invoice", tmp_path / "data" / "test.jsonl", "mock", api.url, None, 1, shed_retries=0)
+        upstream.enqueue(Reply(status=429, headers={"Retry-After": "0"}))
+        refused = asyncio.run(run_eval(no_retry))
+    assert run["summary"]["exact_match"] == 1.0 and run["summary"]["shed_retries"] == 1
+    assert run["items"][0]["status"] == 200 and run["items"][0]["shed_retries"] == 1
+    assert refused["items"][0]["status"] == 503 and refused["summary"]["shed_retries"] == 0
