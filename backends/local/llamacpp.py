@@ -94,6 +94,8 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     (root / "bin").mkdir(parents=True)
     for target in TARGETS:
         shutil.copy2(build / "bin" / target, root / "bin" / target)
+    for lib in (build / "bin").glob("*.so*"):  # a shared build (BUILD_SHARED_LIBS=ON in extra flags)
+        shutil.copy2(lib, root / "bin" / lib.name, follow_symlinks=False)
     for part in ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion", "gguf-py"):
         copy = shutil.copytree if (src / part).is_dir() else shutil.copy2
         copy(src / part, root / part)
@@ -103,6 +105,13 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     shutil.rmtree(work, ignore_errors=True)
     log(f"llama.cpp built in {seconds / 60:.1f} min: {root / 'bin'}")
     return root
+
+
+def tool_env(root: Path) -> dict[str, str]:
+    """The environment for the built tools: their libraries (when built shared) beside them."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(root / "bin"), env.get("LD_LIBRARY_PATH")) if p)
+    return env
 
 
 def adapter_gguf(name: str, path: Path, base: Path | None = None) -> Path:
@@ -139,7 +148,11 @@ def quantize(source: Path, kind: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial")
     tool = ensure_llama_cpp() / "bin" / "llama-quantize"
-    result = subprocess.run([str(tool), "--allow-requantize", str(source), str(partial), kind], capture_output=True)
+    result = subprocess.run(
+        [str(tool), "--allow-requantize", str(source), str(partial), kind],
+        capture_output=True,
+        env=tool_env(tool.parent.parent),
+    )
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise LlamaCppError(f"llama-quantize {kind} failed: {result.stderr[-1000:].decode(errors='replace')}")
@@ -226,7 +239,7 @@ class LlamaCppProcess(ManagedServer):
             log(f"adapter {name!r} not found: not served by llama.cpp until it exists")
         root = ensure_llama_cpp(log)
         loras = {name: adapter_gguf(name, path) for name, path in present.items()}
-        pid, seconds = self.launch(self.command(root / "bin" / "llama-server", loras), dict(os.environ))
+        pid, seconds = self.launch(self.command(root / "bin" / "llama-server", loras), tool_env(root))
         log(f"llama.cpp ready at {self.url} in {seconds:.1f} s (pid {pid}, {model.name}, log {self.log_file})")
         return pid
 
