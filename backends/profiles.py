@@ -62,32 +62,14 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "maxContains",
         }
     ),
-    # llama.cpp's json-schema-to-grammar (common/json-schema-to-grammar.cpp): no conditionals, negation,
-    # dependencies or property-name rules; `oneOf` becomes `anyOf` (validation enforces exactly one), an
-    # unsupported `pattern` is accepted as any string with a warning (validation enforces it).
-    "llamacpp": frozenset(
-        {
-            "not",
-            "if",
-            "then",
-            "else",
-            "dependentRequired",
-            "dependentSchemas",
-            "unevaluatedProperties",
-            "unevaluatedItems",
-            "$dynamicRef",
-            "propertyNames",
-            "patternProperties",
-            "multipleOf",
-            "uniqueItems",
-            "contains",
-            "minContains",
-            "maxContains",
-        }
-    ),
     "full": frozenset(),
 }
 
+
+# llama.cpp's json-schema-to-grammar (common/json-schema-to-grammar.cpp) lacks the same keywords as xgrammar: no
+# conditionals, negation, dependencies or property-name rules; `oneOf` becomes `anyOf` (validation enforces
+# exactly one), an unsupported `pattern` is accepted as any string with a warning (validation enforces it).
+UNSUPPORTED["llamacpp"] = UNSUPPORTED["vllm"]
 
 # String formats each engine enforces; another `format` would be dropped (xgrammar) or rejected (OpenAI).
 FORMATS: dict[str, frozenset[str]] = {

@@ -134,7 +134,9 @@ def counter_for(cfg: BackendConfig, vllm: VllmServer, backend: object | None = N
         return remote
     if cfg.kind == "llamacpp":  # llama-server's /tokenize takes text, not chat messages: the base's own file
         try:
-            return _load(managed_model_dir(VllmServer()))  # the prepared SmolLM2 (the packaged GGUF's tokenizer)
+            from backends.local.base_model import default_model_dir  # paths only
+
+            return _load(default_model_dir())  # the prepared SmolLM2: the packaged GGUF's own tokenizer
         except Exception:
             return Estimate()
     if cfg.kind != "vllm":

@@ -10,6 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from backends.local.hardware import DtypeSetting
 
 
+def serves(host: str, port: int, base_url: str | None) -> bool:
+    """Is `base_url` (an OpenAI-compatible `.../v1`) the server at host:port? Loopback names count as one."""
+    parsed = urlsplit(base_url or "")
+    loopback = {"127.0.0.1", "localhost", "::1"}
+    url_host = parsed.hostname or ""
+    same_host = url_host == host or (url_host in loopback and host in loopback)
+    return same_host and parsed.port == port and parsed.path.rstrip("/") == "/v1"
+
+
 class VllmServer(BaseModel):
     """The local vLLM server `extraction vllm up` runs (loopback only: the API is the one public door)."""
 
@@ -56,11 +65,7 @@ class VllmServer(BaseModel):
 
     def serves(self, base_url: str | None) -> bool:
         """Is `base_url` (an OpenAI-compatible `.../v1`) this server? Loopback names count as one."""
-        parsed = urlsplit(base_url or "")
-        loopback = {"127.0.0.1", "localhost", "::1"}
-        host = parsed.hostname or ""
-        same_host = host == self.host or (host in loopback and self.host in loopback)
-        return same_host and parsed.port == self.port and parsed.path.rstrip("/") == "/v1"
+        return serves(self.host, self.port, base_url)
 
 
 class LlamaCppServer(BaseModel):
@@ -88,8 +93,4 @@ class LlamaCppServer(BaseModel):
     extra_args: list[str] = Field(default_factory=list)
 
     def serves(self, base_url: str | None) -> bool:
-        parsed = urlsplit(base_url or "")
-        loopback = {"127.0.0.1", "localhost", "::1"}
-        host = parsed.hostname or ""
-        same_host = host == self.host or (host in loopback and self.host in loopback)
-        return same_host and parsed.port == self.port and parsed.path.rstrip("/") == "/v1"
+        return serves(self.host, self.port, base_url)

@@ -31,7 +31,7 @@ import httpx
 from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf
 from backends.local.config import LlamaCppServer
 from backends.local.hardware import read_cpu
-from backends.local.process import ManagedServer, ServerError
+from backends.local.process import ManagedServer, ServerError, offline_env
 from backends.openai_compat import llamacpp_lora_ids
 
 SOURCE = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp (tools/server, quantize, conversion scripts)
@@ -77,7 +77,10 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SOURCE]
     if subprocess.run([*pip, "-d", str(work)]).returncode != 0:
         raise LlamaCppError(f"could not download the {SOURCE} sdist from the package index")
-    (sdist,) = work.glob("*.tar.gz")
+    sdists = list(work.glob("*.tar.gz"))
+    if len(sdists) != 1:
+        raise LlamaCppError(f"expected one {SOURCE} sdist in {work}, found {len(sdists)}")
+    sdist = sdists[0]
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter="data")
     src = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
@@ -125,20 +128,8 @@ def adapter_gguf(name: str, path: Path, base: Path | None = None) -> Path:
     out = cache_dir() / "llamacpp" / "lora" / f"{name}-{digest}.gguf"
     if out.is_file():
         return out
-    root = ensure_llama_cpp()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
-    command = [
-        sys.executable, str(root / "convert_lora_to_gguf.py"), str(path),
-        "--base", str(base or default_model_dir()), "--outtype", "f16", "--outfile", str(partial),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise LlamaCppError(f"converting {path} to a GGUF LoRA failed:\n{result.stderr[-2000:]}")
-    partial.rename(out)
-    return out
+    args = [str(path), "--base", str(base or default_model_dir()), "--outtype", "f16"]
+    return _convert("convert_lora_to_gguf.py", args, out, f"converting {path} to a GGUF LoRA")
 
 
 def quantize(source: Path, kind: str, out: Path) -> Path:
@@ -164,16 +155,20 @@ def convert_hf(model_dir: Path, outtype: str, out: Path) -> Path:
     """A Hugging Face folder as GGUF (`f16`, `bf16`, `q8_0`, `f32`) with llama.cpp's converter; kept when present."""
     if out.is_file():
         return out
+    return _convert("convert_hf_to_gguf.py", [str(model_dir), "--outtype", outtype], out, f"converting {model_dir}")
+
+
+def _convert(script: str, args: list[str], out: Path, what: str) -> Path:
+    """Run one of llama.cpp's converters (with its vendored gguf-py) into `out`, atomically."""
     root = ensure_llama_cpp()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial")
-    command = [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
-               "--outfile", str(partial)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**offline_env(), "PYTHONPATH": str(root / "gguf-py")}
+    command = [sys.executable, str(root / script), *args, "--outfile", str(partial)]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise LlamaCppError(f"converting {model_dir} to GGUF failed:\n{result.stderr[-2000:]}")
+        raise LlamaCppError(f"{what} failed:\n{result.stderr[-2000:]}")
     partial.rename(out)
     return out
 
