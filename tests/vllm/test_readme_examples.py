@@ -45,7 +45,7 @@ EXAMPLES = examples(README.read_text(encoding="utf-8"))
 
 
 def test_the_readme_has_the_examples_this_test_runs() -> None:
-    assert {"invoice", "invoice-prompted", "receipt", "support-intent"} <= set(EXAMPLES)
+    assert {"invoice", "invoice-prompted", "receipt", "support-intent", "entities"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
