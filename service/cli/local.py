@@ -185,9 +185,45 @@ def llamacpp_up(config: ConfigOption = None) -> None:
 
 @llamacpp_app.command("down")
 def llamacpp_down(config: ConfigOption = None) -> None:
-    """Stop the server started by `llamacpp up`."""
+    """Stop the server started by `llamacpp up` (adapters added by `load-adapter` are forgotten)."""
     _, server = _llamacpp(config)
-    console.print("stopped" if server.stop() else "not running")
+    stopped = server.stop()
+    server.forget_loaded()
+    console.print("stopped" if stopped else "not running")
+
+
+@llamacpp_app.command("load-adapter")
+def llamacpp_load_adapter(
+    name: Annotated[str, typer.Argument(help="Name the adapter is served as (the backend's `model`).")],
+    path: Annotated[Path, typer.Argument(help="A peft adapter folder or a GGUF LoRA file.")],
+    config: ConfigOption = None,
+) -> None:
+    """Serve a newly trained adapter: converted to GGUF, then llama-server restarts with it (about a second;
+    it reads LoRA files only at start). Add it to llamacpp.adapters to keep it across `down`."""
+    from backends.local.base_model import ModelPrepareError, prepare
+    from backends.local.llamacpp import LlamaCppError
+
+    _, server = _llamacpp(config)
+    try:
+        prepare()  # the converter reads the base model's config
+        seconds = server.load_adapter(name, path, log=err.print)
+    except (LlamaCppError, ModelPrepareError) as e:
+        raise fail(e) from None
+    console.print(f"loaded {name} from {path} (server restarted, away {seconds:.1f} s); "
+                  f"served: {', '.join(sorted(server.lora_ids()))}")  # fmt: skip
+
+
+@llamacpp_app.command("unload-adapter")
+def llamacpp_unload_adapter(name: str, config: ConfigOption = None) -> None:
+    """Stop serving an adapter added by `load-adapter`."""
+    from backends.local.llamacpp import LlamaCppError
+
+    _, server = _llamacpp(config)
+    try:
+        server.unload_adapter(name, log=err.print)
+    except LlamaCppError as e:
+        raise fail(e) from None
+    console.print(f"unloaded {name}")
 
 
 @llamacpp_app.command("status")

@@ -12,7 +12,7 @@ import pytest
 
 from backends.local.base_model import prepare
 from backends.local.config import LlamaCppServer
-from backends.local.llamacpp import LlamaCppProcess, ensure_llama_cpp
+from backends.local.llamacpp import LlamaCppError, LlamaCppProcess, ensure_llama_cpp
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
@@ -49,6 +49,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama]:
         {
             "llama-prompted": {**local, "model": "smollm2-135m", "prompt_style": "few_shot"},
             "llama-invoice": {**local, "model": "invoice-lora", "prompt_style": "finetuned"},
+            "llama-added": {**local, "model": "invoice-added", "prompt_style": "finetuned"},
         },
         retry={"deadline_s": 600},
     )
@@ -58,6 +59,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama]:
             yield Llama(server, api.url, app)
     finally:
         server.stop()
+        server.forget_loaded()
 
 
 def post(llama: Llama, body: dict[str, object]) -> httpx.Response:
@@ -102,3 +104,21 @@ def test_what_the_grammar_cannot_express_degrades_to_json_mode_counted(llama: Ll
     if response.status_code == 200:
         assert response.json()["structured_output"] == "json_object"
     assert count(llama, "extraction_structured_output_degraded_total", backend="llama-prompted", task="adhoc") == 1
+
+
+def test_load_adapter_serves_a_new_adapter_by_name_and_unload_takes_it_away(llama: Llama) -> None:
+    if not SHIPPED_INVOICE.is_dir():
+        pytest.fail(f"the shipped invoice adapter is missing at {SHIPPED_INVOICE}")
+    with pytest.raises(LlamaCppError, match="neither a GGUF LoRA file nor a peft adapter folder"):
+        llama.server.load_adapter("invoice-added", SHIPPED_INVOICE.parent)
+    assert "invoice-added" not in llama.server.lora_ids()  # the refused load left the server as it was
+    away = llama.server.load_adapter("invoice-added", SHIPPED_INVOICE)
+    assert away < 60 and llama.server.healthy()
+    assert set(llama.server.lora_ids()) == {"invoice-lora", "invoice-added"}
+    for backend in ("llama-added", "llama-invoice"):  # the new one by its name; the configured one still there
+        response = post(llama, {"task": "invoice", "text": INVOICE, "backend": backend})
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["invoice_date"] == "2024-06-18"
+        assert response.json()["data"]["total_amount"] == 2450.0
+    llama.server.unload_adapter("invoice-added")
+    assert set(llama.server.lora_ids()) == {"invoice-lora"} and llama.server.loaded() == {}

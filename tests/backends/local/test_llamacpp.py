@@ -23,6 +23,7 @@ from backends.openai_compat import OpenAIBackend, llamacpp_lora_ids
 from backends.profiles import default_dialect, dialect_gaps
 from loadtest.mock_upstream import ServerThread
 from service.config import BackendConfig
+from tests.conftest import free_port
 
 
 def test_command_serves_the_gguf_with_slots_adapters_off_by_default_and_the_prompt_cache(tmp_path: Path) -> None:
@@ -47,6 +48,46 @@ def test_adapters_split_into_present_and_missing_relative_to_the_config(tmp_path
     present, missing = LlamaCppProcess(cfg, tmp_path).adapters()
     assert present == {"a": (tmp_path / "a").resolve(), "b": (tmp_path / "b.gguf").resolve()}
     assert missing == ["c"]
+
+
+def test_a_gguf_lora_file_is_served_under_its_configured_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "whatever.gguf").write_bytes(b"GGUF")
+    link = llamacpp.adapter_gguf("receipt-v2", tmp_path / "whatever.gguf")
+    assert link.resolve() == (tmp_path / "whatever.gguf").resolve()
+    listing = [{"id": 0, "path": str(link), "scale": 0.0}]
+    assert llamacpp_lora_ids(listing) == {"receipt-v2": 0}  # the name, not the file's stem
+    assert llamacpp.adapter_gguf("receipt-v2", tmp_path / "whatever.gguf") == link
+
+
+def test_adapters_loaded_at_run_time_join_the_configured_ones_until_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    (tmp_path / "b.gguf").write_bytes(b"GGUF")
+    server = LlamaCppProcess(LlamaCppServer(port=8124, adapters={"a": str(tmp_path / "a.gguf")}), tmp_path)
+    server.loaded_file.parent.mkdir(parents=True)
+    server._remember({"b": str(tmp_path / "b.gguf")})
+    present, _ = server.adapters()
+    assert list(present) == ["a", "b"]  # configured first: their ids do not move when others come and go
+    server.forget_loaded()
+    assert list(server.adapters()[0]) == ["a"]
+
+
+def test_load_adapter_refuses_clearly_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    server = LlamaCppProcess(LlamaCppServer(port=free_port(), adapters={"a": str(tmp_path / "a.gguf")}), tmp_path)
+    with pytest.raises(llamacpp.LlamaCppError, match="configured in llamacpp.adapters"):
+        server.load_adapter("a", tmp_path / "a.gguf")
+    with pytest.raises(llamacpp.LlamaCppError, match="plain name"):
+        server.load_adapter("x/y", tmp_path / "a.gguf")
+    with pytest.raises(llamacpp.LlamaCppError, match="not running"):
+        server.load_adapter("new", tmp_path / "a.gguf")
+    with pytest.raises(llamacpp.LlamaCppError, match="no adapter 'new' was loaded"):
+        server.unload_adapter("new")
+    assert server.loaded() == {}
 
 
 def test_a_native_build_is_cached_per_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,13 +154,17 @@ async def test_the_client_applies_the_named_adapter_per_request_and_the_base_oth
         tuned = OpenAIBackend(Endpoint(name="t", kind="llamacpp", base_url=f"{server.url}/v1", model="receipt-lora"))
         base = OpenAIBackend(Endpoint(name="b", kind="llamacpp", base_url=f"{server.url}/v1", model="smollm2-135m"))
         try:
-            answers = [await tuned.complete(request) for _ in range(2)]
+            answers = [await tuned.complete(request)]
+            # a restart by `load-adapter` renumbers the adapters: the next request follows the new id
+            stand_in.adapters = [{"id": 0, "path": "/c/new-one-fedcba9876543210.gguf", "scale": 0.0},
+                                 {"id": 1, "path": "/c/receipt-lora-0123456789abcdef.gguf", "scale": 0.0}]  # fmt: skip
+            answers.append(await tuned.complete(request))
             await base.complete(request)
         finally:
             await tuned.aclose()
             await base.aclose()
-    assert [b["lora"] for b in stand_in.bodies] == [[{"id": 0, "scale": 1.0}]] * 2 + [[]]
+    assert [b["lora"] for b in stand_in.bodies] == [[{"id": 0, "scale": 1.0}], [{"id": 1, "scale": 1.0}], []]
     assert all(b["cache_prompt"] is True and b["max_tokens"] == 512 for b in stand_in.bodies)
     assert stand_in.bodies[0]["response_format"]["type"] == "json_schema"
-    assert stand_in.listings == 2  # once per client: the adapter ids are kept
+    assert stand_in.listings == 3  # looked up per request, never kept
     assert answers[0].usage.cached_input_tokens == 5  # the prefix llama-server reused from its cache

@@ -111,6 +111,7 @@ def test_dtype_follows_the_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr("backends.local.hardware.read_cpu", lambda: parse_cpuinfo("flags: avx2 fma\n", cores=2))
     cmd = VllmProcess(VllmServer()).command(Path("/venv/bin/python"), [])
     assert cmd[cmd.index("--dtype") + 1] == "float32"
+    assert "--enable-prompt-tokens-details" in cmd  # the usage reports the prefix-cache hits
     monkeypatch.setattr("backends.local.hardware.read_cpu", lambda: parse_cpuinfo("flags: avx2 amx_bf16\n", cores=2))
     cmd = VllmProcess(VllmServer()).command(Path("/venv/bin/python"), [])
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
