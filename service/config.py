@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from backends.config import LOCAL_KINDS, Endpoint, Pricing
 from backends.local.config import LlamaCppServer, VllmServer
+from backends.local.engine import EngineSetting, resolve_local_backends
 from backends.profiles import SchemaDialect, default_dialect
 from service.auth import AuthConfig
 from service.lifecycle import ShutdownConfig
@@ -241,6 +242,12 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    local_engine: EngineSetting = Field(
+        "auto",
+        description="The engine for backends of `kind: local`: vllm, llamacpp, or auto (vLLM on a GPU, llama.cpp "
+        "on a CPU: measured faster there). Such a backend without base_url talks to that engine's managed server. "
+        "After loading: the engine chosen.",
+    )
     vllm: VllmServer = Field(default_factory=VllmServer)
     llamacpp: LlamaCppServer = Field(default_factory=LlamaCppServer)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
@@ -269,6 +276,11 @@ class Settings(BaseSettings):
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
         # Priority: explicit arguments > environment > the YAML file. `config` records the file used.
         return (init_settings, env_settings, _Fixed(settings_cls, {"config": path}), yaml_source)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_engine(cls, data: Any) -> Any:
+        return resolve_local_backends(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -1,4 +1,5 @@
-"""`extraction demo`: the local stack end to end - vLLM, the API, and a few extractions per backend."""
+"""`extraction demo`: the local stack end to end - the local engine (llama.cpp or vLLM), the API, and a few
+extractions per backend."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from backends.config import LOCAL_KINDS
 from service.config import Settings
 
 SAMPLES = {
@@ -93,11 +95,11 @@ def available_backends(api: str, served: list[str], console: Console) -> list[st
     usable = []
     for backend in httpx.get(f"{api}/v1/backends", timeout=10).json():
         name, model = backend["name"], backend["model"]
-        if backend["kind"] == "vllm" and model not in served:
+        if backend["kind"] in LOCAL_KINDS and model not in served:
             console.print(
                 f"[yellow]{name}[/yellow]: adapter [bold]{model}[/bold] is not served - train it (`make adapters` "
                 f"for the shipped tasks, or `extraction train`) and serve it with "
-                f"`extraction vllm load-adapter {model} DIR`"
+                f"`extraction {backend['kind']} load-adapter {model} DIR`"
             )
         elif not backend["configured"]:
             console.print(f"[yellow]{name}[/yellow]: not configured (set OPENAI_API_KEY to use {model})")
@@ -156,12 +158,20 @@ def verdict(graded: list[tuple[str, tuple[int, int] | None, dict[str, Any]]]) ->
     return f"  verdict: {quality}{fa} used {tokens:.1f}x fewer input tokens and was {speed:.1f}x faster"
 
 
+def heading(console: Console, title: str) -> None:
+    """A rule across the terminal; in a pipe or CI log (no width to fill) one short line."""
+    if console.is_terminal:
+        console.rule(f"[bold]{title}")
+    else:
+        console.print(f"── {title} ──")
+
+
 def run_samples(api: str, backends: list[str], console: Console) -> list[dict[str, Any]]:
     """One extraction per shipped sample and backend (backends without a side-by-side partner)."""
     results = []
     with httpx.Client(base_url=api, timeout=300) as client:
         for backend in backends:
-            console.rule(f"[bold]{backend}")
+            heading(console, backend)
             for task, text in SAMPLES.items():
                 r = client.post("/v1/extract", json={"task": task, "text": text, "backend": backend})
                 body = r.json()
@@ -181,26 +191,47 @@ def run_samples(api: str, backends: list[str], console: Console) -> list[dict[st
     return results
 
 
-def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
-    """Start vLLM (unless running) and the API, print extractions for every usable backend, then serve."""
+def start_engine(settings: Settings, console: Console) -> tuple[Any, bool, list[str]]:
+    """The local engine the config chose (local_engine), started unless running: (server, started, the
+    model names it answers to)."""
     from backends.local.base_model import prepare
+
+    if settings.local_engine == "llamacpp":
+        from backends.local.llamacpp import LlamaCppProcess
+
+        llama = LlamaCppProcess(settings.llamacpp, settings.config.parent)
+        started = not llama.healthy()
+        if started:
+            console.print(f"base model: {prepare()}")  # the adapters' GGUF conversion reads it
+            llama.start(log=console.print)
+        adapters = llama.lora_ids()
+        # llama-server has one model: a name that is no adapter of it is the base model
+        local = {b.model for b in settings.backends.values() if b.kind == "llamacpp"}
+        return llama, started, sorted(set(adapters) | (local - set(settings.llamacpp.adapters)))
     from backends.local.vllm import VllmProcess, ensure_vllm
 
     vllm = VllmProcess(settings.vllm, settings.config.parent)
-    started_vllm = False
-    if not vllm.healthy():
+    started = not vllm.healthy()
+    if started:
         python = ensure_vllm(settings.vllm, log=console.print)
         if settings.vllm.model is None:
             console.print(f"base model: {prepare()}")
         vllm.start(python, log=console.print)
-        started_vllm = True
-    api_log = vllm.log_file.with_name(f"api-{port}.log")
+    return vllm, started, vllm.models()
+
+
+def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
+    """Start the local engine (unless running) and the API, print extractions for every usable backend, then
+    serve."""
+    engine, started_engine, served = start_engine(settings, console)
+    label = engine.label
+    api_log = engine.log_file.with_name(f"api-{port}.log")
     api_process = start_api(settings.config, host, port, api_log)
     api = f"http://{host}:{port}"
     try:
-        backends = available_backends(api, vllm.models(), console)
+        backends = available_backends(api, served, console)
         prompted = settings.default_backend
-        console.rule("[bold]prompted vs fine-tuned, same text")
+        heading(console, "prompted vs fine-tuned, same text")
         compare_samples(api, backends, prompted, console)
         others = [b for b in backends if b.startswith("openai")]
         if others:
@@ -208,12 +239,12 @@ def demo(settings: Settings, host: str, port: int, keep_running: bool, console: 
         console.print(
             f"\n[bold green]extraction-service is running[/bold green] at {api}\n"
             f"  docs:    {api}/docs\n  metrics: {api}/metrics\n  API log: {api_log}\n"
-            f"  vLLM:    {vllm.url} (log {vllm.log_file})\n"
+            f"  engine:  {label} at {engine.url} (log {engine.log_file})\n"
             f"  try:     curl -s {api}/v1/extract -H 'content-type: application/json' "
             """-d '{"task":"invoice","text":"ACME Ltd, 2024-05-01, total 99.90 EUR"}'"""
         )
         if keep_running:
-            console.print("Ctrl-C stops the API" + (" and vLLM" if started_vllm else ""))
+            console.print("Ctrl-C stops the API" + (f" and {label}" if started_engine else ""))
             api_process.wait()
     except KeyboardInterrupt:
         pass
@@ -221,5 +252,5 @@ def demo(settings: Settings, host: str, port: int, keep_running: bool, console: 
         if keep_running or api_process.poll() is None:
             api_process.terminate()
             api_process.wait(timeout=30)
-        if keep_running and started_vllm:
-            vllm.stop()
+        if keep_running and started_engine:
+            engine.stop()

