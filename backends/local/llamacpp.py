@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -89,9 +90,9 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
         ["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
         ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs or os.cpu_count() or 1)],
     ]
-    with (work / "build.log").open("wb") as out:
+    with (work / "build.log").open("w") as out:
         for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            if run_logged(step, out, log) != 0:
                 raise LlamaCppError(f"building llama.cpp failed at: {' '.join(step)}; see {work / 'build.log'}")
     shutil.rmtree(root, ignore_errors=True)
     (root / "bin").mkdir(parents=True)
@@ -108,6 +109,19 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     shutil.rmtree(work, ignore_errors=True)
     log(f"llama.cpp built in {seconds / 60:.1f} min: {root / 'bin'}")
     return root
+
+
+def run_logged(command: list[str], out: IO[str], log: Callable[[str], None]) -> int:
+    """Run `command` with its output in `out`, reporting cmake's `[ NN%]` progress every 10 points."""
+    shown = -10
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            out.write(line)
+            if (m := re.match(r"\[\s*(\d+)%\]", line)) and int(m.group(1)) >= shown + 10:
+                shown = int(m.group(1)) // 10 * 10
+                log(f"llama.cpp build {shown}%")
+    return process.returncode
 
 
 def tool_env(root: Path) -> dict[str, str]:

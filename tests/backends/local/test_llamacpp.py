@@ -168,3 +168,16 @@ async def test_the_client_applies_the_named_adapter_per_request_and_the_base_oth
     assert stand_in.bodies[0]["response_format"]["type"] == "json_schema"
     assert stand_in.listings == 3  # looked up per request, never kept
     assert answers[0].usage.cached_input_tokens == 5  # the prefix llama-server reused from its cache
+
+
+def test_the_build_reports_cmake_progress_and_keeps_the_whole_log(tmp_path: Path) -> None:
+    import io
+    import sys
+
+    script = "import sys\nfor p in (0, 3, 12, 47, 50, 100): print(f'[{p:3d}%] Building CXX object x{p}.o')\nsys.exit(3)"
+    out = io.StringIO()
+    shown: list[str] = []
+    code = llamacpp.run_logged([sys.executable, "-c", script], out, shown.append)
+    assert code == 3  # the exit code is the command's
+    assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 40, 50, 100)]  # at most one line per 10 points
+    assert out.getvalue().count("Building CXX object") == 6
