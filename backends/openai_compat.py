@@ -178,12 +178,13 @@ class OpenAIBackend:
 
     async def _llamacpp_fields(self, timeout_s: float) -> dict[str, Any]:
         """llama-server has one model; an adapter is applied per request by id (`lora`), the backend's `model`
-        naming it (the server lists its adapters at /lora-adapters, files named NAME-DIGEST.gguf). A `model`
-        that names no adapter is the base model. Prompt-cache reuse is asked for explicitly.
+        naming it (the server lists its adapters at /lora-adapters, files named NAME-DIGEST.gguf). A `model` that
+        names no adapter is the base model. Prompt-cache reuse is the server's setting (llamacpp.cache_prompt, on
+        by default), not overridden per request.
 
-        The ids are looked up for every request (one loopback GET, about a millisecond): they are positions in
-        the server's start command, so a restart by `load-adapter`/`unload-adapter` may renumber them, and a
-        kept id could apply another adapter without any error."""
+        The ids are looked up for every request (one loopback GET, about a millisecond): they are positions in the
+        server's start command, so a restart by `load-adapter`/`unload-adapter` may renumber them, and a kept id
+        could apply another adapter without any error."""
         root = self.base_url().removesuffix("/v1")
         raw = await self._send("GET", "/lora-adapters", min(timeout_s, 5.0), base=root)
         try:
@@ -191,7 +192,7 @@ class OpenAIBackend:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise UpstreamBadResponse(f"unreadable /lora-adapters answer: {e}", backend=self.name) from e
         model = self.config.model
-        return {"cache_prompt": True, "lora": [{"id": ids[model], "scale": 1.0}] if model in ids else []}
+        return {"lora": [{"id": ids[model], "scale": 1.0}] if model in ids else []}
 
     async def complete(self, request: BackendRequest) -> BackendResponse:
         started = time.perf_counter()

@@ -93,15 +93,15 @@ def start_engine(engine: str, adapter: Path | None, parallel: int) -> tuple[Any,
         what = f"vLLM {server.dtype()}" + ("" if adapter is None else " merged" if model else " + LoRA")
         return server, time.monotonic() - t0, weights / 2 * per_param, what, name  # stored in bf16
     ensure_llama_cpp(log=console.print)
-    quant = variant or "Q4_1"
+    quant, _, option = (variant or "Q4_1").partition(":")  # llamacpp:Q4_1:nocache: the prompt cache off
     gguf = gguf_for(quant)
     loras = {"receipt-lora": str(adapter)} if adapter is not None else {}
     server = LlamaCppProcess(LlamaCppServer(model=str(gguf), port=PORTS["llamacpp"], parallel=parallel,
-                                            adapters=loras))  # fmt: skip
+                                            adapters=loras, cache_prompt=option != "nocache"))  # fmt: skip
     server.stop()
     t0 = time.monotonic()
     server.start(log=console.print)
-    what = f"llama.cpp {quant}" + (" + LoRA" if loras else "")
+    what = f"llama.cpp {quant}" + (" + LoRA" if loras else "") + (", no prompt cache" if option == "nocache" else "")
     return server, time.monotonic() - t0, gguf.stat().st_size, what, "receipt-lora" if loras else "smollm2-135m"
 
 
