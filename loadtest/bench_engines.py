@@ -2,19 +2,21 @@
 
     python -m loadtest.bench_engines --data var/recipes/receipt/sroie/val.jsonl --limit 16 \\
         --engines vllm vllm:merged llamacpp:Q4_1 llamacpp:Q8_0 llamacpp:F16 --concurrency 1 4 16
+    python -m loadtest.bench_engines --data ... --limit 93 --concurrency 4    # every receipt once, F1 on all
 
-Per engine: start-up to healthy; then the first `--limit` receipts through `/v1/extract` (task `receipt`, the
-schema as grammar) at each concurrency: P50/P95 latency, requests/s, output tokens/s, field F1 against the
-gold labels, and the share of input tokens the engine served from its prefix cache (the instructions, schema
-and examples come first in every prompt, the document last). By default the model is the shipped receipt
+Per engine: start-up to healthy; then `--limit` receipts per concurrency level (each level its own receipts: both
+engines cache prompt prefixes, and a receipt sent twice would skip its prefill) through `/v1/extract` (task
+`receipt`, the schema as grammar) at each concurrency: P50/P95 latency, requests/s, output tokens/s, field F1
+against the gold labels, and the share of input tokens the engine served from its prefix cache (the instructions,
+schema and examples come first in every prompt, the document last). By default the model is the shipped receipt
 adapter on the short fine-tuned prompt (what the default config routes receipts to): unmerged LoRA on vLLM
 (`vllm`), merged into the base and served alone (`vllm:merged`), a GGUF LoRA on each llama.cpp quantisation;
-`--prompted` benchmarks the base model on the few-shot prompt instead (the long prompt, where the prefix
-cache matters most). The decode ceiling is the
-measured memory bandwidth divided by the bytes of weights read per token (the model file: every weight is read
-once per decoded token). `vllm` runs with the dtype and eager mode `auto` picks here; `llamacpp:Q4_1` is the
-packaged GGUF as it ships; F16 and Q8_0 are re-quantised from it (the same weights in another format, so they
-cannot be better than it: they show the speed of the format, not a better model).
+`--prompted` benchmarks the base model on the few-shot prompt instead (the long prompt, where the prefix cache
+matters most). The decode ceiling is the measured memory bandwidth divided by the bytes of weights read per token
+(the model file: every weight is read once per decoded token). `vllm` runs with the dtype and eager mode `auto`
+picks here; `llamacpp:Q4_1` is the packaged GGUF as it ships; F16 and Q8_0 are re-quantised from it (the same
+weights in another format, so they cannot be better than it: they show the speed of the format, not a better
+model).
 """
 
 from __future__ import annotations
@@ -180,6 +182,15 @@ async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> 
     }
 
 
+def level_items(items: list[dict[str, Any]], limit: int, level: int) -> list[dict[str, Any]]:
+    """The `limit` receipts of the `level`-th concurrency level, none shared with another level (the warm-up
+    takes the last receipt): both engines cache prompt prefixes, so a repeated receipt would skip its prefill."""
+    chosen = items[level * limit : (level + 1) * limit]
+    if len(chosen) < limit:
+        raise SystemExit(f"--data has {len(items)} receipts: {limit} per level x {level + 1} levels + 1 need more")
+    return chosen
+
+
 def cache_share(app: Any) -> float | None:
     registry = app.state.extraction.metrics.registry
     from service.metrics import sample
@@ -196,13 +207,15 @@ def bench(
     tmp: Path,
     ceiling_gb_s: float,
     adapter: Path | None,
+    limit: int,
 ) -> dict[str, Any]:
     server, startup, bytes_per_token, what, model = start_engine(engine, adapter, max(levels))
     try:
         app = create_app(Settings(config=service_config(tmp, engine, model, adapter is not None)))
         with ServerThread(app) as api:
-            asyncio.run(run_items(api.url, items[:1], 1))  # warm-up: first compile, first cache fill
-            rows = [asyncio.run(run_items(api.url, items, c)) for c in levels]
+            asyncio.run(run_items(api.url, items[-1:], 1))  # warm-up: first compile, the fixed prefix cached
+            # every level gets receipts of its own: a receipt sent again would be served from the prefix cache
+            rows = [asyncio.run(run_items(api.url, level_items(items, limit, k), c)) for k, c in enumerate(levels)]
             share = cache_share(app)
     finally:
         server.stop()
@@ -229,7 +242,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("var/bench/engines"))
     args = p.parse_args()
     lines = [line for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    items = [json.loads(line) for line in lines][: args.limit]
+    items = [json.loads(line) for line in lines]
+    if len(items) < args.limit * len(args.concurrency) + 1:
+        p.error(f"{args.data} has {len(items)} receipts; --limit {args.limit} x {len(args.concurrency)} levels + 1 "
+                "warm-up need more (each level gets receipts of its own)")  # fmt: skip
     ceiling = bandwidth_gb_s()
     adapter = None if args.prompted else args.adapter.resolve()
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
@@ -237,13 +253,13 @@ def main() -> None:
     if adapter is not None:
         prepare()  # the GGUF LoRA converter and the merge read the base model
     results: dict[str, Any] = {"machine": machine(), "bandwidth_gb_s": ceiling, "data": str(args.data),
-                               "items": len(items), "adapter": str(adapter) if adapter else None,
+                               "items_per_level": args.limit, "adapter": str(adapter) if adapter else None,
                                "engines": []}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for engine in args.engines:
-            console.print(f"[bold]{engine}[/bold]: {len(items)} receipts at concurrency {args.concurrency}")
-            results["engines"].append(bench(engine, items, args.concurrency, Path(tmp), ceiling, adapter))
+            console.print(f"[bold]{engine}[/bold]: {args.limit} receipts per level at concurrency {args.concurrency}")
+            results["engines"].append(bench(engine, items, args.concurrency, Path(tmp), ceiling, adapter, args.limit))
             (args.out / "engines.json").write_text(json.dumps(results, indent=2))
     model = "the base model, few-shot prompt" if adapter is None else f"adapter {adapter.name}, fine-tuned prompt"
     table = Table(title=f"{describe(results['machine'])}; memory bandwidth {ceiling} GB/s; {model}")
