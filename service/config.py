@@ -21,7 +21,7 @@ from pydantic_settings import (
 
 from backends.config import LOCAL_KINDS, Endpoint, Pricing
 from backends.local.config import LlamaCppServer, VllmServer
-from backends.local.engine import EngineSetting, resolve_local_backends
+from backends.local.engine import Engine, EngineSetting, choose_engine, resolve_local_backends
 from backends.profiles import SchemaDialect, default_dialect
 from service.auth import AuthConfig
 from service.lifecycle import ShutdownConfig
@@ -245,8 +245,7 @@ class Settings(BaseSettings):
     local_engine: EngineSetting = Field(
         "auto",
         description="The engine for backends of `kind: local`: vllm, llamacpp, or auto (vLLM on a GPU, llama.cpp "
-        "on a CPU: measured faster there). Such a backend without base_url talks to that engine's managed server. "
-        "After loading: the engine chosen.",
+        "on a CPU: measured faster there). Such a backend without base_url talks to that engine's managed server.",
     )
     vllm: VllmServer = Field(default_factory=VllmServer)
     llamacpp: LlamaCppServer = Field(default_factory=LlamaCppServer)
@@ -276,6 +275,11 @@ class Settings(BaseSettings):
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
         # Priority: explicit arguments > environment > the YAML file. `config` records the file used.
         return (init_settings, env_settings, _Fixed(settings_cls, {"config": path}), yaml_source)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine `local_engine` chooses on this machine (what `kind: local` backends became)."""
+        return choose_engine(self.local_engine, self.vllm.device)[0]
 
     @model_validator(mode="before")
     @classmethod

@@ -196,7 +196,7 @@ def start_engine(settings: Settings, console: Console) -> tuple[Any, bool, list[
     model names it answers to)."""
     from backends.local.base_model import prepare
 
-    if settings.local_engine == "llamacpp":
+    if settings.engine == "llamacpp":
         from backends.local.llamacpp import LlamaCppProcess
 
         llama = LlamaCppProcess(settings.llamacpp, settings.config.parent)

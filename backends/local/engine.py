@@ -48,18 +48,18 @@ def engine_url(engine: Engine, servers: dict[str, Any]) -> str:
 
 
 def resolve_local_backends(data: dict[str, Any]) -> dict[str, Any]:
-    """The raw config with `local_engine` resolved to an engine and every `kind: local` backend turned into
-    that engine's kind, its `base_url` (when unset) the managed server's. Run before validation, so the rest of
-    the service never sees `local` or `auto`."""
+    """The raw config with every `kind: local` backend turned into the kind of the engine `local_engine`
+    chooses here, its `base_url` (when unset) the managed server's. Run before validation, so the rest of the
+    service never sees `local`; `local_engine` itself stays as written (`Settings.engine` is the choice)."""
     vllm: dict[str, Any] = data["vllm"] if isinstance(data.get("vllm"), dict) else {}
     engine, _ = choose_engine(str(data.get("local_engine") or "auto"), str(vllm.get("device") or "auto"))
     backends = data.get("backends")
     if not isinstance(backends, dict):
-        return {**data, "local_engine": engine}
+        return data
     url = engine_url(engine, {"vllm": vllm, "llamacpp": data.get("llamacpp") or {}})
     resolved = {}
     for name, backend in backends.items():
         if isinstance(backend, dict) and backend.get("kind") == "local":
             backend = {**backend, "kind": engine, "base_url": backend.get("base_url") or url}
         resolved[name] = backend
-    return {**data, "backends": resolved, "local_engine": engine}
+    return {**data, "backends": resolved}

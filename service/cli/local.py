@@ -4,7 +4,6 @@ backends/local."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -116,10 +115,7 @@ def vllm_down(config: ConfigOption = None) -> None:
 def vllm_status(config: ConfigOption = None) -> None:
     """Pid, health and served models (base + adapters)."""
     _, server = _vllm(config)
-    status = server.status()
-    sys.stdout.write(json.dumps(status, indent=2) + "\n")
-    if not status["healthy"]:
-        raise typer.Exit(1)
+    print_status(server.status())
 
 
 @vllm_app.command("load-adapter")
@@ -236,10 +232,7 @@ def llamacpp_unload_adapter(name: str, config: ConfigOption = None) -> None:
 def llamacpp_status(config: ConfigOption = None) -> None:
     """Pid, health, model, adapters and the build in use."""
     _, server = _llamacpp(config)
-    status = server.status()
-    sys.stdout.write(json.dumps(status, indent=2) + "\n")
-    if not status["healthy"]:
-        raise typer.Exit(1)
+    print_status(server.status())
 
 
 def register(app: typer.Typer) -> None:
@@ -255,19 +248,14 @@ def chosen_engine(config: Path | None) -> tuple[str, str]:
 
     use_config(config)
     settings = load_settings_or_exit()
-    setting = os.environ.get("EXTRACTION_LOCAL_ENGINE") or _raw_setting(settings.config)
-    return choose_engine(setting, settings.vllm.device)
+    return choose_engine(settings.local_engine, settings.vllm.device)
 
 
-def _raw_setting(path: Path) -> str:
-    """local_engine as written in the config file (the loaded settings hold the engine it resolved to)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return "auto"
-    return str(raw.get("local_engine") or "auto") if isinstance(raw, dict) else "auto"
+def print_status(status: dict[str, Any]) -> None:
+    """A server's status as JSON on stdout; exit 1 when it is not healthy."""
+    sys.stdout.write(json.dumps(status, indent=2) + "\n")
+    if not status["healthy"]:
+        raise typer.Exit(1)
 
 
 @engine_app.command("install")
@@ -302,7 +290,4 @@ def engine_status(config: ConfigOption = None) -> None:
     """Which engine the config chose and why, then its status (exit 1 when it is not healthy)."""
     engine, why = chosen_engine(config)
     _, server = _vllm(config) if engine == "vllm" else _llamacpp(config)
-    status = {"engine": engine, "why": why, **server.status()}
-    sys.stdout.write(json.dumps(status, indent=2) + "\n")
-    if not status["healthy"]:
-        raise typer.Exit(1)
+    print_status({"engine": engine, "why": why, **server.status()})

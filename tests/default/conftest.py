@@ -58,7 +58,7 @@ def start_engine(engine: str, port: int, adapters: dict[str, str]) -> Any:
 
 @pytest.fixture(scope="session")
 def default_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultService]:
-    engine = Settings(config=DEFAULT_CONFIG).local_engine  # type: ignore[call-arg]
+    engine = Settings(config=DEFAULT_CONFIG).engine  # type: ignore[call-arg]
     adapters = shipped_adapters()
     port = free_port()
     server = start_engine(engine, port, adapters)

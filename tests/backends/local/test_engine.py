@@ -44,7 +44,7 @@ def local_config(tmp_path: Path, **extra: object) -> Path:
 def test_local_backends_become_the_chosen_engine_on_its_managed_server(tmp_path: Path, cpu_only: None) -> None:
     path = local_config(tmp_path, llamacpp={"port": 8123}, vllm={"port": 8124})
     settings = Settings(config=path)  # type: ignore[call-arg]
-    assert settings.local_engine == "llamacpp"
+    assert (settings.local_engine, settings.engine) == ("auto", "llamacpp")
     assert {b.kind for b in settings.backends.values()} == {"llamacpp"}
     assert settings.backends["tuned"].base_url == "http://127.0.0.1:8123/v1"
     assert settings.backends["pinned"].base_url == "http://127.0.0.1:9999/v1"  # an explicit URL is kept
@@ -56,7 +56,7 @@ def test_local_backends_become_the_chosen_engine_on_its_managed_server(tmp_path:
 def test_the_environment_flips_the_engine(tmp_path: Path, cpu_only: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXTRACTION_LOCAL_ENGINE", "vllm")
     settings = Settings(config=local_config(tmp_path))  # type: ignore[call-arg]
-    assert settings.local_engine == "vllm" and settings.backends["prompted"].base_url == "http://127.0.0.1:8000/v1"
+    assert settings.engine == "vllm" and settings.backends["prompted"].base_url == "http://127.0.0.1:8000/v1"
 
 
 def test_an_unknown_engine_is_a_clear_config_error(tmp_path: Path, cpu_only: None) -> None:
@@ -80,6 +80,6 @@ def test_a_route_to_a_missing_llamacpp_adapter_is_skipped(tmp_path: Path, cpu_on
 
 def test_the_shipped_default_serves_its_adapters_on_either_engine(cpu_only: None) -> None:
     settings = Settings()  # type: ignore[call-arg]
-    assert settings.local_engine == "llamacpp"
+    assert (settings.local_engine, settings.engine) == ("auto", "llamacpp")
     assert settings.llamacpp.adapters == settings.vllm.adapters  # one set of adapters, whichever engine
     assert settings.backends["local-receipt"].kind == "llamacpp"
