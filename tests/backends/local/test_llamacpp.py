@@ -181,3 +181,7 @@ def test_the_build_reports_cmake_progress_and_keeps_the_whole_log(tmp_path: Path
     assert code == 3  # the exit code is the command's
     assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 40, 50, 100)]  # at most one line per 10 points
     assert out.getvalue().count("Building CXX object") == 6
+    ninja = "for n in (1, 20, 21, 105, 210): print(f'[{n}/210] Building CXX object x{n}.o')"
+    shown.clear()
+    assert llamacpp.run_logged([sys.executable, "-c", ninja], io.StringIO(), shown.append) == 0
+    assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 50, 100)]  # ninja counts steps, not percent
