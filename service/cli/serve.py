@@ -123,7 +123,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for the API.")] = 8080,
     keep_running: Annotated[bool, typer.Option(help="Serve after the samples until Ctrl-C.")] = True,
 ) -> None:
-    """The local stack end to end: the local engine (local_engine: llama.cpp on a CPU, vLLM on a GPU) with the
+    """The local stack end to end: the local engine (local_engine: auto, see `extraction engine status`) with the
     base model and adapters, the API, and the prompted and fine-tuned answers side by side."""
     from backends.local.base_model import ModelPrepareError
     from backends.local.process import ServerError

@@ -1,6 +1,7 @@
 """The shipped default config as a user runs it, on the engine it chooses on this machine (`local_engine:
-auto`: llama.cpp on a CPU, vLLM on a GPU), with the adapters that ship in training/adapters. One server for
-these tests, on a free port; only the engine's address and the tasks folder are moved."""
+auto`: vLLM on a GPU; on a CPU llama.cpp once built, vLLM until then), with the adapters that ship in
+training/adapters. One server for these tests, on a free port; only the engine's address and the tasks folder
+are moved."""
 
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ def start_engine(engine: str, port: int, adapters: dict[str, str]) -> Any:
 
     prepare()  # a no-op when the cache holds the verified model; the GGUF LoRA converter reads it
     if engine == "llamacpp":
-        from backends.local.config import LlamaCppServer
         from backends.local.llamacpp import LlamaCppProcess
 
-        llama = LlamaCppProcess(LlamaCppServer(port=port, adapters=adapters, parallel=2))
+        shipped = Settings(config=DEFAULT_CONFIG).llamacpp  # type: ignore[call-arg]
+        cfg = shipped.model_copy(update={"port": port, "adapters": adapters, "parallel": 2})
+        llama = LlamaCppProcess(cfg)  # the shipped section (its model and quant), on a free port
         llama.start()
         return llama
     from backends.local.config import VllmServer

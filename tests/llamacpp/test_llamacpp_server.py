@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
+from backends.local import llamacpp
 from backends.local.base_model import prepare
 from backends.local.config import LlamaCppServer
 from backends.local.llamacpp import LlamaCppError, LlamaCppProcess, ensure_llama_cpp
@@ -122,3 +124,36 @@ def test_load_adapter_serves_a_new_adapter_by_name_and_unload_takes_it_away(llam
         assert response.json()["data"]["total_amount"] == 2450.0
     llama.server.unload_adapter("invoice-added")
     assert set(llama.server.lora_ids()) == {"invoice-lora"} and llama.server.loaded() == {}
+
+
+def gguf_file_type(path: Path) -> int:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields["general.file_type"]
+    return int(field.parts[field.data[0]][0])
+
+
+def test_quant_serves_the_packaged_model_re_quantised_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gguf import LlamaFileType
+
+    built = ensure_llama_cpp()
+    monkeypatch.setattr(llamacpp, "home", lambda: built)  # the real build; conversions and run files in tmp_path
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path))
+    server = LlamaCppProcess(LlamaCppServer(port=free_port(), parallel=1, quant="q8_0"))
+    served = server.model_path()
+    assert served.parent == tmp_path / "llamacpp" / "models" and served.name.endswith(".Q8_0.gguf")
+    assert not served.exists()
+    server.start()
+    try:
+        assert gguf_file_type(served) == LlamaFileType.MOSTLY_Q8_0
+        assert gguf_file_type(server.source_model()) == LlamaFileType.MOSTLY_Q4_1  # the source is left as it is
+        assert server.status()["model"] == str(served) and server.status()["quant"] == "Q8_0"
+        reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 4})  # fmt: skip
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+        modified = served.stat().st_mtime_ns
+    finally:
+        server.stop()
+    server.start()  # the conversion is cached: not done again
+    server.stop()
+    assert served.stat().st_mtime_ns == modified

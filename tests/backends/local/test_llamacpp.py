@@ -185,3 +185,25 @@ def test_the_build_reports_cmake_progress_and_keeps_the_whole_log(tmp_path: Path
     shown.clear()
     assert llamacpp.run_logged([sys.executable, "-c", ninja], io.StringIO(), shown.append) == 0
     assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 50, 100)]  # ninja counts steps, not percent
+
+
+def test_quant_is_checked_and_names_its_conversion_by_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="llamacpp.quant must be one of Q4_0, .* not 'Q9_9'"):
+        LlamaCppServer(quant="Q9_9")
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"GGUF one")
+    as_is = llamacpp.LlamaCppProcess(LlamaCppServer(model=str(source)))
+    assert as_is.model_path() == source  # no quant: the file itself
+    server = llamacpp.LlamaCppProcess(LlamaCppServer(model=str(source), quant="q8_0"))
+    first = server.model_path()
+    assert first.parent == tmp_path / "cache" / "llamacpp" / "models" and first.name.endswith(".Q8_0.gguf")
+    assert server.model_path() == first  # stable while the source is unchanged
+    source.write_bytes(b"GGUF two, edited")
+    assert server.model_path() != first  # an edited source converts again
+    other = llamacpp.LlamaCppProcess(LlamaCppServer(model=str(source), quant="F16"))
+    assert other.model_path().name.endswith(".F16.gguf")
