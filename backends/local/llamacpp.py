@@ -71,7 +71,7 @@ def is_built() -> bool:
 
 def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None) -> Path:
     """The folder with `bin/llama-server`, `bin/llama-quantize` and the conversion scripts; built on first use
-    (about 20 minutes on 2 cores), then reused on any machine with the same CPU flags."""
+    (about 9 minutes on 2 cores with ninja, 19 with make), then reused on any machine with the same CPU flags."""
     root = home()
     marker = root / ".extraction-built"
     if is_built():
@@ -93,7 +93,7 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     src = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
     build = src / "build"
     steps = [
-        ["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
+        ["cmake", "-S", str(src), "-B", str(build), *generator(), *CMAKE_FLAGS],
         ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs or os.cpu_count() or 1)],
     ]
     with (work / "build.log").open("w") as out:
@@ -115,6 +115,15 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     shutil.rmtree(work, ignore_errors=True)
     log(f"llama.cpp built in {seconds / 60:.1f} min: {root / 'bin'}")
     return root
+
+
+def generator() -> list[str]:
+    """Ninja when there is one (the `ninja` wheel beside this Python, or on PATH), else cmake's default (make).
+    Measured on the 2-core AVX2 EPYC: ninja kept both cores busy for the whole build (1,100 CPU-s in 551 s),
+    where the Makefile build of the same targets took 18.6 min."""
+    beside = Path(sys.executable).parent / "ninja"
+    found = str(beside) if beside.is_file() else shutil.which("ninja")
+    return ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={found}"] if found else []
 
 
 def run_logged(command: list[str], out: IO[str], log: Callable[[str], None]) -> int:

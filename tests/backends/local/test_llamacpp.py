@@ -207,3 +207,16 @@ def test_quant_is_checked_and_names_its_conversion_by_the_source(
     assert server.model_path() != first  # an edited source converts again
     other = llamacpp.LlamaCppProcess(LlamaCppServer(model=str(source), quant="F16"))
     assert other.model_path().name.endswith(".F16.gguf")
+
+
+def test_the_build_uses_ninja_when_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert llamacpp.generator() == []  # no ninja anywhere: cmake's default generator
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ninja" if name == "ninja" else None)
+    assert llamacpp.generator() == ["-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=/usr/bin/ninja"]
+    (tmp_path / "ninja").write_text("")  # the wheel's ninja beside this Python wins
+    assert llamacpp.generator() == ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tmp_path / 'ninja'}"]
