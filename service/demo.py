@@ -155,7 +155,8 @@ def verdict(graded: list[tuple[str, tuple[int, int] | None, dict[str, Any]]]) ->
     quality = ""
     if ps and fs:
         quality = f"{fa} {fs[0]}/{fs[1]} fields right vs {pa} {ps[0]}/{ps[1]}; "
-    return f"  verdict: {quality}{fa} used {tokens:.1f}x fewer input tokens and was {speed:.1f}x faster"
+    pace = f"{speed:.1f}x faster" if speed >= 1 else f"{1 / speed:.1f}x slower"
+    return f"  verdict: {quality}{fa} used {tokens:.1f}x fewer input tokens and was {pace}"
 
 
 def heading(console: Console, title: str) -> None:

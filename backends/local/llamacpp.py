@@ -81,13 +81,7 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log(f"building llama.cpp from {SOURCE} (sdist) for this CPU into {root} (once; many minutes on few cores)")
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SOURCE]
-    if subprocess.run([*pip, "-d", str(work)]).returncode != 0:
-        raise LlamaCppError(f"could not download the {SOURCE} sdist from the package index")
-    sdists = list(work.glob("*.tar.gz"))
-    if len(sdists) != 1:
-        raise LlamaCppError(f"expected one {SOURCE} sdist in {work}, found {len(sdists)}")
-    sdist = sdists[0]
+    sdist = download_sdist(work, log)
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter="data")
     src = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
@@ -115,6 +109,73 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     shutil.rmtree(work, ignore_errors=True)
     log(f"llama.cpp built in {seconds / 60:.1f} min: {root / 'bin'}")
     return root
+
+
+def index_url() -> str:
+    """The package index pip uses here: PIP_INDEX_URL, pip's configured index-url, else PyPI."""
+    if url := os.environ.get("PIP_INDEX_URL"):
+        return url
+    found = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                           capture_output=True, text=True)  # fmt: skip
+    return found.stdout.strip() if found.returncode == 0 and found.stdout.strip() else "https://pypi.org/simple"
+
+
+def sdist_link(index: str, project: str, filename: str) -> tuple[str, str | None]:
+    """(url, sha256) of `filename` on the index's simple page of `project` (PEP 691 JSON, or PEP 503 HTML)."""
+    page = f"{index.rstrip('/')}/{project}/"
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    response = httpx.get(page, headers={"Accept": accept}, timeout=60, follow_redirects=True)
+    response.raise_for_status()
+    if response.headers.get("content-type", "").startswith("application/vnd.pypi.simple.v1+json"):
+        for file in response.json().get("files", []):
+            if file.get("filename") == filename:
+                return str(file["url"]), (file.get("hashes") or {}).get("sha256")
+    else:
+        for href in re.findall(r'href="([^"]+)"', response.text):
+            link = href.replace("&amp;", "&")
+            if link.split("#")[0].rsplit("/", 1)[-1] == filename:
+                digest = re.search(r"sha256=([0-9a-f]{64})", link)
+                return str(httpx.URL(page).join(link.split("#")[0])), digest.group(1) if digest else None
+    raise LlamaCppError(f"{filename} is not on {page}")
+
+
+def download_sdist(work: Path, log: Callable[[str], None] = print) -> Path:
+    """The llama-cpp-python sdist in `work`, fetched from the index's simple page and checked against its
+    sha256. Not `pip download`: pip prepares an sdist's metadata first, which builds its build backend and that
+    backend's dependencies from source under `--no-binary` (6-7 minutes of a fresh 2-core machine, measured)."""
+    name, version = SOURCE.split("==")
+    filename = f"{name.replace('-', '_')}-{version}.tar.gz"
+    started = time.monotonic()
+    try:
+        url, sha256 = sdist_link(index_url(), name, filename)
+        out = work / filename
+        digest = hashlib.sha256()
+        with httpx.stream("GET", url, timeout=120, follow_redirects=True) as response, out.open("wb") as f:
+            response.raise_for_status()
+            for chunk in response.iter_bytes(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+    except (httpx.HTTPError, OSError, ValueError, KeyError, LlamaCppError) as exc:
+        log(f"the index's simple page did not give {filename} ({exc}); asking pip (slower: it prepares metadata)")
+        return pip_download(work)
+    if sha256 and digest.hexdigest() != sha256:
+        out.unlink(missing_ok=True)
+        raise LlamaCppError(f"{filename}: sha256 {digest.hexdigest()} is not the index's {sha256}")
+    log(f"{filename}: {out.stat().st_size / 2**20:.0f} MiB in {time.monotonic() - started:.1f} s")
+    return out
+
+
+def pip_download(work: Path) -> Path:
+    """The sdist through `pip download`, which follows every pip setting (find-links, file:// indexes)."""
+    for stale in work.glob("*.tar.gz"):
+        stale.unlink()
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SOURCE]
+    if subprocess.run([*pip, "-d", str(work)]).returncode != 0:
+        raise LlamaCppError(f"could not download the {SOURCE} sdist from the package index")
+    sdists = list(work.glob("*.tar.gz"))
+    if len(sdists) != 1:
+        raise LlamaCppError(f"expected one {SOURCE} sdist in {work}, found {len(sdists)}")
+    return sdists[0]
 
 
 def generator() -> list[str]:

@@ -50,3 +50,13 @@ def test_side_by_side_runs_both_backends_on_the_same_text(
 
 def test_verdict_with_one_answer_says_so() -> None:
     assert "one backend answered" in verdict([])
+
+
+def test_verdict_says_slower_when_the_fine_tuned_answer_took_longer() -> None:
+    def body(tokens: int, ms: float) -> dict[str, object]:
+        return {"usage": {"input_tokens": tokens}, "latency_ms": ms}
+
+    slow = verdict([("prompted", (1, 4), body(1000, 2000.0)), ("ft", (3, 4), body(100, 3000.0))])
+    assert slow.endswith("ft used 10.0x fewer input tokens and was 1.5x slower")
+    fast = verdict([("prompted", (1, 4), body(1000, 3000.0)), ("ft", (3, 4), body(100, 1000.0))])
+    assert fast.endswith("was 3.0x faster")

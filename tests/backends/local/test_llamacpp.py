@@ -220,3 +220,54 @@ def test_the_build_uses_ninja_when_there_is_one(tmp_path: Path, monkeypatch: pyt
     assert llamacpp.generator() == ["-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=/usr/bin/ninja"]
     (tmp_path / "ninja").write_text("")  # the wheel's ninja beside this Python wins
     assert llamacpp.generator() == ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tmp_path / 'ninja'}"]
+
+
+def index_app(files: dict[str, bytes], listed_sha: dict[str, str], html: bool) -> Starlette:
+    """A package index's simple page for llama-cpp-python (PEP 691 JSON or PEP 503 HTML) and its files."""
+    from starlette.responses import HTMLResponse, Response
+
+    async def page(request: Request) -> Response:
+        base = str(request.base_url).rstrip("/")
+        if html:
+            links = "".join(f'<a href="{base}/files/{n}#sha256={listed_sha[n]}">{n}</a>' for n in files)
+            return HTMLResponse(f"<html><body>{links}</body></html>")
+        body = {"files": [{"filename": n, "url": f"{base}/files/{n}", "hashes": {"sha256": listed_sha[n]}}
+                          for n in files]}  # fmt: skip
+        return JSONResponse(body, media_type="application/vnd.pypi.simple.v1+json")
+
+    async def file(request: Request) -> Response:
+        return Response(files[request.path_params["name"]])
+
+    return Starlette(routes=[Route("/simple/llama-cpp-python/", page), Route("/files/{name}", file)])
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_the_sdist_comes_from_the_index_page_checked_by_its_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, html: bool
+) -> None:
+    import hashlib
+
+    name = "llama_cpp_python-" + llamacpp.SOURCE.split("==")[1] + ".tar.gz"
+    content = b"the sdist's bytes" * 1000
+    good = {name: hashlib.sha256(content).hexdigest()}
+    monkeypatch.setattr(llamacpp, "pip_download", lambda work: pytest.fail("pip is the fallback, not the way"))
+    with ServerThread(index_app({name: content}, good, html)) as index:
+        monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
+        got = llamacpp.download_sdist(tmp_path, log=lambda line: None)
+    assert got == tmp_path / name and got.read_bytes() == content
+    got.unlink()
+    with ServerThread(index_app({name: content}, {name: "0" * 64}, html)) as index:  # the bytes are not the listed ones
+        monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
+        with pytest.raises(llamacpp.LlamaCppError, match="sha256 .* is not the index's 0000"):
+            llamacpp.download_sdist(tmp_path, log=lambda line: None)
+    assert not list(tmp_path.iterdir())  # nothing half-written is left
+
+
+def test_an_index_without_the_sdist_falls_back_to_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fallback = tmp_path / "from-pip.tar.gz"
+    monkeypatch.setattr(llamacpp, "pip_download", lambda work: fallback)
+    lines: list[str] = []
+    with ServerThread(index_app({"other-1.0.tar.gz": b"x"}, {"other-1.0.tar.gz": "0" * 64}, html=False)) as index:
+        monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
+        assert llamacpp.download_sdist(tmp_path, log=lines.append) == fallback
+    assert "asking pip" in lines[0] and "is not on" in lines[0]
