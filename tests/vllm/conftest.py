@@ -59,6 +59,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "local-finetuned": {**local, "model": "test-lora", "prompt_style": "finetuned"},
             "spare": {**local, "model": "spare-lora", "prompt_style": "finetuned"},
             "e2e": {**local, "model": "e2e-lora", "prompt_style": "finetuned"},
+            # the adapters that ship, loaded at run time by tests/vllm/test_shipped_adapters_on_vllm.py
+            "shipped-invoice": {**local, "model": "invoice-lora", "prompt_style": "finetuned"},
+            "shipped-receipt": {**local, "model": "receipt-lora", "prompt_style": "finetuned"},
             # The run-time grammar guard alone: static limits off, a 1 s compile budget.
             "guarded": {
                 **local,
