@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf, prepare
-from backends.local.config import LlamaCppServer, VllmServer
-from backends.local.llamacpp import LlamaCppProcess, ensure_llama_cpp, quantize
+from backends.local.base_model import cache_dir, default_model_dir, prepare
+from backends.local.config import LLAMACPP_QUANTS, LlamaCppServer, VllmServer
+from backends.local.llamacpp import LlamaCppProcess, ensure_llama_cpp
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.machine import describe, machine
 from loadtest.mock_upstream import ServerThread
@@ -65,14 +65,6 @@ def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
     return round(best, 1)
 
 
-def gguf_for(quant: str) -> Path:
-    """The packaged Q4_1 GGUF as it ships, or re-quantised from it with llama-quantize (the same weights in
-    another format: the speed of the format, not a better model)."""
-    if quant == "Q4_1":
-        return packaged_gguf()
-    return quantize(packaged_gguf(), quant, cache_dir() / "llamacpp" / "models" / f"smollm2-135m-{quant.lower()}.gguf")
-
-
 def start_engine(engine: str, adapter: Path | None, parallel: int) -> tuple[Any, float, float, str, str]:
     """(server, start-up seconds, weight bytes read per token, what runs, the model name to ask for)."""
     kind, _, variant = engine.partition(":")
@@ -95,16 +87,18 @@ def start_engine(engine: str, adapter: Path | None, parallel: int) -> tuple[Any,
         what = f"vLLM {server.dtype()}" + ("" if adapter is None else " merged" if model else " + LoRA")
         return server, time.monotonic() - t0, weights / 2 * per_param, what, name  # stored in bf16
     ensure_llama_cpp(log=console.print)
-    quant, _, option = (variant or "Q4_1").partition(":")  # llamacpp:Q4_1:nocache: the prompt cache off
-    gguf = gguf_for(quant)
+    quant, _, option = (variant or "Q4_1").upper().partition(":")  # llamacpp:Q4_1:nocache: the prompt cache off
     loras = {"receipt-lora": str(adapter)} if adapter is not None else {}
-    server = LlamaCppProcess(LlamaCppServer(model=str(gguf), port=PORTS["llamacpp"], parallel=parallel,
-                                            adapters=loras, cache_prompt=option != "nocache"))  # fmt: skip
+    # Q4_1 is the packaged file as it ships; another format is `llamacpp.quant`, re-quantised from it once
+    server = LlamaCppProcess(LlamaCppServer(quant=None if quant == "Q4_1" else quant, port=PORTS["llamacpp"],
+                                            parallel=parallel, adapters=loras,
+                                            cache_prompt=option != "NOCACHE"))  # fmt: skip
     server.stop()
     t0 = time.monotonic()
-    server.start(log=console.print)
-    what = f"llama.cpp {quant}" + (" + LoRA" if loras else "") + (", no prompt cache" if option == "nocache" else "")
-    return server, time.monotonic() - t0, gguf.stat().st_size, what, "receipt-lora" if loras else "smollm2-135m"
+    server.start(log=console.print)  # a format's first start includes its re-quantisation (1.2 s here), then cached
+    what = f"llama.cpp {quant}" + (" + LoRA" if loras else "") + (", no prompt cache" if option == "NOCACHE" else "")
+    weights = server.model_path().stat().st_size
+    return server, time.monotonic() - t0, weights, what, "receipt-lora" if loras else "smollm2-135m"
 
 
 def merged_model(adapter: Path) -> Path:
@@ -154,7 +148,10 @@ async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> 
             t0 = time.perf_counter()
             r = await client.post("/v1/extract", json={"task": "receipt", "text": item["text"]})
             latencies.append(time.perf_counter() - t0)
-            body = r.json()
+            try:
+                body = r.json()
+            except ValueError:  # a proxy's or a crashed server's HTML: recorded as a failure, not a traceback
+                body = {"error": {"code": None, "message": r.text[:300]}}
             if r.status_code == 200:
                 out_tokens += body["usage"]["output_tokens"]
                 answers.append((item["output"], body["data"]))
@@ -188,11 +185,9 @@ async def run_items(url: str, items: list[dict[str, Any]], concurrency: int) -> 
 
 def level_items(items: list[dict[str, Any]], limit: int, level: int) -> list[dict[str, Any]]:
     """The `limit` receipts of the `level`-th concurrency level, none shared with another level (the warm-up
-    takes the last receipt): both engines cache prompt prefixes, so a repeated receipt would skip its prefill."""
-    chosen = items[level * limit : (level + 1) * limit]
-    if len(chosen) < limit:
-        raise SystemExit(f"--data has {len(items)} receipts: {limit} per level x {level + 1} levels + 1 need more")
-    return chosen
+    takes the last receipt; main() checks there are enough): both engines cache prompt prefixes, so a repeated
+    receipt would skip its prefill."""
+    return items[level * limit : (level + 1) * limit]
 
 
 def cache_share(app: Any) -> float | None:
@@ -245,6 +240,13 @@ def main() -> None:
     p.add_argument("--prompted", action="store_true", help="The base model on the few-shot prompt, no adapter.")
     p.add_argument("--out", type=Path, default=Path("var/bench/engines"))
     args = p.parse_args()
+    for engine in args.engines:
+        kind, _, variant = engine.partition(":")
+        quant, _, option = variant.partition(":")
+        if kind == "vllm" and variant not in ("", "merged") or kind not in ("vllm", "llamacpp"):
+            p.error(f"unknown engine {engine!r}: vllm, vllm:merged, or llamacpp:QUANT[:nocache]")
+        if kind == "llamacpp" and (quant and quant.upper() not in LLAMACPP_QUANTS or option not in ("", "nocache")):
+            p.error(f"unknown engine {engine!r}: llamacpp:QUANT[:nocache], QUANT one of {', '.join(LLAMACPP_QUANTS)}")
     lines = [line for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     items = [json.loads(line) for line in lines]
     if len(items) < args.limit * len(args.concurrency) + 1:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidatorFunctionWrapHandler, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,7 @@ from pydantic_settings import (
 
 from backends.config import LOCAL_KINDS, Endpoint, Pricing
 from backends.local.config import LlamaCppServer, VllmServer
-from backends.local.engine import Engine, EngineSetting, choose_engine, resolve_local_backends
+from backends.local.engine import Engine, EngineSetting, resolve_local_backends
 from backends.profiles import SchemaDialect, default_dialect
 from service.auth import AuthConfig
 from service.lifecycle import ShutdownConfig
@@ -276,15 +276,28 @@ class Settings(BaseSettings):
         # Priority: explicit arguments > environment > the YAML file. `config` records the file used.
         return (init_settings, env_settings, _Fixed(settings_cls, {"config": path}), yaml_source)
 
+    _engine_choice: tuple[Engine, str] = PrivateAttr(("vllm", "not resolved"))
+
     @property
     def engine(self) -> Engine:
-        """The engine `local_engine` chooses on this machine (what `kind: local` backends became)."""
-        return choose_engine(self.local_engine, self.vllm.device)[0]
+        """The engine `local_engine` chose on this machine when the config was loaded (what `kind: local`
+        backends became)."""
+        return self._engine_choice[0]
 
-    @model_validator(mode="before")
+    @property
+    def engine_reason(self) -> str:
+        """Why that engine: the setting, or what `auto` found (a GPU, a llama.cpp build)."""
+        return self._engine_choice[1]
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _local_engine(cls, data: Any) -> Any:
-        return resolve_local_backends(data) if isinstance(data, dict) else data
+    def _local_engine(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Settings:
+        if not isinstance(data, dict):
+            return handler(data)  # type: ignore[no-any-return]
+        resolved, choice = resolve_local_backends(data)
+        settings: Settings = handler(resolved)
+        settings._engine_choice = choice
+        return settings
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

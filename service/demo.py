@@ -224,9 +224,7 @@ def start_engine(settings: Settings, console: Console) -> tuple[Any, bool, list[
 def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
     """Start the local engine (unless running) and the API, print extractions for every usable backend, then
     serve."""
-    from backends.local.engine import choose_engine
-
-    why = choose_engine(settings.local_engine, settings.vllm.device)[1]
+    why = settings.engine_reason
     console.print(f"local engine: {settings.engine} ({why})", soft_wrap=True)
     engine, started_engine, served = start_engine(settings, console)
     label = engine.label

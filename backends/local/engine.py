@@ -62,19 +62,21 @@ def engine_url(engine: Engine, servers: dict[str, Any]) -> str:
     return f"http://{server.host}:{server.port}/v1"
 
 
-def resolve_local_backends(data: dict[str, Any]) -> dict[str, Any]:
+def resolve_local_backends(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[Engine, str]]:
     """The raw config with every `kind: local` backend turned into the kind of the engine `local_engine`
-    chooses here, its `base_url` (when unset) the managed server's. Run before validation, so the rest of the
-    service never sees `local`; `local_engine` itself stays as written (`Settings.engine` is the choice)."""
+    chooses here, its `base_url` (when unset) the managed server's, and that choice (engine, why). Run once
+    before validation, so the rest of the service never sees `local`; `local_engine` itself stays as written
+    (`Settings.engine` keeps the choice made here, so it cannot disagree with the backends' kinds)."""
     vllm: dict[str, Any] = data["vllm"] if isinstance(data.get("vllm"), dict) else {}
-    engine, _ = choose_engine(str(data.get("local_engine") or "auto"), str(vllm.get("device") or "auto"))
+    choice = choose_engine(str(data.get("local_engine") or "auto"), str(vllm.get("device") or "auto"))
+    engine = choice[0]
     backends = data.get("backends")
     if not isinstance(backends, dict):
-        return data
+        return data, choice
     url = engine_url(engine, {"vllm": vllm, "llamacpp": data.get("llamacpp") or {}})
     resolved = {}
     for name, backend in backends.items():
         if isinstance(backend, dict) and backend.get("kind") == "local":
             backend = {**backend, "kind": engine, "base_url": backend.get("base_url") or url}
         resolved[name] = backend
-    return {**data, "backends": resolved}
+    return {**data, "backends": resolved}, choice

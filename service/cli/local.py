@@ -245,11 +245,9 @@ def register(app: typer.Typer) -> None:
 
 def chosen_engine(config: Path | None) -> tuple[str, str]:
     """(engine, why) for the config's local_engine on this machine."""
-    from backends.local.engine import choose_engine
-
     use_config(config)
     settings = load_settings_or_exit()
-    return choose_engine(settings.local_engine, settings.vllm.device)
+    return settings.engine, settings.engine_reason
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -106,3 +106,15 @@ def test_the_shipped_default_serves_its_adapters_on_either_engine(cpu_only: None
     assert (settings.local_engine, settings.engine) == ("auto", "llamacpp")
     assert settings.llamacpp.adapters == settings.vllm.adapters  # one set of adapters, whichever engine
     assert settings.backends["local-receipt"].kind == "llamacpp"
+
+
+def test_the_choice_is_made_once_at_load_and_matches_the_backends(
+    tmp_path: Path, cpu_only: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_llamacpp_built", lambda: False)
+    settings = Settings(config=local_config(tmp_path))  # type: ignore[call-arg]
+    assert settings.engine == "vllm" and "not built" in settings.engine_reason
+    monkeypatch.setattr(engine, "_llamacpp_built", lambda: True)  # a build finishes while the service runs
+    assert settings.engine == "vllm" == settings.backends["tuned"].kind  # still what the backends became
+    assert settings.model_copy().engine == "vllm"
+    assert Settings(config=local_config(tmp_path)).engine == "llamacpp"  # type: ignore[call-arg]  # the next load
