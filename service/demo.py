@@ -151,7 +151,7 @@ def verdict(graded: list[tuple[str, tuple[int, int] | None, dict[str, Any]]]) ->
         return "  verdict: one backend answered (no adapter for this task, or the other failed)"
     (pa, ps, pb), (fa, fs, fb) = graded[0], graded[1]
     tokens = pb["usage"]["input_tokens"] / max(1, fb["usage"]["input_tokens"])
-    speed = pb["latency_ms"] / max(1.0, fb["latency_ms"])
+    speed = max(1.0, pb["latency_ms"]) / max(1.0, fb["latency_ms"])  # 1 ms floors: no division by zero
     quality = ""
     if ps and fs:
         quality = f"{fa} {fs[0]}/{fs[1]} fields right vs {pa} {ps[0]}/{ps[1]}; "
