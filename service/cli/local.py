@@ -258,7 +258,10 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 @engine_app.command("install")
-def engine_install(config: ConfigOption = None) -> None:
+def engine_install(
+    config: ConfigOption = None,
+    model: Annotated[bool, typer.Option(help="Also prepare the base model (needs torch: the full install).")] = True,
+) -> None:
     """Install the chosen engine (vLLM's venv, or llama-server built for this CPU) and prepare the base model."""
     engine, why = chosen_engine(config)
     err.print(f"local engine: {engine} ({why})")
@@ -266,7 +269,8 @@ def engine_install(config: ConfigOption = None) -> None:
         vllm_install(config)
     else:
         llamacpp_install()
-    model_prepare()
+    if model:
+        model_prepare()
 
 
 @engine_app.command("up")

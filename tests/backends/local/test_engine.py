@@ -30,7 +30,7 @@ def test_auto_is_vllm_on_a_gpu_and_llamacpp_on_a_cpu(cpu_only: None) -> None:
         choose_engine("tgi")
 
 
-def test_auto_on_a_cpu_is_vllm_until_llamacpp_is_built(
+def test_auto_on_a_cpu_is_llamacpp_built_on_first_install_unless_it_cannot_be_built(
     cpu_only: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from backends.local import llamacpp
@@ -38,8 +38,13 @@ def test_auto_on_a_cpu_is_vllm_until_llamacpp_is_built(
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: nothing built here
     monkeypatch.setattr(engine, "_llamacpp_built", llamacpp.is_built)
     chosen, why = choose_engine("auto", "auto")
-    assert chosen == "vllm" and "llama.cpp is not built for this CPU" in why and "make llamacpp" in why
-    assert choose_engine("llamacpp", "auto")[0] == "llamacpp"  # asked for by name: built when installed
+    assert chosen == "llamacpp" and "built once for this CPU on first install" in why
+    monkeypatch.setattr(llamacpp.shutil, "which", lambda name: None)  # no cmake, no compiler
+    chosen, why = choose_engine("auto", "auto")
+    assert chosen == "vllm" and "no cmake or C++ compiler" in why
+    assert choose_engine("llamacpp", "auto")[0] == "llamacpp"  # asked for by name: its install says what is missing
+    with pytest.raises(llamacpp.LlamaCppError, match="needs cmake and C\\+\\+ compiler"):
+        llamacpp.ensure_llama_cpp(log=lambda line: None)
     root = llamacpp.home()  # what a finished build leaves: the marker and both binaries
     (root / "bin").mkdir(parents=True)
     for target in llamacpp.TARGETS[:-1]:
@@ -47,7 +52,7 @@ def test_auto_on_a_cpu_is_vllm_until_llamacpp_is_built(
     (root / ".extraction-built").write_text("{}")
     assert choose_engine("auto", "auto")[0] == "vllm"  # a half-copied build does not count
     (root / "bin" / llamacpp.TARGETS[-1]).write_text("")
-    assert choose_engine("auto", "auto")[0] == "llamacpp"
+    assert choose_engine("auto", "auto")[0] == "llamacpp"  # a cached build needs no toolchain
     assert choose_engine("auto", "gpu")[0] == "vllm"
 
 
@@ -112,9 +117,10 @@ def test_the_choice_is_made_once_at_load_and_matches_the_backends(
     tmp_path: Path, cpu_only: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine, "_llamacpp_built", lambda: False)
+    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: ["cmake"])
     settings = Settings(config=local_config(tmp_path))  # type: ignore[call-arg]
-    assert settings.engine == "vllm" and "not built" in settings.engine_reason
-    monkeypatch.setattr(engine, "_llamacpp_built", lambda: True)  # a build finishes while the service runs
+    assert settings.engine == "vllm" and "no cmake" in settings.engine_reason
+    monkeypatch.setattr(engine, "_llamacpp_built", lambda: True)  # a build appears while the service runs
     assert settings.engine == "vllm" == settings.backends["tuned"].kind  # still what the backends became
     assert settings.model_copy().engine == "vllm"
     assert Settings(config=local_config(tmp_path)).engine == "llamacpp"  # type: ignore[call-arg]  # the next load

@@ -271,3 +271,48 @@ def test_an_index_without_the_sdist_falls_back_to_pip(tmp_path: Path, monkeypatc
         monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
         assert llamacpp.download_sdist(tmp_path, log=lines.append) == fallback
     assert "asking pip" in lines[0] and "is not on" in lines[0]
+
+
+def test_the_fast_build_lowers_optimisation_off_the_hot_path_only(tmp_path: Path) -> None:
+    """The include file on a miniature of llama.cpp's targets, configured and compiled by the real cmake/c++:
+    the HTTP/CLI layers at -O0 with precompiled standard headers, libllama at -O1, ggml untouched (-O3)."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("cmake") and shutil.which("c++")):
+        pytest.skip("cmake and a C++ compiler build llama.cpp; not on this machine")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("common", "server", "llama", "ggml"):
+        body = f"int {name}_size() {{ return std::vector<int>(3).size(); }}"
+        (src / f"{name}.cpp").write_text(f"#include <vector>\n{body}\n")
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.19)\nproject(llama.cpp CXX)\n"
+        "add_library(llama-common STATIC common.cpp)\nadd_library(server-context STATIC server.cpp)\n"
+        "add_library(llama STATIC llama.cpp)\nadd_library(ggml-cpu STATIC ggml.cpp)\n"
+    )
+    build = tmp_path / "build"
+    flags = [f for f in llamacpp.cmake_flags() if f.startswith(("-DCMAKE_BUILD_TYPE", "-DCMAKE_PROJECT_INCLUDE"))]
+    assert f"-DCMAKE_PROJECT_INCLUDE={llamacpp.FASTBUILD}" in flags and llamacpp.FASTBUILD.is_file()
+    configure = ["cmake", "-S", str(src), "-B", str(build), *flags, "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"]
+    subprocess.run(configure, check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, capture_output=True)
+
+    entries = json.loads((build / "compile_commands.json").read_text())
+    commands = {Path(c["file"]).stem: c["command"] for c in entries if c["file"].endswith(".cpp")}
+
+    def last_opt(command: str) -> str:
+        return [part for part in command.split() if part.startswith("-O")][-1]
+
+    assert {name: last_opt(commands[name]) for name in commands} == {
+        "common": "-O0", "server": "-O0", "llama": "-O1", "ggml": "-O3"}  # fmt: skip
+    assert "cmake_pch" in commands["common"] and "cmake_pch" not in commands["ggml"]
+
+
+def test_full_optimisation_is_a_separate_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXTRACTION_LLAMACPP_FULL_OPT", raising=False)
+    fast = build_key()
+    assert any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llamacpp.cmake_flags())
+    monkeypatch.setenv("EXTRACTION_LLAMACPP_FULL_OPT", "1")
+    assert not any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llamacpp.cmake_flags())
+    assert build_key() == f"{fast}-fullopt"  # never mistaken for the fast build in the cache
