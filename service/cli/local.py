@@ -162,6 +162,7 @@ def llamacpp_install() -> None:
     """Build llama-server and llama-quantize for this CPU from the llama-cpp-python sdist (once per CPU)."""
     from backends.local.llamacpp import LlamaCppError, ensure_llama_cpp
 
+    stop_on_sigterm()  # `make` stops a background install with SIGTERM: the compile must stop with it
     try:
         console.print(f"llama.cpp: {ensure_llama_cpp(log=err.print)}")
     except LlamaCppError as e:
@@ -257,6 +258,17 @@ def print_status(status: dict[str, Any]) -> None:
         raise typer.Exit(1)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt here, so a long install stops its child processes (the compiler, pip)
+    instead of leaving them running; the cache only ever holds finished builds."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @engine_app.command("install")
 def engine_install(
     config: ConfigOption = None,
@@ -265,6 +277,7 @@ def engine_install(
     """Install the chosen engine (vLLM's venv, or llama-server built for this CPU) and prepare the base model."""
     engine, why = chosen_engine(config)
     err.print(f"local engine: {engine} ({why})")
+    stop_on_sigterm()
     if engine == "vllm":
         vllm_install(config)
     else:

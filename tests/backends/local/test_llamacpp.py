@@ -187,6 +187,40 @@ def test_the_build_reports_cmake_progress_and_keeps_the_whole_log(tmp_path: Path
     assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 50, 100)]  # ninja counts steps, not percent
 
 
+def test_an_interrupted_build_stops_the_compile_with_it(tmp_path: Path) -> None:
+    """Ctrl-C (or make's SIGTERM, turned into one by the CLI) mid-build: the child is stopped, not orphaned."""
+    import io
+    import os
+    import sys
+
+    pid_file = tmp_path / "pid"
+    script = (f"import os, sys, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+              "print('[1/210] Building CXX object a.o', flush=True)\ntime.sleep(600)")  # fmt: skip
+
+    def interrupt(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        llamacpp.run_logged([sys.executable, "-c", script], io.StringIO(), interrupt)
+    with pytest.raises(ProcessLookupError):  # terminated and reaped before run_logged returned
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_sigterm_interrupts_an_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from service.cli.local import stop_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_quant_is_checked_and_names_its_conversion_by_the_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
