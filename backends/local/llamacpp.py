@@ -46,15 +46,16 @@ FASTBUILD = Path(__file__).with_name("llamacpp_fastbuild.cmake")  # lower -O for
 
 
 def full_opt() -> bool:
-    """EXTRACTION_LLAMACPP_FULL_OPT=1: everything at Release -O3, as llama.cpp ships it (about a third longer)."""
+    """EXTRACTION_LLAMACPP_FULL_OPT=1: everything at Release -O3, as llama.cpp ships it (1,100 CPU-s instead of
+    778 on the 2-core EPYC; 10.6 min instead of 6.7)."""
     return os.environ.get("EXTRACTION_LLAMACPP_FULL_OPT", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def cmake_flags() -> list[str]:
     """llama.cpp's cmake options here: a native static build of the server and the quantizer, and, unless
     `full_opt()`, the include that compiles the HTTP/CLI/template/multimodal layers at -O0 and libllama at -O1
-    (ggml's kernels keep Release -O3). Measured on the 2-core AVX2 EPYC: the same answers token for token,
-    prefill and decode within run-to-run noise, 1,100 -> about 800 CPU-seconds."""
+    (ggml's kernels keep Release -O3). Measured on the 2-core AVX2 EPYC: the same answers token for token, no
+    slower (README, llama.cpp beside vLLM), 1,100 -> 778 CPU-seconds. Needs cmake 3.19 (older: left out)."""
     return [*CMAKE_FLAGS] if full_opt() else [*CMAKE_FLAGS, f"-DCMAKE_PROJECT_INCLUDE={FASTBUILD}"]
 
 
@@ -92,13 +93,30 @@ def toolchain_missing() -> list[str]:
 
 def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None) -> Path:
     """The folder with `bin/llama-server`, `bin/llama-quantize` and the conversion scripts; built on first use
-    (6.7 minutes on 2 cores), then reused on any machine with the same CPU flags."""
-    root = home()
-    marker = root / ".extraction-built"
+    (6.7 minutes on 2 cores), then reused on any machine with the same CPU flags. One build at a time per
+    cache: a second caller waits for the first and uses its build."""
+    import fcntl
+
     if is_built():
-        return root
+        return home()
     if missing := toolchain_missing():
         raise LlamaCppError(f"building llama.cpp needs {' and '.join(missing)} (apt-get install cmake g++)")
+    lock_file = home().parent / f"{home().name}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another process is building llama.cpp into {home()}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_built():  # built by the process we waited for
+            return home()
+        return _build(log, jobs)
+
+
+def _build(log: Callable[[str], None], jobs: int | None) -> Path:
+    root = home()
+    marker = root / ".extraction-built"
     started = time.monotonic()
     work = root.parent / f"{root.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -231,6 +249,10 @@ def run_logged(command: list[str], out: IO[str], log: Callable[[str], None]) -> 
                     log(f"llama.cpp build {shown}%")
         except BaseException:  # interrupted (Ctrl-C, or SIGTERM turned into one): the compile stops with us
             process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
             raise
     return process.returncode
 
@@ -262,6 +284,17 @@ def adapter_gguf(name: str, path: Path, base: Path | None = None) -> Path:
         return out
     args = [str(path), "--base", str(base or default_model_dir()), "--outtype", "f16"]
     return _convert("convert_lora_to_gguf.py", args, out, f"converting {path} to a GGUF LoRA")
+
+
+def convert_adapters(adapters: dict[str, Path]) -> dict[str, Path]:
+    """Every adapter as a GGUF LoRA (`adapter_gguf`), the ones not yet converted one per core at a time: each
+    conversion is a Python process that spends most of its ~8 s importing torch (measured on the 2-core EPYC:
+    four adapters 33 s one after the other)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(adapters), os.cpu_count() or 1))) as pool:
+        futures = {name: pool.submit(adapter_gguf, name, path) for name, path in adapters.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def quantize(source: Path, kind: str, out: Path) -> Path:
@@ -449,7 +482,7 @@ class LlamaCppProcess(ManagedServer):
         if not model.is_file():
             log(f"re-quantising {source.name} to {self.cfg.quant} (once, cached: {model})")
             quantize(source, str(self.cfg.quant), model)
-        loras = {name: adapter_gguf(name, path) for name, path in present.items()}
+        loras = convert_adapters(present)
         pid, seconds = self.launch(self.command(root / "bin" / "llama-server", loras), tool_env(root))
         log(f"llama.cpp ready at {self.url} in {seconds:.1f} s (pid {pid}, {model.name}, log {self.log_file})")
         return pid

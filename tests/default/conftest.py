@@ -1,5 +1,5 @@
 """The shipped default config as a user runs it, on the engine it chooses on this machine (`local_engine:
-auto`: vLLM on a GPU; on a CPU llama.cpp once built, vLLM until then), with the adapters that ship in
+auto`: vLLM on a GPU; on a CPU llama.cpp when built (make test builds it)), with the adapters that ship in
 training/adapters. One server for these tests, on a free port; only the engine's address and the tasks folder
 are moved."""
 

@@ -30,15 +30,21 @@ def test_auto_is_vllm_on_a_gpu_and_llamacpp_on_a_cpu(cpu_only: None) -> None:
         choose_engine("tgi")
 
 
-def test_auto_on_a_cpu_is_llamacpp_built_on_first_install_unless_it_cannot_be_built(
+def test_auto_on_a_cpu_builds_llamacpp_first_only_where_the_build_fits_a_first_run(
     cpu_only: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from backends.local import llamacpp
 
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: nothing built here
     monkeypatch.setattr(engine, "_llamacpp_built", llamacpp.is_built)
+    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: [])  # cmake and c++ present
+    monkeypatch.setattr(engine, "_cores", lambda: 2)  # 778 CPU-s on 2 cores: ~6.5 min, past the first-run budget
     chosen, why = choose_engine("auto", "auto")
-    assert chosen == "llamacpp" and "built once for this CPU on first install" in why
+    assert chosen == "vllm" and "would not fit a first run" in why and "make llamacpp" in why
+    monkeypatch.setattr(engine, "_cores", lambda: 4)  # ~3.2 min: built on first install
+    chosen, why = choose_engine("auto", "auto")
+    assert chosen == "llamacpp" and "built once for this CPU on first install (~3 min on 4 cores)" in why
+    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", llamacpp.toolchain_missing)
     monkeypatch.setattr(llamacpp.shutil, "which", lambda name: None)  # no cmake, no compiler
     chosen, why = choose_engine("auto", "auto")
     assert chosen == "vllm" and "no cmake or C++ compiler" in why
@@ -52,7 +58,7 @@ def test_auto_on_a_cpu_is_llamacpp_built_on_first_install_unless_it_cannot_be_bu
     (root / ".extraction-built").write_text("{}")
     assert choose_engine("auto", "auto")[0] == "vllm"  # a half-copied build does not count
     (root / "bin" / llamacpp.TARGETS[-1]).write_text("")
-    assert choose_engine("auto", "auto")[0] == "llamacpp"  # a cached build needs no toolchain
+    assert choose_engine("auto", "auto")[0] == "llamacpp"  # a cached build needs no toolchain and no time
     assert choose_engine("auto", "gpu")[0] == "vllm"
 
 
@@ -117,9 +123,10 @@ def test_the_choice_is_made_once_at_load_and_matches_the_backends(
     tmp_path: Path, cpu_only: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine, "_llamacpp_built", lambda: False)
-    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: ["cmake"])
+    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: [])
+    monkeypatch.setattr(engine, "_cores", lambda: 2)
     settings = Settings(config=local_config(tmp_path))  # type: ignore[call-arg]
-    assert settings.engine == "vllm" and "no cmake" in settings.engine_reason
+    assert settings.engine == "vllm" and "would not fit a first run" in settings.engine_reason
     monkeypatch.setattr(engine, "_llamacpp_built", lambda: True)  # a build appears while the service runs
     assert settings.engine == "vllm" == settings.backends["tuned"].kind  # still what the backends became
     assert settings.model_copy().engine == "vllm"
