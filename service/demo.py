@@ -29,8 +29,21 @@ SAMPLES = {
 }
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on: an API left running there would answer the health check in
+    the new one's place (and the new one would fail to bind)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host, port)) == 0:
+            raise RuntimeError(f"{host}:{port} is already in use (an API left running there?); stop it, or pick "
+                               "another port (--port, or PORT= for make demo)")  # fmt: skip
+
+
 def start_api(config: Path, host: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:
     """The API in a child process logging to `log_file`; returns once /healthz answers."""
+    ensure_port_free(host, port)
     command = [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--host", host,
                "--port", str(port)]  # fmt: skip
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +237,20 @@ def start_engine(settings: Settings, console: Console) -> tuple[Any, bool, list[
 def demo(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
     """Start the local engine (unless running) and the API, print extractions for every usable backend, then
     serve."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    ensure_port_free(host, port)  # before starting anything
+    previous = signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the API and the engine, as Ctrl-C does
+    try:
+        run(settings, host, port, keep_running, console)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(settings: Settings, host: str, port: int, keep_running: bool, console: Console) -> None:
     why = settings.engine_reason
     console.print(f"local engine: {settings.engine} ({why})", soft_wrap=True)
     engine, started_engine, served = start_engine(settings, console)

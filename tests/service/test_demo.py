@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Callable
 
+import pytest
 from rich.console import Console
 
 from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
@@ -60,3 +61,21 @@ def test_verdict_says_slower_when_the_fine_tuned_answer_took_longer() -> None:
     assert slow.endswith("ft used 10.0x fewer input tokens and was 1.5x slower")
     fast = verdict([("prompted", (1, 4), body(1000, 3000.0)), ("ft", (3, 4), body(100, 1000.0))])
     assert fast.endswith("was 3.0x faster")
+
+
+def test_the_demo_refuses_a_port_in_use_before_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API left running on the port would answer the new one's health check; the demo says so instead."""
+    import socket
+
+    from service import demo as demo_module
+
+    started: list[str] = []
+    monkeypatch.setattr(demo_module, "start_engine", lambda *a: started.append("engine"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{port} is already in use"):
+            demo_module.demo(Settings(), "127.0.0.1", port, False, Console(file=io.StringIO()))  # type: ignore[call-arg]
+    assert started == []  # nothing was started
+    demo_module.ensure_port_free("127.0.0.1", port)  # free again: no error
