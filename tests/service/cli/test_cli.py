@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -43,3 +44,29 @@ def test_cost_json_for_machines() -> None:
 def test_cost_rejects_negative_numbers() -> None:
     result = CliRunner().invoke(app, [*SEED[:2], "-5", *SEED[3:]])
     assert result.exit_code == 2
+
+
+def test_engine_install_builds_the_chosen_engine_and_prepares_the_model_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make demo` runs `engine install --no-model` beside pip (torch is not there yet); plain `engine install`
+    also prepares the base model. Either way SIGTERM becomes an interrupt, so the compile stops with it."""
+    import signal
+
+    from service.cli import local
+
+    calls: list[str] = []
+    monkeypatch.setattr(local, "chosen_engine", lambda config: ("llamacpp", "as set"))
+    monkeypatch.setattr(local, "llamacpp_install", lambda: calls.append("llamacpp"))
+    monkeypatch.setattr(local, "vllm_install", lambda config: calls.append("vllm"))
+    monkeypatch.setattr(local, "model_prepare", lambda *a, **k: calls.append("prepare"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert CliRunner().invoke(app, ["engine", "install", "--no-model"]).exit_code == 0
+        assert calls == ["llamacpp"]
+        assert signal.getsignal(signal.SIGTERM) not in (previous, signal.SIG_DFL)  # the interrupt handler
+        calls.clear()
+        assert CliRunner().invoke(app, ["engine", "install"]).exit_code == 0
+        assert calls == ["llamacpp", "prepare"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
