@@ -145,8 +145,8 @@ def counter_for(cfg: BackendConfig, vllm: VllmServer, backend: object | None = N
         path = managed_model_dir(vllm)
         try:
             return _load(path)  # on disk: no round trip
-        except Exception as e:  # the local model not prepared yet
-            log.info("tokenizer_not_on_disk", backend=cfg.name, path=str(path), error=str(e)[:200])
+        except Exception as e:  # the local model not prepared yet (expected before `model prepare`)
+            log.debug("tokenizer_not_on_disk", backend=cfg.name, path=str(path), error=str(e)[:200])
     return remote or Estimate()
 
 
