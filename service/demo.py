@@ -42,8 +42,8 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 def start_api(config: Path, host: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:
-    """The API in a child process logging to `log_file`; returns once /healthz answers."""
-    ensure_port_free(host, port)
+    """The API in a child process logging to `log_file`; returns once /healthz answers (the caller has made sure
+    nothing else listens on the port: `ensure_port_free`)."""
     command = [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--host", host,
                "--port", str(port)]  # fmt: skip
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -239,11 +239,10 @@ def demo(settings: Settings, host: str, port: int, keep_running: bool, console: 
     serve."""
     import signal
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    from backends.local.process import sigterm_interrupts
 
     ensure_port_free(host, port)  # before starting anything
-    previous = signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the API and the engine, as Ctrl-C does
+    previous = sigterm_interrupts()  # `kill` stops the API and the engine it started, as Ctrl-C does
     try:
         run(settings, host, port, keep_running, console)
     finally:

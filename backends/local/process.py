@@ -9,10 +9,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 from backends.local.base_model import cache_dir
+
+
+def sigterm_interrupts() -> Any:
+    """From now on SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so whatever a long command started (a
+    compiler, pip, a server) is stopped by its own cleanup instead of left running; returns the previous handler."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 class ServerError(Exception):

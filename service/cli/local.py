@@ -161,8 +161,9 @@ def _llamacpp(config: Path | None) -> tuple[Any, Any]:
 def llamacpp_install() -> None:
     """Build llama-server and llama-quantize for this CPU from the llama-cpp-python sdist (once per CPU)."""
     from backends.local.llamacpp import LlamaCppError, ensure_llama_cpp
+    from backends.local.process import sigterm_interrupts
 
-    stop_on_sigterm()  # `make` stops a background install with SIGTERM: the compile must stop with it
+    sigterm_interrupts()  # `make` stops a background install with SIGTERM: the compile must stop with it
     try:
         console.print(f"llama.cpp: {ensure_llama_cpp(log=err.print)}")
     except LlamaCppError as e:
@@ -258,17 +259,6 @@ def print_status(status: dict[str, Any]) -> None:
         raise typer.Exit(1)
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM raises KeyboardInterrupt here, so a long install stops its child processes (the compiler, pip)
-    instead of leaving them running; the cache only ever holds finished builds."""
-    import signal
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 @engine_app.command("install")
 def engine_install(
     config: ConfigOption = None,
@@ -277,7 +267,9 @@ def engine_install(
     """Install the chosen engine (vLLM's venv, or llama-server built for this CPU) and prepare the base model."""
     engine, why = chosen_engine(config)
     err.print(f"local engine: {engine} ({why})")
-    stop_on_sigterm()
+    from backends.local.process import sigterm_interrupts
+
+    sigterm_interrupts()
     if engine == "vllm":
         vllm_install(config)
     else:

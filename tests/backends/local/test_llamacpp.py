@@ -210,11 +210,11 @@ def test_sigterm_interrupts_an_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import signal
 
-    from service.cli.local import stop_on_sigterm
+    from backends.local.process import sigterm_interrupts
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        stop_on_sigterm()
+        assert sigterm_interrupts() == previous  # handed back, so the demo can put it back
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
     finally:
