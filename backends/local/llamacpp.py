@@ -78,9 +78,9 @@ def binary(name: str = "llama-server") -> Path:
     return home() / "bin" / name
 
 
-def is_built() -> bool:
+def is_built(root: Path | None = None) -> bool:
     """Whether llama-server is built for this CPU (in the cache), so starting it takes seconds, not a build."""
-    root = home()
+    root = root or home()
     return (root / ".extraction-built").is_file() and all((root / "bin" / t).is_file() for t in TARGETS)
 
 
@@ -97,25 +97,24 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     cache: a second caller waits for the first and uses its build."""
     import fcntl
 
-    if is_built():
-        return home()
+    root = home()  # one read of the CPU's flags
+    if is_built(root):
+        return root
     if missing := toolchain_missing():
         raise LlamaCppError(f"building llama.cpp needs {' and '.join(missing)} (apt-get install cmake g++)")
-    lock_file = home().parent / f"{home().name}.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("w") as lock:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with (root.parent / f"{root.name}.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"another process is building llama.cpp into {home()}; waiting for it")
+            log(f"another process is building llama.cpp into {root}; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_built():  # built by the process we waited for
-            return home()
-        return _build(log, jobs)
+        if is_built(root):  # built by the process we waited for
+            return root
+        return _build(root, log, jobs)
 
 
-def _build(log: Callable[[str], None], jobs: int | None) -> Path:
-    root = home()
+def _build(root: Path, log: Callable[[str], None], jobs: int | None) -> Path:
     marker = root / ".extraction-built"
     started = time.monotonic()
     work = root.parent / f"{root.name}.partial"

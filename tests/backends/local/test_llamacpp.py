@@ -356,3 +356,27 @@ def test_full_optimisation_is_a_separate_build(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("EXTRACTION_LLAMACPP_FULL_OPT", "1")
     assert not any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llamacpp.cmake_flags())
     assert build_key() == f"{fast}-fullopt"  # never mistaken for the fast build in the cache
+
+
+def test_a_second_build_waits_for_the_first_and_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two installs at once (make demo beside make llamacpp, two terminals): one builds, the other waits on the
+    cache's lock and then takes that build instead of compiling into the same folder."""
+    import fcntl
+
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(llamacpp, "toolchain_missing", lambda: [])
+    monkeypatch.setattr(llamacpp, "_build", lambda *a: pytest.fail("built a second time"))
+    root = llamacpp.home()
+    root.parent.mkdir(parents=True)
+    first = (root.parent / f"{root.name}.lock").open("w")  # the first install, mid-build
+    fcntl.flock(first, fcntl.LOCK_EX)
+
+    def first_build_finishes(line: str) -> None:  # called once the second install found the lock taken
+        assert "another process is building llama.cpp" in line
+        (root / "bin").mkdir(parents=True)
+        for target in llamacpp.TARGETS:
+            (root / "bin" / target).write_text("")
+        (root / ".extraction-built").write_text("{}")
+        first.close()  # releases the lock
+
+    assert llamacpp.ensure_llama_cpp(log=first_build_finishes) == root
