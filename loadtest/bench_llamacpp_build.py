@@ -7,7 +7,8 @@
         full=~/.cache/extraction-service/llamacpp/KEY-fullopt/bin/llama-server
 
 Each build serves the same model (the default's Q8_0 conversion unless `--model`) with the same GGUF LoRA
-(`--lora`, default: the shipped receipt adapter's conversion) on one slot, 2 threads, no prompt cache; each
+(`--lora`, default: the shipped receipt adapter's conversion) on the service's own llama-server command line,
+one slot, 2 threads, no prompt cache; each
 receipt goes in greedy with the receipt schema as its grammar. The builds take turns (`--runs` rounds), so a
 slower minute of the machine does not land on one build only. Reported per run: wall time for all receipts,
 llama-server's own prefill and decode times (its `timings`), decode tokens/s, and whether every answer is the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 
 from backends.local.base_model import cache_dir
+from backends.local.config import LlamaCppServer
+from backends.local.llamacpp import LlamaCppProcess, tool_env
 
 SCHEMA = {
     "type": "object",
@@ -44,27 +46,17 @@ def newest(folder: Path, pattern: str) -> Path:
 
 
 def serve_and_ask(binary: Path, model: Path, lora: Path, port: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    command = [str(binary), "-m", str(model), "--lora", str(lora), "--host", "127.0.0.1", "--port", str(port),
-               "-c", "4096", "-t", "2", "-tb", "2", "--parallel", "1", "--no-webui", "--jinja",
-               "--no-cache-prompt"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = LlamaCppServer(model=str(model), port=port, parallel=1, ctx_size=4096, threads=2, cache_prompt=False)
+    server = LlamaCppProcess(cfg)  # the service's own command line and health wait, another build's binary
+    server.stop()
+    server.launch(server.command(binary, {"receipt-lora": lora}), tool_env(binary.parent.parent))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{binary} did not become healthy (exit {server.poll()})")
-            time.sleep(0.1)  # polling /health: the server gives no other readiness signal
         texts, wall, prefill, decode, decoded = [], 0.0, 0.0, 0.0, 0
         for row in rows:
             body = {
                 "messages": [{"role": "system", "content": "Extract the receipt as JSON."},
                              {"role": "user", "content": row["text"]}],
-                "temperature": 0, "max_tokens": 200,
+                "temperature": 0, "max_tokens": 200, "lora": [{"id": 0, "scale": 1.0}],
                 "response_format": {"type": "json_schema", "json_schema": {"name": "receipt", "schema": SCHEMA}},
             }  # fmt: skip
             started = time.perf_counter()
@@ -78,8 +70,7 @@ def serve_and_ask(binary: Path, model: Path, lora: Path, port: int, rows: list[d
         return {"wall_s": round(wall, 2), "prefill_s": round(prefill, 2), "decode_s": round(decode, 2),
                 "decode_tok_s": round(decoded / decode, 1), "texts": texts}  # fmt: skip
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 def main() -> None:
@@ -93,7 +84,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8091)
     parser.add_argument("--out", type=Path, default=Path("var/bench/llamacpp-build.json"))
     args = parser.parse_args()
-    builds = dict(b.split("=", 1) for b in args.builds)
+    builds = {name: Path(path).expanduser() for name, _, path in (b.partition("=") for b in args.builds)}
+    for name, binary in builds.items():
+        if not name or not binary.is_file():
+            parser.error(f"{name}={binary}: expected NAME=PATH of a built llama-server")
     model = args.model or newest(cache_dir() / "llamacpp" / "models", "*.Q8_0.gguf")
     lora = args.lora or newest(cache_dir() / "llamacpp" / "lora", "receipt-lora-*.gguf")
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()][: args.limit]
@@ -101,7 +95,7 @@ def main() -> None:
     reference: list[str] | None = None
     for run in range(args.runs):
         for name, binary in builds.items():
-            result = serve_and_ask(Path(binary).expanduser(), model, lora, args.port, rows)
+            result = serve_and_ask(binary, model, lora, args.port, rows)
             reference = reference or result["texts"]
             result |= {"build": name, "run": run + 1, "same_answers": result.pop("texts") == reference}
             results.append(result)
