@@ -8,6 +8,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from backends.config import Pricing
+from service.grounding import check_rules
 
 if TYPE_CHECKING:
     from service.pipeline.spend import Spend
@@ -49,6 +50,12 @@ class ExtractRequest(BaseModel):
     task: str | None = Field(None, description="A configured task name; or give `schema` instead.")
     json_schema: dict[str, Any] | None = Field(None, alias="schema", description="Ad-hoc JSON Schema.")
     instructions: str | None = Field(None, description="Extra instructions for an ad-hoc schema.")
+    grounding: dict[str, Literal["date", "number"]] | None = Field(
+        None,
+        description="For an ad-hoc schema: fields whose value the text must print, {path: date|number} (e.g. "
+        '{"invoice_date": "date", "items[].amount": "number"}); a value the text does not print is '
+        "snapped to the nearest one it does. A task brings its own.",
+    )
     text: str = Field(min_length=1, description="The text to extract from.")
     backend: str | None = Field(None, description="Override the routed backend (or X-Extraction-Backend).")
     options: ExtractOptions = Field(default_factory=ExtractOptions)
@@ -71,6 +78,10 @@ class ExtractRequest(BaseModel):
             raise ValueError("give exactly one of `task` or `schema`")
         if self.instructions is not None and self.task is not None:
             raise ValueError("`instructions` goes with an ad-hoc `schema`; a task brings its own")
+        if self.grounding is not None:
+            if self.task is not None:
+                raise ValueError("`grounding` goes with an ad-hoc `schema`; a task brings its own")
+            check_rules(self.grounding)
         return self
 
 
@@ -91,6 +102,12 @@ def check_sendable(data: Any) -> Any:
     return data  # anything else orjson refuses is not JSON: the fields' own validation says what is wrong
 
 
+class GroundingChange(BaseModel):
+    path: str = Field(description="Where in `data`, e.g. `date` or `items[2].amount`.")
+    model_value: Any = Field(description="What the model answered (the text does not print it).")
+    value: Any = Field(description="What `data` holds instead: the nearest value the text prints.")
+
+
 class TokenUsage(BaseModel):
     input_tokens: int
     output_tokens: int
@@ -109,6 +126,11 @@ class ExtractResponse(BaseModel):
     structured_output: Literal["json_schema", "json_object", "none"] = Field(
         description="How the output was constrained upstream (json_object: the schema is enforced by "
         "validation and re-ask only)."
+    )
+    grounding: list[GroundingChange] = Field(
+        default_factory=list,
+        description="Grounded values the model did not copy from the text, replaced by the nearest printed one "
+        "(the task's `grounding` rules).",
     )
     request_id: str | None = None
     _spend: Spend | None = PrivateAttr(default=None)
@@ -178,6 +200,9 @@ class TaskDetail(TaskSummary):
     instructions: str
     examples: list[dict[str, Any]]
     eval_ignore: list[str] = Field(default_factory=list, description="Free-text fields evaluation does not score.")
+    grounding: dict[str, str] = Field(
+        default_factory=dict, description="Fields whose value the text must print: {path: date|number}."
+    )
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -54,6 +54,14 @@ class Metrics:
         self.field_null = Counter(
             "extraction_field_null", "Top-level fields answered null or empty.", ["task", "field"], registry=r
         )
+        self.grounding = Counter(
+            "extraction_grounding",
+            "Grounded values checked against the text: printed (found as given), snapped (replaced by the nearest "
+            "printed value), not_found (left as given), reverted (snapping made the answer invalid), skipped (the "
+            "check ran past limits.validation_budget_s; the answer went out unchecked).",
+            ["task", "backend", "field", "outcome"],
+            registry=r,
+        )
         self.json_repairs = Counter(
             "extraction_json_repairs", "Outputs that needed json-repair to parse.", ["backend"], registry=r
         )

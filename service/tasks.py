@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from service.grounding import GroundingKind, check_rules
 from service.pii import PiiPolicy
 from service.schemas.compiled import CompiledSchema, compile_schema, validate
 from service.schemas.problems import SchemaProblem
@@ -38,8 +40,18 @@ class Task(BaseModel):
     eval_ignore: list[str] = Field(
         default_factory=list, description="Free-text fields left out of field-level accuracy (e.g. a reason)."
     )
+    grounding: dict[str, GroundingKind] = Field(
+        default_factory=dict,
+        description="Fields whose value the text must print, checked and snapped to it (see service.grounding): "
+        "{path: date|number}, e.g. {date: date, 'items[].amount': number}.",
+    )
 
     _compiled: CompiledSchema | None = PrivateAttr(None)
+
+    @field_validator("grounding")
+    @classmethod
+    def _grounding_rules(cls, rules: dict[str, str]) -> dict[str, str]:
+        return check_rules(rules)
 
     def model_post_init(self, context: Any) -> None:
         """Check and compile the schema (by the draft it declares); an ad-hoc task comes compiled already."""
@@ -108,8 +120,9 @@ def load_tasks(folder: Path) -> dict[str, Task]:
     return tasks
 
 
-def adhoc_task(compiled: CompiledSchema, instructions: str | None) -> Task:
+def adhoc_task(compiled: CompiledSchema, instructions: str | None, grounding: Mapping[str, str] | None = None) -> Task:
     """A task for a request that brings its own schema, checked and compiled already."""
     return Task.model_validate(
-        {"name": ADHOC, "schema": compiled.schema, "instructions": instructions or ""}, context={"compiled": compiled}
+        {"name": ADHOC, "schema": compiled.schema, "instructions": instructions or "", "grounding": grounding or {}},
+        context={"compiled": compiled},
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,18 @@ def backend_entry(base_url: str, **overrides: Any) -> dict[str, Any]:
     }
     entry.update(overrides)
     return entry
+
+
+@pytest.fixture(autouse=True)
+def _config_env_restored() -> Iterator[None]:
+    """`--config` makes a CLI command set EXTRACTION_CONFIG for the process (its own, in real use): in the test
+    process it would leak into every later test's Settings()."""
+    before = os.environ.get("EXTRACTION_CONFIG")
+    yield
+    if before is None:
+        os.environ.pop("EXTRACTION_CONFIG", None)
+    else:
+        os.environ["EXTRACTION_CONFIG"] = before
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,14 @@ class TrainArgs:
     val: Path | None = field(default=None, metadata={"help": "Validation JSONL (loss and field-F1 per epoch)."})
     tasks_dir: Path = field(default=DEFAULT_CONFIG.parent / "tasks", metadata={"help": "Where task YAMLs live."})
     base_model: str | None = field(default=None, metadata={"help": "HF folder or id; default: prepared SmolLM2."})
+    init_adapter: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Continue training this peft adapter (its rank, alpha and target modules; --r/--alpha/"
+            "--target_modules are then ignored) instead of a fresh one: a second stage, or a shipped adapter "
+            "tuned on your own data."
+        },
+    )
     epochs: float = 3.0
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (overrides epochs)."})
     learning_rate: float = 2e-4
@@ -183,10 +191,25 @@ def pick_runtime(dtype_setting: str, batch_size: int | None = None, grad_accum: 
     return Runtime(device, choose_dtype(dtype_setting, device, cpu), cpu, batch, accum)
 
 
+def check_init_adapter(path: Path) -> dict[str, Any]:
+    """The adapter's peft config; OSError saying what is wrong with the folder (checked before anything loads)."""
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        raise OSError(f"--init_adapter {path}: no adapter_config.json there (not a peft adapter folder)")
+    try:
+        settings: dict[str, Any] = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise OSError(f"--init_adapter {config}: not JSON ({e})") from None
+    if settings.get("peft_type") != "LORA":
+        raise OSError(f"--init_adapter {path}: a {settings.get('peft_type')!r} adapter; only LoRA is trained here")
+    return settings
+
+
 def load_model(base: str, args: TrainArgs, runtime: Runtime) -> tuple[Any, Any]:
-    """The base model wrapped with a fresh LoRA adapter (fp32 adapter weights), and its tokenizer."""
+    """The base model wrapped with a fresh LoRA adapter, or `args.init_adapter` made trainable (fp32 adapter
+    weights either way), and its tokenizer."""
     import torch
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.lora import upcast_trainable
@@ -203,7 +226,10 @@ def load_model(base: str, args: TrainArgs, runtime: Runtime) -> tuple[Any, Any]:
     where = "cuda" if runtime.cuda else runtime.cpu.describe()
     print(f"training in {runtime.dtype} on {where}", file=sys.stderr)  # noqa: T201
     model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype)
-    model = get_peft_model(model, build_lora_config(args.r, args.alpha, args.dropout, args.target_modules))
+    if args.init_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(args.init_adapter), is_trainable=True)
+    else:
+        model = get_peft_model(model, build_lora_config(args.r, args.alpha, args.dropout, args.target_modules))
     upcast_trainable(model)
     return model, tokenizer
 
@@ -343,6 +369,17 @@ def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from training.card import write_card
 
     started = time.time()
+    if args.init_adapter is not None:  # its own settings, so that the card says what was trained
+        init = check_init_adapter(args.init_adapter)
+        args = replace(
+            args,
+            r=init["r"],
+            alpha=init["lora_alpha"],
+            dropout=init.get("lora_dropout", args.dropout),
+            target_modules=sorted(init["target_modules"])
+            if isinstance(init["target_modules"], list)
+            else [init["target_modules"]],  # a regex
+        )
     inputs = load_inputs(args)
     runtime = pick_runtime(args.dtype, args.batch_size, args.grad_accum)
     base = args.base_model or str(prepare())

@@ -24,6 +24,7 @@ from service.errors import (
     SchemaValidationFailed,
     ValidationTimeout,
 )
+from service.grounding import Change
 from service.metrics import Metrics
 from service.pii import scan
 from service.pipeline.checks import Checks
@@ -47,6 +48,7 @@ class Answer:
     model: str
     mode: StructuredMode
     spend: Spend
+    grounded: tuple[Change, ...] = ()
 
 
 class _Tally:
@@ -102,7 +104,7 @@ class Attempts:
         tally = _Tally(spent_before.cost, on_answer)
         try:
             async with asyncio.timeout(deadline_s - (time.monotonic() - started)):
-                return await self._loop(task, cfg, backend, options, messages, max_attempts, max_tokens,
+                return await self._loop(task, text, cfg, backend, options, messages, max_attempts, max_tokens,
                                         started + deadline_s, tally)  # fmt: skip
         except TimeoutError:
             raise DeadlineExceeded(
@@ -118,6 +120,7 @@ class Attempts:
     async def _loop(
         self,
         task: Task,
+        text: str,
         cfg: BackendConfig,
         backend: ResilientBackend,
         options: ExtractOptions,
@@ -148,9 +151,10 @@ class Attempts:
             self._account(cfg, task, response, tally)
             data, issues = await self._check(cfg, response, compiled, tally)
             if not issues:
+                data, grounded = await self._ground(task, cfg, text, data, compiled)
                 data = await self._apply_pii_policy(task, data, compiled, tally.spend())
                 self._record_success(task, cfg, data, first_attempt=attempt == 1)
-                return Answer(data, cfg.name, response.model, mode, tally.spend())
+                return Answer(data, cfg.name, response.model, mode, tally.spend(), grounded)
             last_text, last_issues = response.text, issues
             messages = messages + reask_messages(response.text, issues, truncated=response.finish_reason == "length")
         raise SchemaValidationFailed(
@@ -220,6 +224,37 @@ class Attempts:
                 details=details,
                 spend=tally.spend(),
             )
+
+    async def _ground(
+        self, task: Task, cfg: BackendConfig, text: str, data: Any, compiled: CompiledSchema
+    ) -> tuple[Any, tuple[Change, ...]]:
+        """A valid answer with its grounded values checked against the text (service.grounding). Snapped values
+        are validated again: an answer they would make invalid is kept as the model gave it (`reverted`)."""
+        if not task.grounding:
+            return data, ()
+
+        def count(rule: str, outcome: str) -> None:
+            self.metrics.grounding.labels(task.name, cfg.name, fields[rule], outcome).inc()
+
+        fields = {rule: "-" if task.name == ADHOC else rule for rule in task.grounding}
+        try:
+            result = await self.checks.ground(data, task.grounding, text)
+        except TooSlow:  # a valid answer stays valid: it goes out unchecked, and that is counted
+            for rule in task.grounding:
+                count(rule, "skipped")
+            return data, ()
+        if result.changes:
+            try:
+                problems = await self.checks.revalidate(result.data, compiled)
+            except TooSlow:
+                problems = [Issue("$", "the grounded answer could not be validated within the time budget")]
+            if problems:
+                for o in result.outcomes:
+                    count(o.rule, "reverted" if o.outcome == "snapped" else o.outcome)
+                return data, ()
+        for o in result.outcomes:
+            count(o.rule, o.outcome)
+        return result.data, tuple(result.changes)
 
     async def _apply_pii_policy(self, task: Task, data: Any, compiled: CompiledSchema, spend: Spend) -> Any:
         policy = task.pii or self.settings.pii

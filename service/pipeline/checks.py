@@ -14,13 +14,14 @@ than that validation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from service.config import Limits
 from service.errors import InvalidSchema
+from service.grounding import Grounded, ground
 from service.parsing import OutputNotJSON, parse_output
 from service.schemas.budget import TooSlow, time_budget
 from service.schemas.compiled import (
@@ -118,6 +119,11 @@ class Checks:
         except OutputNotJSON as e:
             return Checked(None, [Issue("$", str(e))])
         return Checked(parsed.value, validate(parsed.value, compiled), parsed.repaired)
+
+    async def ground(self, data: Any, rules: Mapping[str, str], text: str) -> Grounded:
+        """`data`'s grounded values checked against `text` (service.grounding), in a worker under the validation
+        budget: the scan is linear in the text, the edit distances in the candidates it prints."""
+        return await self._off_loop(self.limits.validation_budget_s, ground, data, rules, text)
 
     async def revalidate(self, data: Any, compiled: CompiledSchema) -> list[Issue]:
         """`data` (e.g. after PII redaction) validated again, in a worker under the same budget."""

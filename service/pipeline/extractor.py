@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from backends.base import Backend
-from service.api_models import ExtractOptions, ExtractResponse, TokenUsage
+from service.api_models import ExtractOptions, ExtractResponse, GroundingChange, TokenUsage
 from service.config import BackendConfig, Settings
 from service.errors import (
     BackendUnavailable,
@@ -89,10 +90,12 @@ class Extractor:
                 details={"task": name, "available": sorted(self.tasks)},
             ) from None
 
-    async def adhoc_task(self, schema: dict[str, Any], instructions: str | None = None) -> Task:
+    async def adhoc_task(
+        self, schema: dict[str, Any], instructions: str | None = None, grounding: Mapping[str, str] | None = None
+    ) -> Task:
         """A task for a request's own schema, checked off the event loop: 400 invalid_schema before any call."""
         compiled = await self.checks.admit(schema, self.attempts.modes.prepare)
-        return adhoc_task(compiled, instructions)
+        return adhoc_task(compiled, instructions, grounding)
 
     async def extract(
         self,
@@ -101,6 +104,7 @@ class Extractor:
         task: str | None = None,
         schema: dict[str, Any] | None = None,
         instructions: str | None = None,
+        grounding: Mapping[str, str] | None = None,
         backend: str | None = None,
         options: ExtractOptions | None = None,
         request_id: str | None = None,
@@ -137,7 +141,7 @@ class Extractor:
             async with self.gate.slot():
                 if spec is None:  # checked inside the gate, so a flood of new schemas is shed like any other
                     assert schema is not None
-                    spec = await self.adhoc_task(schema, instructions)
+                    spec = await self.adhoc_task(schema, instructions, grounding)
                     trace.task = spec.name
                     cfg = route(self.settings, spec, backend)
                     trace.backend = cfg.name
@@ -198,7 +202,7 @@ class Extractor:
                 carried = carried + (e.spend or Spend())
                 tried.append({"backend": cfg.name, "error": e.code})
                 continue
-            return Answer(answer.data, answer.backend, answer.model, answer.mode, carried + answer.spend)
+            return replace(answer, spend=carried + answer.spend)
         raise AssertionError("unreachable: the chain is never empty")
 
 
@@ -215,6 +219,7 @@ def _response(answer: Answer, task: Task, started: float, request_id: str | None
         cost_usd=spend.cost_usd,
         latency_ms=round((time.monotonic() - started) * 1000, 2),
         structured_output=answer.mode,
+        grounding=[GroundingChange(**change.as_dict()) for change in answer.grounded],
         request_id=request_id,
     ).with_spend(spend)
     return response

@@ -102,6 +102,7 @@ async def _run(
             task=body.task,
             schema=body.json_schema,
             instructions=body.instructions,
+            grounding=body.grounding,
             backend=body.backend or backend,
             options=body.options,
             request_id=request_id,

@@ -55,6 +55,7 @@ async def get_task(name: str, state: StateDep, principal: PrincipalDep) -> TaskD
         instructions=task.instructions,
         examples=[e.model_dump() for e in task.examples],
         eval_ignore=task.eval_ignore,
+        grounding=task.grounding,
     )
 
 
