@@ -320,6 +320,12 @@ def eval_command(
     console.print(table)
     if "sroie" in s:
         _print_sroie(s)
+    grounding = s["grounding"]
+    if grounding["values_snapped"]:
+        console.print(
+            f"grounding: {grounding['values_snapped']} value(s) in {grounding['requests_with_snaps']} answer(s) "
+            f"snapped to the text; field F1 as the model answered: {grounding['as_answered']['field_micro']['f1']:.3f}"
+        )
     console.print(f"errors: {s['error_buckets']}\nrun: {out}  disagreements: {out.with_suffix('.disagreements.jsonl')}")
 
 

@@ -12,9 +12,11 @@ exact match of the normalised strings, see training/metrics.py) to each item and
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -88,11 +90,12 @@ def summarize(
     task: Task, fields: list[str], items: list[dict[str, Any]], wall_s: float, metrics: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """The run's summary: accuracy, structure adherence, tokens, cost, latency, throughput, error buckets."""
-    scores = Scores()
+    scores, as_answered = Scores(), Scores()
     buckets: dict[str, int] = dict.fromkeys(("missing_field", "wrong_value", "wrong_type", *REQUEST_ERRORS), 0)
     for item in items:
         pred = item["output"] if isinstance(item["output"], dict) else None
         scores.add(item["gold"], pred, fields)
+        as_answered.add(item["gold"], ungrounded(pred, item.get("grounding") or []), fields)
         if item["error_kind"]:
             buckets[item["error_kind"]] += 1
         for kind in item["field_errors"].values():
@@ -125,8 +128,42 @@ def summarize(
         "wall_s": round(wall_s, 1),
         "error_buckets": buckets,
         "shed_retries": sum(i.get("shed_retries", 0) for i in items),  # 429/503 sent again after Retry-After
+        # What the task's grounding rules changed, and the scores of the answers as the model gave them
+        "grounding": {
+            "values_snapped": sum(len(i.get("grounding") or []) for i in items),
+            "requests_with_snaps": sum(bool(i.get("grounding")) for i in items),
+            "as_answered": {
+                "field_micro": as_answered.micro.as_dict(),
+                "fields": {n: sc.as_dict() for n, sc in sorted(as_answered.fields.items())},
+            },
+        },  # fmt: skip
         **({"sroie": sroie_summary(items, SROIE_FIELDS)} if "sroie" in metrics else {}),
     }
+
+
+_STEP = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
+
+
+def ungrounded(output: dict[str, Any] | None, changes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """`output` with the service's grounding changes undone (each `path` back to its `model_value`): the answer
+    as the model gave it, to score what grounding changed."""
+    if output is None or not changes:
+        return output
+    restored = copy.deepcopy(output)
+    for change in changes:
+        node: Any = restored
+        steps = [(m.group(1), [int(k) for k in re.findall(r"\d+", m.group(2))]) for m in _STEP.finditer(change["path"])]
+        try:
+            for i, (name, indexes) in enumerate(steps):
+                keys: list[Any] = [name, *indexes]
+                for j, key in enumerate(keys):
+                    if i == len(steps) - 1 and j == len(keys) - 1:
+                        node[key] = change["model_value"]
+                    else:
+                        node = node[key]
+        except (KeyError, IndexError, TypeError):
+            continue  # a path the answer does not have: nothing to undo
+    return restored
 
 
 def _item(
@@ -162,6 +199,7 @@ def _item(
         "cost_usd": body.get("cost_usd", details.get("cost_usd")),
         "latency_ms": round(latency_ms, 1),
         "server_latency_ms": body.get("latency_ms"),
+        "grounding": (body.get("grounding") or []) if status == 200 else [],
     }
     if sroie:
         item["sroie"] = sroie_item(record.output, output if isinstance(output, dict) else None, SROIE_FIELDS)

@@ -129,3 +129,38 @@ def test_eval_metric_sroie_through_the_service(
     assert "kedai a sdn bhd" in result.output and "(none: invalid_json)" in result.output
     company_row = next(line for line in result.output.splitlines() if "company" in line and "0.400" in line)
     assert "0.800" in company_row  # SROIE F1 next to field F1
+
+
+def test_ungrounded_undoes_the_services_changes_by_path() -> None:
+    from training.evaluate import ungrounded
+
+    output = {"date": "2019-01-15", "items": [{"amount": 1.0}, {"amount": 2.5}], "meta": {"n": 3}}
+    changes = [{"path": "date", "model_value": "2019-01-51", "value": "2019-01-15"},
+               {"path": "items[1].amount", "model_value": 2.0, "value": 2.5},
+               {"path": "meta.n", "model_value": 4, "value": 3},
+               {"path": "gone[7].x", "model_value": 1, "value": 2}]  # fmt: skip
+    assert ungrounded(output, changes) == {"date": "2019-01-51", "items": [{"amount": 1.0}, {"amount": 2.0}],
+                                           "meta": {"n": 4}}  # fmt: skip
+    assert output["date"] == "2019-01-15" and ungrounded(None, changes) is None
+
+
+@pytest.mark.integration
+def test_eval_reports_what_grounding_changed_and_the_score_as_answered(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings({"mock": backend_entry(f"{upstream.url}/v1", max_attempts=1)})
+    text = "KEDAI A SDN BHD\nNO 1, JALAN 2, 81100 JOHOR\n15/01/2019 10:02\nTOTAL RM 9.00"
+    write_split({"test": [Record("r0", text, GOLD), Record("r1", text, GOLD)]}, tmp_path / "d", meta={})
+    upstream.enqueue(Reply(content=json.dumps({**GOLD, "date": "2019-05-15"})), Reply(content=json.dumps(GOLD)))
+    with ServerThread(create_app(settings)) as api:
+        result = runner.invoke(app, ["eval", "--task", "receipt", "--data", str(tmp_path / "d" / "test.jsonl"),
+                                     "--backend", "mock", "--url", api.url, "--out", str(tmp_path / "run.json"),
+                                     "--concurrency", "1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run.json").read_text())
+    g = run["summary"]["grounding"]
+    assert (g["values_snapped"], g["requests_with_snaps"]) == (1, 1)
+    assert run["summary"]["fields"]["date"]["f1"] == 1.0 and g["as_answered"]["fields"]["date"]["f1"] == 0.5
+    assert {i["id"]: i["grounding"] for i in run["items"]} == {
+        "r0": [{"path": "date", "model_value": "2019-05-15", "value": "2019-01-15"}], "r1": []}  # fmt: skip
+    assert "1 value(s) in 1 answer(s) snapped" in result.output

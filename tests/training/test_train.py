@@ -150,6 +150,25 @@ def test_gradient_checkpointing_trains_the_adapter(tiny_base: Path, data: dict[s
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter_weights(out).items())
 
 
+def test_a_second_stage_continues_the_adapter_it_is_given(
+    tiny_base: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    first = tmp_path / "stage1"
+    main(tiny_args(tiny_base, data, first, val=None, max_steps=2, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    # learning rate 0: stage 2 must hand back stage 1's weights exactly, so they were its starting point
+    second = tmp_path / "stage2"
+    card = main(tiny_args(tiny_base, data, second, val=None, max_steps=1, learning_rate=0.0, init_adapter=first,
+                          r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))  # fmt: skip
+    before, after = adapter_weights(first), adapter_weights(second)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    hp = card["hyperparameters"]  # the adapter's own settings, not the ignored flags
+    assert (hp["r"], hp["alpha"], hp["target_modules"], hp["init_adapter"]) == (4, 8, ["q_proj", "v_proj"], str(first))
+    with pytest.raises(OSError, match="no adapter_config.json"):
+        main(tiny_args(tiny_base, data, tmp_path / "x", val=None, max_steps=1, init_adapter=tmp_path))
+
+
 def padding_in_batches(tiny_base: Path, data: dict[str, Path], tmp_path: Path, group_by_length: bool) -> int:
     """Padded positions over one epoch of 64 examples, half 8 tokens long and half 64, in batches of 4."""
     args = tiny_args(tiny_base, data, tmp_path / "unused", val=None, batch_size=4, group_by_length=group_by_length)
