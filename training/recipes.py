@@ -45,6 +45,9 @@ class Recipe:
     val: str
     options: tuple[str, ...] = ()
     needs: tuple[str, ...] = field(default=())  # shared data folders it reads
+    # Further stages, each `extraction train` options that continue the previous stage's adapter
+    # (`--init_adapter`) on the same data: e.g. a second epoch at a lower learning rate.
+    stages: tuple[tuple[str, ...], ...] = ()
 
     def argv(self, work: Path) -> list[list[str]]:
         fill = {"work": str(work), "shared": str(SHARED)}
@@ -169,11 +172,11 @@ def build(recipe: Recipe, work: Path, shipped: Path = SHIPPED) -> Path:
     n = concat([ROOT / work / p for p in recipe.train], ROOT / train_file)
     print(f"{recipe.name}: {n} training examples", flush=True)  # noqa: T201
     adapter = work / "adapter"
-    _run(
-        [*cli, "train", "--task", recipe.task, "--train", str(train_file), "--val", str(work / recipe.val),
-         "--out", str(adapter), *recipe.options],
-        steps,
-    )  # fmt: skip
+    train = [*cli, "train", "--task", recipe.task, "--train", str(train_file), "--val", str(work / recipe.val)]
+    _run([*train, "--out", str(adapter), *recipe.options], steps)
+    for k, options in enumerate(recipe.stages, 2):
+        previous, adapter = adapter, work / f"adapter.stage{k}"
+        _run([*train, "--out", str(adapter), "--init_adapter", str(previous), *options], steps)
     dst = shipped / recipe.name
     ship(ROOT / adapter, dst)
     cpu = read_cpu()

@@ -63,11 +63,15 @@ def test_build_runs_data_then_train_and_ships_with_its_record(tmp_path: Path, mo
         train=("a.jsonl",),
         val="b.jsonl",
         options=("--epochs", "1"),
+        stages=(("--epochs", "1", "--learning_rate", "2e-4"),),
     )
     dst = build(recipe, tmp_path / "work", tmp_path / "shipped")
-    assert [a[3] for a in ran] == ["data", "data", "train"]
-    train = ran[-1][3:]
+    assert [a[3] for a in ran] == ["data", "data", "train", "train"]
+    first, train = ran[-2][3:], ran[-1][3:]
     assert train[train.index("--train") + 1].endswith("work/demo/train.all.jsonl")
+    # the second stage continues the first's adapter, and the last stage's adapter is the one shipped
+    assert train[train.index("--init_adapter") + 1] == first[first.index("--out") + 1]
+    assert train[train.index("--out") + 1].endswith("adapter.stage2") and "--init_adapter" not in first
     weights = dst / "adapter_model.safetensors"
     from safetensors.torch import load_file
 
@@ -76,7 +80,7 @@ def test_build_runs_data_then_train_and_ships_with_its_record(tmp_path: Path, mo
     assert record["command"] == "python -m training.recipes demo"
     assert [s["argv"][:3] for s in record["steps"]] == [["extraction", "data", "synth"]] * 2 + [
         ["extraction", "train", "--task"]
-    ]
+    ] * 2
     assert record["cpu"]["model"] and "native_bf16" in record["cpu"]
 
 
