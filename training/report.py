@@ -54,6 +54,8 @@ def row(run: dict[str, Any], items: list[dict[str, Any]], figures: dict[str, flo
         "run_items": len(run["items"]),
         "exact_match": round(figures["exact_match"], 4),
         "field_f1": round(figures["field_f1"], 4),
+        # values the task's grounding rules snapped to the text, per item (a model's miscopies)
+        "grounded": round(sum(len(i.get("grounding") or []) for i in items) / len(items), 3) if items else 0.0,
         "schema_valid_first": round(figures["schema_valid_first"], 4),
         "schema_valid": round(figures["schema_valid"], 4),
         "attempts": mean("attempts"),
@@ -213,7 +215,7 @@ def build_report(
 
 COLUMNS = [
     ("backend", "backend", "{}"), ("prompt_style", "prompt", "{}"), ("items", "items", "{}"),
-    ("exact_match", "exact match", "{:.3f}"), ("field_f1", "field F1", "{:.3f}"),
+    ("exact_match", "exact match", "{:.3f}"), ("field_f1", "field F1", "{:.3f}"), ("grounded", "snapped/req", "{:.2f}"),
     ("schema_valid_first", "valid 1st try", "{:.1%}"), ("schema_valid", "valid w/ re-asks", "{:.1%}"),
     ("attempts", "attempts/req", "{:.2f}"), ("input_tokens", "in tok/req", "{:.0f}"),
     ("output_tokens", "out tok/req", "{:.1f}"), ("cost_per_request", "USD/req", "{:.6f}"),

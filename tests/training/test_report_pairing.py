@@ -187,3 +187,14 @@ def test_the_report_command_takes_resamples_and_seed_and_refuses_other_test_file
     paths[1].write_text(json.dumps(b))
     refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r3")])
     assert refused.exit_code != 0 and "different test files" in refused.output
+
+
+def test_a_report_row_counts_the_values_grounding_snapped_per_item() -> None:
+    from training.report import row
+
+    items = [{"attempts": 1, "cost_usd": 0.0, "grounding": [{"path": "date"}, {"path": "total"}]},
+             {"attempts": 1, "cost_usd": 0.0, "grounding": []}, {"attempts": 1, "cost_usd": 0.0}]  # fmt: skip
+    run = {"meta": {"backend": "b", "model": "m", "prompt_style": "finetuned"}, "items": items, "summary": {}}
+    figures = dict.fromkeys(("exact_match", "field_f1", "schema_valid_first", "schema_valid", "latency_p50_ms",
+                             "latency_p95_ms"), 0.0)  # fmt: skip
+    assert row(run, items, figures, 1000)["grounded"] == round(2 / 3, 3)
