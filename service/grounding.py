@@ -12,10 +12,12 @@ is not is replaced by a candidate near enough (`snapped`); otherwise it is left 
 (`not_found`). Nulls are left alone.
 
 - Dates: the nearest reading by edit distance between the ISO strings when it is within two edits (a digit
-  miscopied, day and month swapped); else, if the text prints one date only, that date. Ties go to the reading
-  the document implies (day-first, unless a date in it can only be read month-first), then to the earlier date.
-- Numbers: within one edit of the number as the model wrote it (a digit wrong, missing or extra; trailing zeros
-  free), of the same order of magnitude, and only when no other printed number is as near.
+  miscopied, day and month swapped); of a tie, the reading the document implies (day-first, unless one of its
+  four-digit-year dates can only be read month-first), then the one printed first. An ISO date further off is
+  replaced by the text's only date, if it prints exactly one.
+- Numbers: within one edit of the number as the model wrote it (trailing zeros free), with as many digits
+  before the point, the same sign and within 10x, and only when no other printed number is as near. A zero is
+  left alone (no tax, no discount: meant, not miscopied).
 
 Only for fields the text prints: a value the model must compute or infer (a sum, a due date "net 30") is not
 one to ground. The pipeline validates a changed answer again and reports each change in the response.
@@ -23,7 +25,9 @@ one to ground. The pipeline validates a changed answer again and reports each ch
 
 from __future__ import annotations
 
+import copy
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -56,8 +60,9 @@ _MONTH_WORDS = {
 }
 _MONTHS = {word: n for n, words in _MONTH_WORDS.items() for word in words.split()}
 _MONTH_RE = "|".join(sorted(_MONTHS, key=len, reverse=True))
-_SEP = r"\s*[-/.]\s*"
-_NUMERIC_DATE = re.compile(rf"(?<![\d.,/-])(\d{{1,4}}){_SEP}(\d{{1,2}}){_SEP}(\d{{2,4}})(?![\d/-]|[.,]\d)")
+_SEP = r"\s*([-/.])\s*"
+# Not after a letter, digit or separator (v1.13.20 is a version, 1.234.567 a number), nor before more of them.
+_NUMERIC_DATE = re.compile(rf"(?<![\w.,/-])(\d{{1,4}}){_SEP}(\d{{1,2}}){_SEP}(\d{{2,4}})(?![\d/-]|[.,]\d)")
 _DAY_MONTH_YEAR = re.compile(
     rf"(?<![\w])(\d{{1,2}})(?:st|nd|rd|th)?(?:\s+of)?[\s\-/.,]*({_MONTH_RE})\.?[\s\-/.,']*(\d{{4}}|\d{{2}})(?!\d)", re.I
 )
@@ -65,8 +70,13 @@ _MONTH_DAY_YEAR = re.compile(
     rf"(?<![\w])({_MONTH_RE})\.?[\s\-/.]*(\d{{1,2}})(?:st|nd|rd|th)?[\s,.]+(\d{{4}}|'?\d{{2}})(?!\d)", re.I
 )
 _CJK_DATE = re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*日")
-# A number as printed: digits with "." or "," between groups (1,234.50 / 1.234,50 / 12,50 / RM9.00).
-_NUMBER = re.compile(r"(?<![\d.,])-?\d+(?:[.,]\d+)*(?!\d)")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# A number as printed: digits with "." "," or "'" between groups (1,234.50 / 1.234,50 / 1'234.50 / 12,50 /
+# RM9.00 / Total,12.50), a sign (- or the Unicode minus) before; grouped by spaces (1 234,50) read separately too.
+_MINUS = "-\u2212"
+_NUMBER = re.compile(rf"(?<![\d.'])[{_MINUS}]?\d+(?:[.,']\d+)*(?!\d)")
+_SPACED = re.compile(rf"(?<![\d.,'])[{_MINUS}]?\d{{1,3}}(?:[ \u00a0\u202f]\d{{3}})+(?:[.,]\d+)?(?![\d.,])")
+CHECK_EVERY = 256  # matches between looks at the time budget while scanning a text
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +120,43 @@ def check_rules(rules: Mapping[str, str]) -> dict[str, str]:
     return dict(rules)
 
 
+_OPAQUE = ("$ref", "$dynamicRef", "anyOf", "oneOf", "allOf", "if")  # past these a path is not followed
+_TYPES = {"date": {"string"}, "number": {"number", "integer"}}
+
+
+def check_paths(rules: Mapping[str, str], schema: Any) -> None:
+    """ValueError when a rule's path cannot name a value of its kind in `schema`: a property the schema does
+    not declare, an array step on a non-array, a date rule on a non-string (a typo would silently switch
+    grounding off). Paths through $ref or combinators are taken on trust."""
+    for path, kind in rules.items():
+        node: Any = schema
+        for step in path.split("."):
+            name, each = (step[:-2], True) if step.endswith("[]") else (step, False)
+            if not isinstance(node, dict) or any(k in node for k in _OPAQUE):
+                node = None
+                break
+            properties = node.get("properties")
+            if not isinstance(properties, dict):
+                node = None  # an object with no declared properties: any name may be there
+                break
+            if name not in properties:
+                raise ValueError(f"grounding path {path!r}: the schema has no property {name!r}")
+            node = properties[name]
+            if each:
+                if isinstance(node, dict) and not any(k in node for k in _OPAQUE):
+                    declared = node.get("type")
+                    if declared is not None and "array" not in (declared if isinstance(declared, list) else [declared]):
+                        raise ValueError(f"grounding path {path!r}: {name!r} is not an array in the schema")
+                    node = node.get("items")
+                else:
+                    node = None
+                    break
+        if isinstance(node, dict) and not any(k in node for k in _OPAQUE) and "type" in node:
+            declared = node["type"] if isinstance(node["type"], list) else [node["type"]]
+            if not _TYPES[kind] & set(declared):
+                raise ValueError(f"grounding path {path!r}: a {kind} rule on a value of type {node['type']}")
+
+
 # ---------------------------------------------------------------------------------------------- candidates
 
 
@@ -128,9 +175,14 @@ def _valid(year: int, month: int, day: int) -> str | None:
         return None
 
 
+def _fold(text: str) -> str:
+    """Accents off (März -> Marz, février -> fevrier, août -> aout), the length kept where one letter stays one."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 @dataclass(frozen=True, slots=True)
 class _Printed:
-    """One date printed in the text: its readings (ISO) in preference order, and which order it allows."""
+    """One date printed in the text: its readings (ISO) in preference order, and which order it shows."""
 
     start: int
     readings: tuple[str, ...]
@@ -138,51 +190,76 @@ class _Printed:
     month_first_only: bool = False
 
 
+def _checked(matches: Iterator[re.Match[str]]) -> Iterator[re.Match[str]]:
+    """The matches, looking at the time budget every CHECK_EVERY of them."""
+    for k, m in enumerate(matches):
+        if k % CHECK_EVERY == 0:
+            check()
+        yield m
+
+
 def _printed_dates(text: str) -> Iterator[_Printed]:
-    for m in _NUMERIC_DATE.finditer(text):
-        a, b, c = m.groups()
+    for m in _checked(_NUMERIC_DATE.finditer(text)):
+        a, sep1, b, sep2, c = m.groups()
         if len(a) == 4:  # 2018-06-18, 2018/6/18
             if len(c) <= 2 and (iso := _valid(int(a), int(b), int(c))):
                 yield _Printed(m.start(), (iso,))
             continue
-        if len(a) > 2 or len(c) == 3:
+        if len(a) > 2 or len(c) == 3 or sep1 != sep2:
             continue
         dmy, mdy = _valid(_year(c), int(b), int(a)), _valid(_year(c), int(a), int(b))
         readings = tuple(dict.fromkeys(r for r in (dmy, mdy) if r))
         if readings:
-            yield _Printed(m.start(), readings, day_first_only=mdy is None, month_first_only=dmy is None)
-    for m in _DAY_MONTH_YEAR.finditer(text):
+            # Only a four-digit year is evidence of the document's order: 12.30.45 is likelier a time.
+            evidence = len(c) == 4
+            yield _Printed(m.start(), readings, evidence and mdy is None, evidence and dmy is None)
+    folded = _fold(text)
+    for m in _checked(_DAY_MONTH_YEAR.finditer(folded)):
         day, month, printed_year = m.groups()
         if iso := _valid(_year(printed_year), _MONTHS[month.lower()], int(day)):
             yield _Printed(m.start(), (iso,))
-    for m in _CJK_DATE.finditer(text):
-        if iso := _valid(int(m.group(1)), int(m.group(2)), int(m.group(3))):
-            yield _Printed(m.start(), (iso,))
-    for m in _MONTH_DAY_YEAR.finditer(text):
+    for m in _checked(_MONTH_DAY_YEAR.finditer(folded)):
         month, day, printed_year = m.groups()
         if iso := _valid(_year(printed_year), _MONTHS[month.lower()], int(day)):
             yield _Printed(m.start(), (iso,))
+    for m in _checked(_CJK_DATE.finditer(text)):
+        if iso := _valid(int(m.group(1)), int(m.group(2)), int(m.group(3))):
+            yield _Printed(m.start(), (iso,))
 
 
-def date_candidates(text: str) -> list[str]:
-    """Every date the text prints, as ISO strings, most likely reading first: each printed date's readings in
-    document order, day-first before month-first unless a date in the text can only be read month-first."""
-    return _dates(text)[0]
+@dataclass(frozen=True, slots=True)
+class Dates:
+    """The dates a text prints: `readings` (ISO, in preference order: each printed date's likelier reading
+    first, in document order, then the other readings) and `distinct`, the likelier reading of each date."""
+
+    readings: list[str]
+    likely: frozenset[str]
+    distinct: list[str]
 
 
-def _dates(text: str) -> tuple[list[str], list[str]]:
-    """(every reading, most likely first; the most likely reading of each distinct printed date)."""
+def find_dates(text: str) -> Dates:
+    """The dates `text` prints. Ambiguous day/month forms (10/02/2017) are read day-first unless a date in the
+    text can only be read month-first (12/28/2017) and none only day-first."""
     printed = sorted(_printed_dates(text), key=lambda p: p.start)
     month_first = any(p.month_first_only for p in printed) and not any(p.day_first_only for p in printed)
     ordered = [p.readings[::-1] if month_first else p.readings for p in printed]
-    distinct = list(dict.fromkeys(readings for readings in ordered))
-    return list(dict.fromkeys(r for readings in ordered for r in readings)), [r[0] for r in distinct]
+    first = [r[0] for r in ordered]
+    others = [x for r in ordered for x in r[1:]]
+    return Dates(list(dict.fromkeys([*first, *others])), frozenset(first), list(dict.fromkeys(first)))
+
+
+def date_candidates(text: str) -> list[str]:
+    """Every date the text prints as ISO strings, likelier readings first (see find_dates)."""
+    return find_dates(text).readings
 
 
 def _readings(printed: str) -> list[Decimal]:
     """The values a printed number can have: 1,234.50 and 1.234,50 one each; 1,234 and 2.200 two (grouped
     thousands, or three decimals); 12,50 a decimal comma; groups that are not thousands (10.02.2017) none."""
-    sign, digits = ("-", printed[1:]) if printed.startswith("-") else ("", printed)
+    sign = "-" if printed[0] in _MINUS else ""
+    digits = printed.lstrip(_MINUS).replace("'", "")  # 1'234.50: the apostrophe only ever groups
+    if "'" in printed and not re.fullmatch(r"\d{1,3}(?:'\d{3})+(?:[.,]\d+)?", printed.lstrip(_MINUS)):
+        return []
     seps = [c for c in digits if c in ".,"]
     if not seps:
         return [Decimal(sign + digits)]
@@ -204,8 +281,11 @@ def _readings(printed: str) -> list[Decimal]:
 
 
 def number_candidates(text: str) -> list[Decimal]:
-    """Every number the text prints, in document order (grouped forms read as one number)."""
-    return list(dict.fromkeys(n for m in _NUMBER.finditer(text) for n in _readings(m.group(0))))
+    """Every number the text prints, in document order (grouped forms read as one number; space-grouped ones,
+    1 234,50, both as one and as the numbers they could also be)."""
+    found = [n for m in _checked(_NUMBER.finditer(text)) for n in _readings(m.group(0))]
+    spaced = (re.sub(r"[ \u00a0\u202f]", "", m.group(0)) for m in _checked(_SPACED.finditer(text)))
+    return list(dict.fromkeys([*found, *(n for s in spaced for n in _readings(s))]))
 
 
 # ---------------------------------------------------------------------------------------------- matching
@@ -224,11 +304,11 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _distance(a: str, b: str, at_most: int | None = None) -> int:
-    """edit_distance under the caller's time budget (service.schemas.budget); `at_most`: any distance beyond it
-    may be reported as at_most + 1 (the length difference alone rules it out)."""
+def _distance(a: str, b: str, at_most: int) -> int:
+    """edit_distance under the caller's time budget (service.schemas.budget); a distance beyond `at_most` may be
+    reported as at_most + 1 (when the length difference alone rules it out)."""
     check()
-    if at_most is not None and abs(len(a) - len(b)) > at_most:
+    if abs(len(a) - len(b)) > at_most:
         return at_most + 1
     return edit_distance(a, b)
 
@@ -239,44 +319,54 @@ def _plain(n: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _snap_date(value: Any, dates: tuple[list[str], list[str]]) -> tuple[str, Any]:
-    candidates, printed = dates
-    if not isinstance(value, str) or not candidates or len(value) > MAX_VALUE_CHARS:
+def _snap_date(value: Any, dates: Dates) -> tuple[str, Any]:
+    if not isinstance(value, str) or not dates.readings or len(value) > MAX_VALUE_CHARS:
         return "not_found", value
-    if value in candidates:
+    if value in dates.readings:
         return "printed", value
-    best = min(candidates, key=lambda c: _distance(value, c))  # min keeps the first (most likely) of a tie
-    if edit_distance(value, best) <= DATE_MAX_EDITS:
+    # Nearest; of a tie, a likelier reading, then the one printed first (the list's order).
+    ranked = [(_distance(value, c, DATE_MAX_EDITS), c not in dates.likely, k, c) for k, c in enumerate(dates.readings)]
+    distance, _, _, best = min(ranked)
+    if distance <= DATE_MAX_EDITS:
         return "snapped", best
-    if len(printed) == 1:  # far from it, but the one date the text prints: in its most likely reading
-        return "snapped", printed[0]
+    if len(dates.distinct) == 1 and _ISO_DATE.match(value):
+        return "snapped", dates.distinct[0]  # far from it, but a date, and the one date the text prints
     return "not_found", value
 
 
-def _number_distance(written: str, printed: Decimal) -> int:
-    """Edits between the number as the model wrote it (`repr`: 51.4, 12.0, 7) and as the text prints it, with or
-    without its trailing zeros (51.42; 12.90 or 12.9), whichever is fewer."""
-    return min(_distance(written, format(printed, "f"), 1), _distance(written, _plain(printed), 1))
+def _number_forms(n: Decimal) -> set[str]:
+    return {format(n, "f"), _plain(n)}
 
 
-def _same_magnitude(a: Decimal, b: Decimal) -> bool:
-    if a == 0 or b == 0:
-        return abs(a - b) < 1
-    return Decimal("0.1") < a / b < 10  # a negative ratio (signs differ) fails too
+def _integer_digits(n: Decimal) -> int:
+    return len(format(abs(n).to_integral_value(rounding="ROUND_DOWN"), "f"))
+
+
+def _near_number(wanted: Decimal, written: set[str], printed: Decimal) -> bool:
+    """One edit from how the model wrote it (trailing zeros free), with as many integer digits, the same sign and
+    within 10x: a digit miscopied, or one lost or added after the point (51.4 / 51.42; not 5 / 15, 7.42 / 0.42)."""
+    if (
+        printed == 0
+        or not Decimal("0.1") < wanted / printed < 10
+        or _integer_digits(wanted) != _integer_digits(printed)
+    ):
+        return False  # another sign, magnitude (7.42 is not 0.42) or count of integer digits
+    return min(_distance(a, b, 1) for a in written for b in _number_forms(printed)) <= 1
 
 
 def _snap_number(value: Any, candidates: list[Decimal]) -> tuple[str, Any]:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "not_found", value
+    if isinstance(value, bool) or not isinstance(value, int | float) or value == 0:
+        return "not_found", value  # a zero is a deliberate answer (no tax, no discount), not a miscopy
     try:
         wanted = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    except InvalidOperation:  # inf, nan
+    except InvalidOperation:
+        return "not_found", value
+    if not wanted.is_finite() or len(repr(value)) > MAX_VALUE_CHARS:
         return "not_found", value
     if any(c == wanted for c in candidates):
         return "printed", value
-    # One edit away, the same order of magnitude (51.4 is not 514 with its point lost).
-    written = repr(value)
-    near = {c for c in candidates if _same_magnitude(wanted, c) and _number_distance(written, c) <= 1}
+    written = {repr(value), *_number_forms(wanted)}
+    near = {c for c in candidates if _near_number(wanted, written, c)}
     if len(near) != 1:
         return "not_found", value  # nothing near enough, or several as near: leave the model's reading
     (snapped,) = near
@@ -285,61 +375,62 @@ def _snap_number(value: Any, candidates: list[Decimal]) -> tuple[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- answers
 
+Step = str | int
 
-def _locations(data: Any, path: str) -> Iterator[tuple[Any, str | int, str]]:
-    """(container, key, concrete path) for each value `path` names in `data` (absent ones are skipped)."""
-    frontier: list[tuple[Any, str]] = [(data, "")]
-    steps = path.split(".")
-    for i, step in enumerate(steps):
+
+def _locations(data: Any, path: str) -> Iterator[tuple[list[Step], Any]]:
+    """(keys from the root, value) for each value `path` names in `data` (absent ones are skipped)."""
+    frontier: list[tuple[list[Step], Any]] = [([], data)]
+    for step in path.split("."):
         name, each = (step[:-2], True) if step.endswith("[]") else (step, False)
-        last = i == len(steps) - 1
-        following: list[tuple[Any, str]] = []
-        for node, where in frontier:
+        following: list[tuple[list[Step], Any]] = []
+        for keys, node in frontier:
             if not isinstance(node, dict) or name not in node:
                 continue
-            here = f"{where}.{name}" if where else name
+            child = node[name]
             if not each:
-                if last:
-                    yield node, name, here
-                else:
-                    following.append((node[name], here))
-                continue
-            items = node[name]
-            if not isinstance(items, list):
-                continue
-            for k, item in enumerate(items):
-                if last:
-                    yield items, k, f"{here}[{k}]"
-                else:
-                    following.append((item, f"{here}[{k}]"))
+                following.append(([*keys, name], child))
+            elif isinstance(child, list):
+                following.extend(([*keys, name, k], item) for k, item in enumerate(child))
         frontier = following
+    yield from frontier
 
 
-def _copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_copy(v) for v in data]
-    return data
+def _where(keys: list[Step]) -> str:
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
+    return text
+
+
+def _replaced(data: Any, keys: list[Step], value: Any) -> Any:
+    """`data` with the value at `keys` replaced: the containers on the way copied (shallow), the rest shared."""
+    root = copy.copy(data)
+    node = root
+    for key in keys[:-1]:
+        child = copy.copy(node[key])
+        node[key] = child
+        node = child
+    node[keys[-1]] = value
+    return root
 
 
 def ground(data: Any, rules: Mapping[str, str], text: str) -> Grounded:
-    """`data` with its grounded values checked against `text` (a changed copy; `data` itself is not touched)."""
+    """`data` with its grounded values checked against `text` (changed values in a copy: `data` is not touched)."""
     if not rules:
         return Grounded(data, [], [])
-    out = _copy(data)
-    dates = _dates(text) if "date" in rules.values() else ([], [])
+    dates = find_dates(text) if "date" in rules.values() else Dates([], frozenset(), [])
     numbers = number_candidates(text) if "number" in rules.values() else []
+    out = data
     changes: list[Change] = []
     outcomes: list[Outcome] = []
     for rule, kind in rules.items():
-        for container, key, where in list(_locations(out, rule)):
-            value = container[key]
+        for keys, value in list(_locations(data, rule)):
             if value is None:
                 continue
             outcome, new = _snap_date(value, dates) if kind == "date" else _snap_number(value, numbers)
             outcomes.append(Outcome(rule, outcome))  # type: ignore[arg-type]
             if outcome == "snapped":
-                container[key] = new
-                changes.append(Change(where, value, new))
-    return Grounded(out if changes else data, changes, outcomes)
+                out = _replaced(out, keys, new)
+                changes.append(Change(_where(keys), value, new))
+    return Grounded(out, changes, outcomes)

@@ -58,7 +58,8 @@ class Metrics:
             "extraction_grounding",
             "Grounded values checked against the text: printed (found as given), snapped (replaced by the nearest "
             "printed value), not_found (left as given), reverted (snapping made the answer invalid), skipped (the "
-            "check ran past limits.validation_budget_s; the answer went out unchecked).",
+            "check ran past limits.validation_budget_s; the answer went out unchecked), error (a fault in the "
+            "check, logged; the answer went out unchecked).",
             ["task", "backend", "field", "outcome"],
             registry=r,
         )

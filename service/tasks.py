@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from service.grounding import GroundingKind, check_rules
+from service.grounding import GroundingKind, check_paths, check_rules
 from service.pii import PiiPolicy
 from service.schemas.compiled import CompiledSchema, compile_schema, validate
 from service.schemas.problems import SchemaProblem
@@ -62,6 +62,10 @@ class Task(BaseModel):
             except SchemaProblem as e:
                 raise ValueError(f"schema: invalid JSON Schema: {e.message}") from None
         self._compiled = compiled
+        try:
+            check_paths(self.grounding, self.json_schema)
+        except ValueError as e:
+            raise ValueError(f"grounding: {e}") from None
 
     @property
     def compiled(self) -> CompiledSchema:

@@ -45,8 +45,8 @@ class Recipe:
     val: str
     options: tuple[str, ...] = ()
     needs: tuple[str, ...] = field(default=())  # shared data folders it reads
-    # Further stages, each `extraction train` options that continue the previous stage's adapter
-    # (`--init_adapter`) on the same data: e.g. a second epoch at a lower learning rate.
+    # Further stages, each continuing the previous stage's adapter (`--init_adapter`) on the same data with the
+    # recipe's options overridden by its own: e.g. ("--learning_rate", "2e-4") for a second epoch, gentler.
     stages: tuple[tuple[str, ...], ...] = ()
 
     def argv(self, work: Path) -> list[list[str]]:
@@ -176,7 +176,8 @@ def build(recipe: Recipe, work: Path, shipped: Path = SHIPPED) -> Path:
     _run([*train, "--out", str(adapter), *recipe.options], steps)
     for k, options in enumerate(recipe.stages, 2):
         previous, adapter = adapter, work / f"adapter.stage{k}"
-        _run([*train, "--out", str(adapter), "--init_adapter", str(previous), *options], steps)
+        # the recipe's options, then the stage's (the later of a repeated flag wins)
+        _run([*train, "--out", str(adapter), "--init_adapter", str(previous), *recipe.options, *options], steps)
     dst = shipped / recipe.name
     ship(ROOT / adapter, dst)
     cpu = read_cpu()

@@ -47,9 +47,9 @@ class TrainArgs:
     init_adapter: Path | None = field(
         default=None,
         metadata={
-            "help": "Continue training this peft adapter (its rank, alpha and target modules; --r/--alpha/"
-            "--target_modules are then ignored) instead of a fresh one: a second stage, or a shipped adapter "
-            "tuned on your own data."
+            "help": "Continue training this peft LoRA adapter (its rank, alpha, dropout and target modules: "
+            "--r/--alpha/--dropout/--target_modules are then ignored) instead of a fresh one: a second stage, or "
+            "a shipped adapter tuned on your own data."
         },
     )
     epochs: float = 3.0
@@ -202,7 +202,20 @@ def check_init_adapter(path: Path) -> dict[str, Any]:
         raise OSError(f"--init_adapter {config}: not JSON ({e})") from None
     if settings.get("peft_type") != "LORA":
         raise OSError(f"--init_adapter {path}: a {settings.get('peft_type')!r} adapter; only LoRA is trained here")
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if settings.get(k) is None]
+    if missing:
+        raise OSError(f"--init_adapter {config}: no {', '.join(missing)} in it")
+    if not (path / "adapter_model.safetensors").is_file() and not (path / "adapter_model.bin").is_file():
+        raise OSError(f"--init_adapter {path}: no adapter_model.safetensors (the weights) there")
     return settings
+
+
+def warn_other_base(settings: dict[str, Any], base: str) -> None:
+    """Say so on stderr when the adapter was trained on a base that is not this one by name (a moved folder of
+    the same model is fine; a different model's adapter fails to load or learns from a wrong start)."""
+    trained_on = settings.get("base_model_name_or_path")
+    if trained_on and Path(str(trained_on)).name != Path(base).name:
+        print(f"warning: --init_adapter was trained on {trained_on}, continuing it on {base}", file=sys.stderr)  # noqa: T201
 
 
 def load_model(base: str, args: TrainArgs, runtime: Runtime) -> tuple[Any, Any]:
@@ -369,6 +382,7 @@ def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from training.card import write_card
 
     started = time.time()
+    init = None
     if args.init_adapter is not None:  # its own settings, so that the card says what was trained
         init = check_init_adapter(args.init_adapter)
         args = replace(
@@ -383,6 +397,8 @@ def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     inputs = load_inputs(args)
     runtime = pick_runtime(args.dtype, args.batch_size, args.grad_accum)
     base = args.base_model or str(prepare())
+    if init is not None:
+        warn_other_base(init, base)
     model, tokenizer = load_model(base, args, runtime)
     train, val = (encode_all(tokenizer, inputs.task, part, args.max_length) for part in (inputs.train, inputs.val))
     if not train.examples:

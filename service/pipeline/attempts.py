@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import structlog
+
 from backends.base import BackendRequest, BackendResponse, StructuredMode, Usage
 from backends.errors import BackendError
 from service.api_models import ExtractOptions
@@ -37,6 +39,8 @@ from service.prompts import build_messages, reask_messages
 from service.schemas.budget import TooSlow
 from service.schemas.compiled import CompiledSchema, Issue
 from service.tasks import ADHOC, Task
+
+log = structlog.get_logger("extraction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +155,8 @@ class Attempts:
             self._account(cfg, task, response, tally)
             data, issues = await self._check(cfg, response, compiled, tally)
             if not issues:
-                data, grounded = await self._ground(task, cfg, text, data, compiled)
                 data = await self._apply_pii_policy(task, data, compiled, tally.spend())
+                data, grounded = await self._ground(task, cfg, text, data, compiled)  # on what PII policy left
                 self._record_success(task, cfg, data, first_attempt=attempt == 1)
                 return Answer(data, cfg.name, response.model, mode, tally.spend(), grounded)
             last_text, last_issues = response.text, issues
@@ -242,6 +246,11 @@ class Attempts:
         except TooSlow:  # a valid answer stays valid: it goes out unchecked, and that is counted
             for rule in task.grounding:
                 count(rule, "skipped")
+            return data, ()
+        except Exception:  # a bug in grounding must not cost the caller a valid, paid-for answer
+            log.exception("grounding_failed", task=task.name, backend=cfg.name)
+            for rule in task.grounding:
+                count(rule, "error")
             return data, ()
         if result.changes:
             try:

@@ -25,6 +25,7 @@ from service.errors import (
     UpstreamError,
     ValidationTimeout,
 )
+from service.grounding import check_paths
 from service.metrics import Metrics
 from service.pipeline.attempts import Answer, Attempts
 from service.pipeline.checks import Checks
@@ -95,6 +96,11 @@ class Extractor:
     ) -> Task:
         """A task for a request's own schema, checked off the event loop: 400 invalid_schema before any call."""
         compiled = await self.checks.admit(schema, self.attempts.modes.prepare)
+        if grounding:
+            try:
+                check_paths(grounding, compiled.schema)
+            except ValueError as e:
+                raise BadRequest(str(e), details={"grounding": dict(grounding)}) from None
         return adhoc_task(compiled, instructions, grounding)
 
     async def extract(

@@ -72,6 +72,8 @@ def test_build_runs_data_then_train_and_ships_with_its_record(tmp_path: Path, mo
     # the second stage continues the first's adapter, and the last stage's adapter is the one shipped
     assert train[train.index("--init_adapter") + 1] == first[first.index("--out") + 1]
     assert train[train.index("--out") + 1].endswith("adapter.stage2") and "--init_adapter" not in first
+    # the stage runs with the recipe's options, its own after them (argparse: the later flag wins)
+    assert train[-6:] == ["--epochs", "1", "--epochs", "1", "--learning_rate", "2e-4"]
     weights = dst / "adapter_model.safetensors"
     from safetensors.torch import load_file
 

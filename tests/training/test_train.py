@@ -165,8 +165,17 @@ def test_a_second_stage_continues_the_adapter_it_is_given(
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     hp = card["hyperparameters"]  # the adapter's own settings, not the ignored flags
     assert (hp["r"], hp["alpha"], hp["target_modules"], hp["init_adapter"]) == (4, 8, ["q_proj", "v_proj"], str(first))
+    # and with a learning rate it trains them: they move (3 steps: the first is warm-up, at rate 0)
+    moved = tmp_path / "stage2b"
+    main(tiny_args(tiny_base, data, moved, val=None, max_steps=3, learning_rate=1e-2, init_adapter=first))
+    assert any(not torch.equal(before[k], v) for k, v in adapter_weights(moved).items())
     with pytest.raises(OSError, match="no adapter_config.json"):
         main(tiny_args(tiny_base, data, tmp_path / "x", val=None, max_steps=1, init_adapter=tmp_path))
+    config = json.loads((first / "adapter_config.json").read_text())
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter_config.json").write_text(json.dumps({**config, "r": None}))
+    with pytest.raises(OSError, match="no r in it"):
+        main(tiny_args(tiny_base, data, tmp_path / "y", val=None, max_steps=1, init_adapter=tmp_path / "bad"))
 
 
 def padding_in_batches(tiny_base: Path, data: dict[str, Path], tmp_path: Path, group_by_length: bool) -> int:
