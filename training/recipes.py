@@ -75,7 +75,8 @@ RECIPES: dict[str, Recipe] = {
             name="receipt",
             task="receipt",
             summary="SROIE 2019 train receipts less a seeded 15% validation split, plus 150 synthetic receipts; "
-            "1 epoch, all linear layers, receipts up to 1024 tokens; validated on the SROIE split.",
+            "1 epoch at lr 5e-4, then a second continuing it at 2e-4; all linear layers, receipts up to 1024 "
+            "tokens; validated on the SROIE split.",
             data=(
                 ("sroie", "--src", "{shared}/sroie/train.jsonl", "--out-dir", "{work}/sroie", "--force"),
                 ("synth", "--task", "receipt", "--n", "150", "--seed", "0", "--out", "{work}/synth.jsonl"),
@@ -83,6 +84,7 @@ RECIPES: dict[str, Recipe] = {
             train=("sroie/train.jsonl", "synth.jsonl"),
             val="sroie/val.jsonl",
             options=("--epochs", "1", *COMMON, "--max_length", "1024", "--eval_samples", "24"),
+            stages=(("--learning_rate", "2e-4"),),
             needs=("sroie",),
         ),
         Recipe(

@@ -20,7 +20,7 @@ from tests.default.conftest import DefaultService
 pytestmark = [pytest.mark.vllm, pytest.mark.llamacpp, pytest.mark.integration]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-COMPARED = ("data", "task", "backend", "model", "structured_output")
+COMPARED = ("data", "task", "backend", "model", "structured_output", "grounding")
 
 
 def examples(text: str) -> dict[str, tuple[dict[str, str], dict[str, Any], dict[str, Any]]]:
