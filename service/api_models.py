@@ -8,7 +8,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from backends.config import Pricing
-from service.grounding import check_rules
+from service.grounding import GroundingKind, check_rules
 
 if TYPE_CHECKING:
     from service.pipeline.spend import Spend
@@ -50,7 +50,7 @@ class ExtractRequest(BaseModel):
     task: str | None = Field(None, description="A configured task name; or give `schema` instead.")
     json_schema: dict[str, Any] | None = Field(None, alias="schema", description="Ad-hoc JSON Schema.")
     instructions: str | None = Field(None, description="Extra instructions for an ad-hoc schema.")
-    grounding: dict[str, Literal["date", "number"]] | None = Field(
+    grounding: dict[str, GroundingKind] | None = Field(
         None,
         description="For an ad-hoc schema: fields whose value the text must print, {path: date|number} (e.g. "
         '{"invoice_date": "date", "items[].amount": "number"}); a value the text does not print is '

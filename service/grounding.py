@@ -32,12 +32,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from service.schemas.budget import check
 
 GroundingKind = Literal["date", "number"]
-KINDS: tuple[str, ...] = ("date", "number")
+KINDS: tuple[str, ...] = get_args(GroundingKind)
 MAX_RULES = 64
 MAX_VALUE_CHARS = 64  # a longer "date" or number is not one the text prints; not compared
 DATE_MAX_EDITS = 2  # a day or month miscopied (2018-09-18 for 2018-06-18) or day and month swapped
@@ -124,37 +124,42 @@ _OPAQUE = ("$ref", "$dynamicRef", "anyOf", "oneOf", "allOf", "if")  # past these
 _TYPES = {"date": {"string"}, "number": {"number", "integer"}}
 
 
+def _steps(path: str) -> list[tuple[str, bool]]:
+    """A rule's path as (property name, whether it is an array whose every item is meant) per step."""
+    return [(step[:-2], True) if step.endswith("[]") else (step, False) for step in path.split(".")]
+
+
+def _followed(node: Any) -> dict[str, Any] | None:
+    """A subschema a path can be followed into (None: not a plain one: $ref, a combinator, a boolean)."""
+    return node if isinstance(node, dict) and not any(k in node for k in _OPAQUE) else None
+
+
+def _declared(node: dict[str, Any]) -> set[str] | None:
+    """The types a subschema declares (None: it does not say)."""
+    kind = node.get("type")
+    return None if kind is None else set(kind if isinstance(kind, list) else [kind])
+
+
 def check_paths(rules: Mapping[str, str], schema: Any) -> None:
     """ValueError when a rule's path cannot name a value of its kind in `schema`: a property the schema does
     not declare, an array step on a non-array, a date rule on a non-string (a typo would silently switch
-    grounding off). Paths through $ref or combinators are taken on trust."""
+    grounding off). Paths through $ref, combinators or undeclared properties are taken on trust."""
     for path, kind in rules.items():
-        node: Any = schema
-        for step in path.split("."):
-            name, each = (step[:-2], True) if step.endswith("[]") else (step, False)
-            if not isinstance(node, dict) or any(k in node for k in _OPAQUE):
-                node = None
-                break
-            properties = node.get("properties")
+        node = _followed(schema)
+        for name, each in _steps(path):
+            properties = node.get("properties") if node is not None else None
             if not isinstance(properties, dict):
-                node = None  # an object with no declared properties: any name may be there
+                node = None  # not followed, or an object with no declared properties: any name may be there
                 break
             if name not in properties:
                 raise ValueError(f"grounding path {path!r}: the schema has no property {name!r}")
-            node = properties[name]
-            if each:
-                if isinstance(node, dict) and not any(k in node for k in _OPAQUE):
-                    declared = node.get("type")
-                    if declared is not None and "array" not in (declared if isinstance(declared, list) else [declared]):
-                        raise ValueError(f"grounding path {path!r}: {name!r} is not an array in the schema")
-                    node = node.get("items")
-                else:
-                    node = None
-                    break
-        if isinstance(node, dict) and not any(k in node for k in _OPAQUE) and "type" in node:
-            declared = node["type"] if isinstance(node["type"], list) else [node["type"]]
-            if not _TYPES[kind] & set(declared):
-                raise ValueError(f"grounding path {path!r}: a {kind} rule on a value of type {node['type']}")
+            node = _followed(properties[name])
+            if each and node is not None:
+                if (types := _declared(node)) is not None and "array" not in types:
+                    raise ValueError(f"grounding path {path!r}: {name!r} is not an array in the schema")
+                node = _followed(node.get("items"))
+        if node is not None and (types := _declared(node)) is not None and not _TYPES[kind] & types:
+            raise ValueError(f"grounding path {path!r}: a {kind} rule on a value of type {node['type']}")
 
 
 # ---------------------------------------------------------------------------------------------- candidates
@@ -246,11 +251,6 @@ def find_dates(text: str) -> Dates:
     first = [r[0] for r in ordered]
     others = [x for r in ordered for x in r[1:]]
     return Dates(list(dict.fromkeys([*first, *others])), frozenset(first), list(dict.fromkeys(first)))
-
-
-def date_candidates(text: str) -> list[str]:
-    """Every date the text prints as ISO strings, likelier readings first (see find_dates)."""
-    return find_dates(text).readings
 
 
 def _readings(printed: str) -> list[Decimal]:
@@ -381,8 +381,7 @@ Step = str | int
 def _locations(data: Any, path: str) -> Iterator[tuple[list[Step], Any]]:
     """(keys from the root, value) for each value `path` names in `data` (absent ones are skipped)."""
     frontier: list[tuple[list[Step], Any]] = [([], data)]
-    for step in path.split("."):
-        name, each = (step[:-2], True) if step.endswith("[]") else (step, False)
+    for name, each in _steps(path):
         following: list[tuple[list[Step], Any]] = []
         for keys, node in frontier:
             if not isinstance(node, dict) or name not in node:
@@ -397,13 +396,19 @@ def _locations(data: Any, path: str) -> Iterator[tuple[list[Step], Any]]:
 
 
 def _where(keys: list[Step]) -> str:
+    """Keys from the root as a change's `path`: items[2].amount (keys_of reads it back)."""
     text = ""
     for key in keys:
         text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
     return text
 
 
-def _replaced(data: Any, keys: list[Step], value: Any) -> Any:
+def keys_of(where: str) -> list[Step]:
+    """A change's `path` (items[2].amount) as keys from the root: ["items", 2, "amount"]."""
+    return [int(index) if index else name for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", where)]
+
+
+def replaced(data: Any, keys: list[Step], value: Any) -> Any:
     """`data` with the value at `keys` replaced: the containers on the way copied (shallow), the rest shared."""
     root = copy.copy(data)
     node = root
@@ -431,6 +436,6 @@ def ground(data: Any, rules: Mapping[str, str], text: str) -> Grounded:
             outcome, new = _snap_date(value, dates) if kind == "date" else _snap_number(value, numbers)
             outcomes.append(Outcome(rule, outcome))  # type: ignore[arg-type]
             if outcome == "snapped":
-                out = _replaced(out, keys, new)
+                out = replaced(out, keys, new)
                 changes.append(Change(_where(keys), value, new))
     return Grounded(out, changes, outcomes)

@@ -12,11 +12,9 @@ exact match of the normalised strings, see training/metrics.py) to each item and
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import math
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from service.grounding import keys_of, replaced
 from service.tasks import Task
 from training.datasets import Record, load_dataset
 from training.metrics import Scores, error_kind, score_field, sroie_item, sroie_summary
@@ -141,29 +140,15 @@ def summarize(
     }
 
 
-_STEP = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
-
-
 def ungrounded(output: dict[str, Any] | None, changes: list[dict[str, Any]]) -> dict[str, Any] | None:
     """`output` with the service's grounding changes undone (each `path` back to its `model_value`): the answer
     as the model gave it, to score what grounding changed."""
-    if output is None or not changes:
-        return output
-    restored = copy.deepcopy(output)
-    for change in changes:
-        node: Any = restored
-        steps = [(m.group(1), [int(k) for k in re.findall(r"\d+", m.group(2))]) for m in _STEP.finditer(change["path"])]
+    for change in changes if output is not None else []:
         try:
-            for i, (name, indexes) in enumerate(steps):
-                keys: list[Any] = [name, *indexes]
-                for j, key in enumerate(keys):
-                    if i == len(steps) - 1 and j == len(keys) - 1:
-                        node[key] = change["model_value"]
-                    else:
-                        node = node[key]
+            output = replaced(output, keys_of(change["path"]), change["model_value"])
         except (KeyError, IndexError, TypeError):
             continue  # a path the answer does not have: nothing to undo
-    return restored
+    return output
 
 
 def _item(

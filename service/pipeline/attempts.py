@@ -236,11 +236,11 @@ class Attempts:
         are validated again: an answer they would make invalid is kept as the model gave it (`reverted`)."""
         if not task.grounding:
             return data, ()
+        fields = {rule: "-" if task.name == ADHOC else rule for rule in task.grounding}  # ad-hoc: one series
 
         def count(rule: str, outcome: str) -> None:
             self.metrics.grounding.labels(task.name, cfg.name, fields[rule], outcome).inc()
 
-        fields = {rule: "-" if task.name == ADHOC else rule for rule in task.grounding}
         try:
             result = await self.checks.ground(data, task.grounding, text)
         except TooSlow:  # a valid answer stays valid: it goes out unchecked, and that is counted

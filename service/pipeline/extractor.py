@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from backends.base import Backend
 from service.api_models import ExtractOptions, ExtractResponse, GroundingChange, TokenUsage
@@ -25,7 +26,6 @@ from service.errors import (
     UpstreamError,
     ValidationTimeout,
 )
-from service.grounding import check_paths
 from service.metrics import Metrics
 from service.pipeline.attempts import Answer, Attempts
 from service.pipeline.checks import Checks
@@ -96,12 +96,11 @@ class Extractor:
     ) -> Task:
         """A task for a request's own schema, checked off the event loop: 400 invalid_schema before any call."""
         compiled = await self.checks.admit(schema, self.attempts.modes.prepare)
-        if grounding:
-            try:
-                check_paths(grounding, compiled.schema)
-            except ValueError as e:
-                raise BadRequest(str(e), details={"grounding": dict(grounding)}) from None
-        return adhoc_task(compiled, instructions, grounding)
+        try:
+            return adhoc_task(compiled, instructions, grounding)
+        except ValidationError as e:  # grounding rules that do not fit the schema (the task checks them)
+            message = "; ".join(str(problem["msg"]).removeprefix("Value error, ") for problem in e.errors())
+            raise BadRequest(message, details={"grounding": dict(grounding or {})}) from None
 
     async def extract(
         self,

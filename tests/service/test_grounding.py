@@ -14,7 +14,7 @@ import pytest
 from loadtest.mock_upstream import Reply, ServerThread
 from service.app import create_app
 from service.config import Settings
-from service.grounding import check_paths, check_rules, date_candidates, ground, number_candidates
+from service.grounding import check_paths, check_rules, find_dates, ground, keys_of, number_candidates, replaced
 from service.metrics import sample
 from service.schemas.budget import TooSlow, time_budget
 from service.tasks import Task
@@ -56,7 +56,7 @@ RULES = {"date": "date", "total": "number"}
     ],
 )
 def test_finds_the_dates_a_text_prints_in_their_possible_readings(text: str, expected: list[str]) -> None:
-    assert date_candidates(text) == expected
+    assert find_dates(text).readings == expected
 
 
 def test_reads_numbers_in_their_printed_forms() -> None:
@@ -158,6 +158,14 @@ def test_the_scan_of_the_text_itself_keeps_to_the_time_budget() -> None:
         assert ground(data, rules, text).outcomes[0].outcome == "printed"  # printed: no distance is computed...
         with pytest.raises(TooSlow), time_budget(0.0):
             ground(data, rules, text)  # ...so only the scan can have stopped it
+
+
+def test_a_changes_path_reads_back_as_the_keys_it_was_made_from() -> None:
+    data = {"items": [{"amount": 11}, {"amount": 22}], "12": {"x": 0}}
+    grounded = ground(data, {"items[].amount": "number", "12.x": "number"}, "11 23")  # 22 -> 23, 0 left alone
+    assert [c.path for c in grounded.changes] == ["items[1].amount"]
+    assert keys_of("items[1].amount") == ["items", 1, "amount"] and keys_of("12.x") == ["12", "x"]
+    assert replaced(grounded.data, keys_of("items[1].amount"), 22) == data
 
 
 def test_a_deeply_nested_answer_is_grounded_without_recursion() -> None:
