@@ -39,7 +39,8 @@ def service(upstream: MockUpstream, make_settings: Callable[..., Settings]) -> I
     url = upstream.url  # type: ignore[attr-defined]
     settings = make_settings(
         {
-            "mock": backend_entry(f"{url}/v1", timeout_s=0.5),
+            # 2 s: past it only the replies that hang on purpose; a call slowed by a loaded CI box is not retried
+            "mock": backend_entry(f"{url}/v1", timeout_s=2.0),
             "second": backend_entry(
                 f"{url}/v1", model="second-model", pricing={"input_per_1k": 0.0008, "output_per_1k": 0.0008}
             ),
@@ -137,12 +138,12 @@ def test_hang_past_timeout_is_retried_then_answered(service: Service) -> None:
 
 
 def test_slow_stream_within_the_timeout_is_read_and_past_it_is_retried(service: Service) -> None:
-    # The mock sends headers at once, then the body in 10 pieces: 10 x 0.02 s fits the 0.5 s timeout,
-    # 10 x 0.1 s does not (the read is abandoned mid-body and the call retried).
+    # The mock sends headers at once, then the body in 10 pieces: 10 x 0.02 s fits the 2 s timeout,
+    # 10 x 0.4 s does not (the read is abandoned mid-body and the call retried).
     service.upstream.enqueue(Reply(content=json.dumps(GOOD), trickle_s=0.02))
     r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
     assert r.status_code == 200 and r.json()["data"] == GOOD and r.json()["retries"] == 0
-    service.upstream.enqueue(Reply(content=json.dumps(GOOD), trickle_s=0.1), ok(GOOD))
+    service.upstream.enqueue(Reply(content=json.dumps(GOOD), trickle_s=0.4), ok(GOOD))
     r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
     assert r.status_code == 200 and r.json()["retries"] == 1
     assert service.metric("extraction_attempts_total", backend="mock", reason="retry_timeout") == 1
