@@ -137,6 +137,14 @@ class BackendPolicy(BaseModel):
         "APIs an estimate of 4 characters per token.",
     )
     temperature: float = Field(0.0, ge=0, le=2)
+    reask_temperature: float | None = Field(
+        0.7,
+        ge=0,
+        le=2,
+        description="Sampling temperature of a re-ask after an answer that ran into the output-token limit or "
+        "repeated an earlier one: at temperature 0 the model would decode the same loop again. None: re-asks keep "
+        "`temperature`.",
+    )
 
 
 class BackendConfig(Endpoint, BackendPolicy):

@@ -137,6 +137,8 @@ class Attempts:
         mode, strict = await self.modes.mode(cfg, task, backend.inner)
         compiled = task.compiled
         last_text, last_issues = "", list[Issue]()
+        temperature = cfg.temperature if options.temperature is None else options.temperature
+        answered: set[str] = set()
         for attempt in range(1, max_attempts + 1):
             self._check_budget(options, cfg, messages, max_tokens, tally, last_issues, last_text)
             request = BackendRequest(
@@ -146,7 +148,7 @@ class Attempts:
                 mode=mode,
                 strict=strict,
                 max_output_tokens=max_tokens,
-                temperature=cfg.temperature if options.temperature is None else options.temperature,
+                temperature=temperature,
                 timeout_s=cfg.timeout_s,
             )
             reason = "initial" if attempt == 1 else "reask"
@@ -160,7 +162,11 @@ class Attempts:
                 self._record_success(task, cfg, data, first_attempt=attempt == 1)
                 return Answer(data, cfg.name, response.model, mode, tally.spend(), grounded)
             last_text, last_issues = response.text, issues
-            messages = messages + reask_messages(response.text, issues, truncated=response.finish_reason == "length")
+            truncated = response.finish_reason == "length"
+            if (truncated or response.text in answered) and cfg.reask_temperature is not None:
+                temperature = max(temperature, cfg.reask_temperature)  # greedy decoding would loop the same way
+            answered.add(response.text)
+            messages = messages + reask_messages(response.text, issues, truncated=truncated)
         raise SchemaValidationFailed(
             f"the output did not validate against the schema after {tally.answers} attempt(s)",
             details=failure_details(last_issues, last_text),

@@ -157,10 +157,29 @@ def test_deadline_from_options_gives_504(service: Service) -> None:
     assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="timeout") == 1
 
 
-def test_truncated_output_is_reasked(service: Service) -> None:
+def test_truncated_output_is_reasked_at_the_reask_temperature(service: Service) -> None:
+    # A greedy answer that ran into the limit would loop the same way at temperature 0: the re-ask samples.
     service.upstream.enqueue(Reply(content='{"company": "ACME', finish_reason="length"), ok(GOOD))
     body = service.post("/v1/extract", {"task": "invoice", "text": "x"}).json()
     assert body["attempts"] == 2 and body["data"] == GOOD
+    assert [r["temperature"] for r in service.upstream.requests[-2:]] == [0.0, 0.7]
+
+
+def test_a_repeated_wrong_answer_raises_the_temperature_a_new_one_does_not(service: Service) -> None:
+    wrong = {**GOOD, "total_amount": "1.190,00"}
+    service.upstream.enqueue(ok(wrong), ok({**GOOD, "currency": 7}), ok(GOOD))
+    assert service.post("/v1/extract", {"task": "invoice", "text": "x"}).json()["attempts"] == 3
+    assert [r["temperature"] for r in service.upstream.requests[-3:]] == [0.0, 0.0, 0.0]
+    service.upstream.enqueue(ok(wrong), ok(wrong), ok(GOOD))
+    assert service.post("/v1/extract", {"task": "invoice", "text": "y"}).json()["attempts"] == 3
+    assert [r["temperature"] for r in service.upstream.requests[-3:]] == [0.0, 0.0, 0.7]
+
+
+def test_a_request_temperature_above_the_reask_one_is_kept(service: Service) -> None:
+    service.upstream.enqueue(Reply(content='{"company": "ACME', finish_reason="length"), ok(GOOD))
+    body = service.post("/v1/extract", {"task": "invoice", "text": "x", "options": {"temperature": 1.2}}).json()
+    assert body["attempts"] == 2
+    assert [r["temperature"] for r in service.upstream.requests[-2:]] == [1.2, 1.2]
 
 
 def test_broken_upstream_body_is_retried(service: Service) -> None:
