@@ -38,22 +38,29 @@ prometheus:  ## Debian's prometheus + promtool for the observability tests (root
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-# The engine's install (llama.cpp: a compile on every core for minutes; vLLM: its own venv) runs while pip
-# installs torch and training (about one core: 127 CPU-s in 136 s on the 2-core EPYC) and the base model is
-# prepared, so a fresh machine waits for the longer of the two, not their sum. Ctrl-C stops both.
-local-stack: $(VENV)/.serve  ## the local engine the config chose (auto: see README, Two commands) and the base model
-	@$(BIN)/extraction engine install --no-model & engine=$$!; \
-	trap 'kill $$engine 2>/dev/null; wait $$engine; exit 130' INT TERM; \
+# A fresh machine's first run is the llama.cpp build (minutes on every core) plus pip's installs (about one core).
+# The build starts first, with the system Python (its module is stdlib only), before the venv exists; after the
+# venv, the engine install decides (config, GPU, cores: backends/local/engine.py): llama.cpp waits for that build
+# and uses it, vLLM stops it (EXTRACTION_EARLY_BUILD_PID) and installs its venv. Meanwhile pip installs torch and
+# training and the base model is prepared, so a fresh machine waits for the longest of them, not their sum.
+# Ctrl-C stops them all.
+local-stack:  ## the local engine the config chose (auto: see README, Two commands) and the base model
+	@$(PYTHON) backends/local/llamacpp_build.py --early & early=$$!; \
+	trap 'kill $$early 2>/dev/null; wait; exit 130' INT TERM; \
+	$(MAKE) --no-print-directory $(VENV)/.serve || { kill $$early 2>/dev/null; wait; exit 1; }; \
+	EXTRACTION_EARLY_BUILD_PID=$$early $(BIN)/extraction engine install --no-model & engine=$$!; \
+	trap 'kill $$engine $$early 2>/dev/null; wait; exit 130' INT TERM; \
 	{ test $(VENV)/.runtime -nt $(VENV)/.serve || { $(RUNTIME); }; } \
 		&& $(BIN)/extraction model prepare \
-		|| { kill $$engine 2>/dev/null; wait $$engine; exit 1; }; \
-	wait $$engine || { echo "the local engine's install failed (see above)" >&2; exit 1; }
+		|| { kill $$engine $$early 2>/dev/null; wait; exit 1; }; \
+	wait $$engine || { kill $$early 2>/dev/null; wait; echo "the local engine's install failed (see above)" >&2; exit 1; }; \
+	wait $$early || true
 
 vllm-stack: install  ## the vLLM venv (once) and the prepared base model (once)
 	$(BIN)/extraction vllm install
 	$(BIN)/extraction model prepare
 
-llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python sdist (once per CPU: 6.7 min on 2 cores)
+llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python sdist (once per CPU: 5.8 min on 2 cores)
 	$(BIN)/extraction llamacpp install
 
 demo: local-stack  ## THE MAIN JOB: the local engine + the API on the embedded default, side by side, then serve

@@ -17,243 +17,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
 from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf
 from backends.local.config import LlamaCppServer
 from backends.local.hardware import read_cpu
+from backends.local.llamacpp_build import (  # the build, re-exported: callers name it here
+    FASTBUILD as FASTBUILD,
+)
+from backends.local.llamacpp_build import (
+    SOURCE as SOURCE,
+)
+from backends.local.llamacpp_build import (
+    TARGETS as TARGETS,
+)
+from backends.local.llamacpp_build import (
+    LlamaCppError as LlamaCppError,
+)
+from backends.local.llamacpp_build import (
+    binary as binary,
+)
+from backends.local.llamacpp_build import (
+    build_key as build_key,
+)
+from backends.local.llamacpp_build import (
+    cmake_flags as cmake_flags,
+)
+from backends.local.llamacpp_build import (
+    ensure_llama_cpp as ensure_llama_cpp,
+)
+from backends.local.llamacpp_build import (
+    full_opt as full_opt,
+)
+from backends.local.llamacpp_build import (
+    home as home,
+)
+from backends.local.llamacpp_build import (
+    is_built as is_built,
+)
+from backends.local.llamacpp_build import (
+    toolchain_missing as toolchain_missing,
+)
 from backends.local.process import ManagedServer, ServerError, offline_env
 from backends.openai_compat import llamacpp_lora_ids
-
-SOURCE = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp (tools/server, quantize, conversion scripts)
-TARGETS = ("llama-server", "llama-quantize")
-CMAKE_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
-    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
-    "-DLLAMA_BUILD_WEBUI=OFF",
-)  # fmt: skip
-FASTBUILD = Path(__file__).with_name("llamacpp_fastbuild.cmake")  # lower -O for the layers off the hot path
-
-
-def full_opt() -> bool:
-    """EXTRACTION_LLAMACPP_FULL_OPT=1: everything at Release -O3, as llama.cpp ships it (1,100 CPU-s instead of
-    778 on the 2-core EPYC; 10.6 min instead of 6.7)."""
-    return os.environ.get("EXTRACTION_LLAMACPP_FULL_OPT", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def cmake_flags() -> list[str]:
-    """llama.cpp's cmake options here: a native static build of the server and the quantizer, and, unless
-    `full_opt()`, the include that compiles the HTTP/CLI/template/multimodal layers at -O0 and libllama at -O1
-    (ggml's kernels keep Release -O3). Measured on the 2-core AVX2 EPYC: the same answers token for token, no
-    slower (README, llama.cpp beside vLLM), 1,100 -> 778 CPU-seconds. Needs cmake 3.19 (older: left out)."""
-    return [*CMAKE_FLAGS] if full_opt() else [*CMAKE_FLAGS, f"-DCMAKE_PROJECT_INCLUDE={FASTBUILD}"]
-
-
-class LlamaCppError(ServerError):
-    """llama.cpp cannot be built, started or driven; the message says why and what to do."""
-
-
-def build_key() -> str:
-    """The cache key of a build: the source and the CPU features a native build compiles for."""
-    cpu = read_cpu()
-    digest = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:12]
-    return f"{SOURCE.split('==')[1]}-{cpu.arch}-{digest}" + ("-fullopt" if full_opt() else "")
-
-
-def home() -> Path:
-    return cache_dir() / "llamacpp" / build_key()
-
-
-def binary(name: str = "llama-server") -> Path:
-    return home() / "bin" / name
-
-
-def is_built(root: Path | None = None) -> bool:
-    """Whether llama-server is built for this CPU (in the cache), so starting it takes seconds, not a build."""
-    root = root or home()
-    return (root / ".extraction-built").is_file() and all((root / "bin" / t).is_file() for t in TARGETS)
-
-
-def toolchain_missing() -> list[str]:
-    """What building llama.cpp here lacks (cmake, a C++ compiler); empty when it can be built."""
-    compilers = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
-    missing = [] if shutil.which("cmake") else ["cmake"]
-    return missing + ([] if any(c and shutil.which(c) for c in compilers) else ["C++ compiler"])
-
-
-def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None) -> Path:
-    """The folder with `bin/llama-server`, `bin/llama-quantize` and the conversion scripts; built on first use
-    (6.7 minutes on 2 cores), then reused on any machine with the same CPU flags. One build at a time per
-    cache: a second caller waits for the first and uses its build."""
-    import fcntl
-
-    root = home()  # one read of the CPU's flags
-    if is_built(root):
-        return root
-    if missing := toolchain_missing():
-        raise LlamaCppError(f"building llama.cpp needs {' and '.join(missing)} (apt-get install cmake g++)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with (root.parent / f"{root.name}.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"another process is building llama.cpp into {root}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_built(root):  # built by the process we waited for
-            return root
-        return _build(root, log, jobs)
-
-
-def _build(root: Path, log: Callable[[str], None], jobs: int | None) -> Path:
-    marker = root / ".extraction-built"
-    started = time.monotonic()
-    work = root.parent / f"{root.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log(f"building llama.cpp from {SOURCE} (sdist) for this CPU into {root} (once; many minutes on few cores)")
-    sdist = download_sdist(work, log)
-    with tarfile.open(sdist) as tar:
-        tar.extractall(work, filter="data")
-    src = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
-    build = src / "build"
-    steps = [
-        ["cmake", "-S", str(src), "-B", str(build), *generator(), *cmake_flags()],
-        ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs or os.cpu_count() or 1)],
-    ]
-    with (work / "build.log").open("w") as out:
-        for step in steps:
-            if run_logged(step, out, log) != 0:
-                raise LlamaCppError(f"building llama.cpp failed at: {' '.join(step)}; see {work / 'build.log'}")
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "bin").mkdir(parents=True)
-    for target in TARGETS:
-        shutil.copy2(build / "bin" / target, root / "bin" / target)
-    for lib in (build / "bin").glob("*.so*"):  # a shared build (BUILD_SHARED_LIBS=ON in extra flags)
-        shutil.copy2(lib, root / "bin" / lib.name, follow_symlinks=False)
-    for part in ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion", "gguf-py"):
-        copy = shutil.copytree if (src / part).is_dir() else shutil.copy2
-        copy(src / part, root / part)
-    shutil.copy2(work / "build.log", root / "build.log")
-    seconds = time.monotonic() - started
-    built = {"source": SOURCE, "seconds": round(seconds), "opt": "full" if full_opt() else "fast"}
-    marker.write_text(json.dumps({**built, "cpu": read_cpu().as_dict()}))
-    shutil.rmtree(work, ignore_errors=True)
-    log(f"llama.cpp built in {seconds / 60:.1f} min: {root / 'bin'}")
-    return root
-
-
-def index_url() -> str:
-    """The package index pip uses here: PIP_INDEX_URL, pip's configured index-url, else PyPI."""
-    if url := os.environ.get("PIP_INDEX_URL"):
-        return url
-    found = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-                           capture_output=True, text=True)  # fmt: skip
-    return found.stdout.strip() if found.returncode == 0 and found.stdout.strip() else "https://pypi.org/simple"
-
-
-def sdist_link(index: str, project: str, filename: str) -> tuple[str, str | None]:
-    """(url, sha256) of `filename` on the index's simple page of `project` (PEP 691 JSON, or PEP 503 HTML)."""
-    page = f"{index.rstrip('/')}/{project}/"
-    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
-    response = httpx.get(page, headers={"Accept": accept}, timeout=60, follow_redirects=True)
-    response.raise_for_status()
-    if response.headers.get("content-type", "").startswith("application/vnd.pypi.simple.v1+json"):
-        for file in response.json().get("files", []):
-            if file.get("filename") == filename:
-                return str(file["url"]), (file.get("hashes") or {}).get("sha256")
-    else:
-        for href in re.findall(r'href="([^"]+)"', response.text):
-            link = href.replace("&amp;", "&")
-            if link.split("#")[0].rsplit("/", 1)[-1] == filename:
-                digest = re.search(r"sha256=([0-9a-f]{64})", link)
-                return str(httpx.URL(page).join(link.split("#")[0])), digest.group(1) if digest else None
-    raise LlamaCppError(f"{filename} is not on {page}")
-
-
-def download_sdist(work: Path, log: Callable[[str], None] = print) -> Path:
-    """The llama-cpp-python sdist in `work`, fetched from the index's simple page and checked against its
-    sha256. Not `pip download`: pip prepares an sdist's metadata first, which builds its build backend and that
-    backend's dependencies from source under `--no-binary` (8.0 min on the 2-core EPYC with no pip cache)."""
-    name, version = SOURCE.split("==")
-    filename = f"{name.replace('-', '_')}-{version}.tar.gz"
-    started = time.monotonic()
-    try:
-        url, sha256 = sdist_link(index_url(), name, filename)
-        out = work / filename
-        digest = hashlib.sha256()
-        with httpx.stream("GET", url, timeout=120, follow_redirects=True) as response, out.open("wb") as f:
-            response.raise_for_status()
-            for chunk in response.iter_bytes(1 << 20):
-                f.write(chunk)
-                digest.update(chunk)
-    except (httpx.HTTPError, OSError, ValueError, KeyError, LlamaCppError) as exc:
-        log(f"the index's simple page did not give {filename} ({exc}); asking pip (slower: it prepares metadata)")
-        return pip_download(work)
-    if sha256 and digest.hexdigest() != sha256:
-        out.unlink(missing_ok=True)
-        raise LlamaCppError(f"{filename}: sha256 {digest.hexdigest()} is not the index's {sha256}")
-    log(f"{filename}: {out.stat().st_size / 2**20:.0f} MiB in {time.monotonic() - started:.1f} s")
-    return out
-
-
-def pip_download(work: Path) -> Path:
-    """The sdist through `pip download`, which follows every pip setting (find-links, file:// indexes)."""
-    for stale in work.glob("*.tar.gz"):
-        stale.unlink()
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SOURCE]
-    if subprocess.run([*pip, "-d", str(work)]).returncode != 0:
-        raise LlamaCppError(f"could not download the {SOURCE} sdist from the package index")
-    sdists = list(work.glob("*.tar.gz"))
-    if len(sdists) != 1:
-        raise LlamaCppError(f"expected one {SOURCE} sdist in {work}, found {len(sdists)}")
-    return sdists[0]
-
-
-def generator() -> list[str]:
-    """Ninja when there is one (the `ninja` wheel beside this Python, or on PATH), else cmake's default (make).
-    Measured on the 2-core AVX2 EPYC: ninja kept both cores busy for the whole build (1,100 CPU-s in 551 s;
-    its `.ninja_log` shows 2.00 steps at a time throughout)."""
-    beside = Path(sys.executable).parent / "ninja"
-    found = str(beside) if beside.is_file() else shutil.which("ninja")
-    return ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={found}"] if found else []
-
-
-def run_logged(command: list[str], out: IO[str], log: Callable[[str], None]) -> int:
-    """Run `command` with its output in `out`, reporting the build's progress every 10 points (make's `[ NN%]`,
-    ninja's `[N/M]`)."""
-    shown = -10
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                out.write(line)
-                if m := re.match(r"\[\s*(\d+)%\]", line):
-                    percent = int(m.group(1))
-                elif (m := re.match(r"\[(\d+)/(\d+)\]", line)) and int(m.group(2)):
-                    percent = 100 * int(m.group(1)) // int(m.group(2))
-                else:
-                    continue
-                if percent >= shown + 10:
-                    shown = percent // 10 * 10
-                    log(f"llama.cpp build {shown}%")
-        except BaseException:  # interrupted (Ctrl-C, or SIGTERM turned into one): the compile stops with us
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
-    return process.returncode
 
 
 def tool_env(root: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,14 @@ def test_auto_on_a_cpu_builds_llamacpp_first_only_where_the_build_fits_a_first_r
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: nothing built here
     monkeypatch.setattr(engine, "_llamacpp_built", llamacpp.is_built)
     monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: [])  # cmake and c++ present
-    monkeypatch.setattr(engine, "usable_cores", lambda: 2)  # 778 CPU-s on 2 cores: ~6.5 min, past the first-run budget
+    monkeypatch.setattr(engine, "usable_cores", lambda: 1)  # 667 CPU-s on 1 core: ~11 min, past the first-run budget
     chosen, why = choose_engine("auto", "auto")
     assert chosen == "vllm" and "would not fit a first run" in why and "make llamacpp" in why
-    monkeypatch.setattr(engine, "usable_cores", lambda: 4)  # ~3.2 min: built on first install
+    monkeypatch.setattr(engine, "usable_cores", lambda: 2)  # ~5.6 min, started before the venv: built on first install
     chosen, why = choose_engine("auto", "auto")
-    assert chosen == "llamacpp" and "built once for this CPU on first install (~3 min on 4 cores)" in why
+    assert chosen == "llamacpp" and "built once for this CPU on first install (~6 min on 2 cores)" in why
     monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", llamacpp.toolchain_missing)
-    monkeypatch.setattr(llamacpp.shutil, "which", lambda name: None)  # no cmake, no compiler
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no cmake, no compiler
     chosen, why = choose_engine("auto", "auto")
     assert chosen == "vllm" and "no cmake or C++ compiler" in why
     assert choose_engine("llamacpp", "auto")[0] == "llamacpp"  # asked for by name: its install says what is missing
@@ -124,7 +125,7 @@ def test_the_choice_is_made_once_at_load_and_matches_the_backends(
 ) -> None:
     monkeypatch.setattr(engine, "_llamacpp_built", lambda: False)
     monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: [])
-    monkeypatch.setattr(engine, "usable_cores", lambda: 2)
+    monkeypatch.setattr(engine, "usable_cores", lambda: 1)
     settings = Settings(config=local_config(tmp_path))  # type: ignore[call-arg]
     assert settings.engine == "vllm" and "would not fit a first run" in settings.engine_reason
     monkeypatch.setattr(engine, "_llamacpp_built", lambda: True)  # a build appears while the service runs

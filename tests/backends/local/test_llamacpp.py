@@ -5,6 +5,7 @@ client selecting an adapter per request (real loopback HTTP against a stand-in t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from backends import BackendRequest, Endpoint
 from backends.local import llamacpp
+from backends.local import llamacpp_build as llbuild
 from backends.local.config import LlamaCppServer
 from backends.local.hardware import CpuInfo
 from backends.local.llamacpp import LlamaCppProcess, build_key
@@ -79,13 +81,13 @@ def test_load_adapter_refuses_clearly_and_changes_nothing(tmp_path: Path, monkey
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "a.gguf").write_bytes(b"GGUF")
     server = LlamaCppProcess(LlamaCppServer(port=free_port(), adapters={"a": str(tmp_path / "a.gguf")}), tmp_path)
-    with pytest.raises(llamacpp.LlamaCppError, match="configured in llamacpp.adapters"):
+    with pytest.raises(llbuild.LlamaCppError, match="configured in llamacpp.adapters"):
         server.load_adapter("a", tmp_path / "a.gguf")
-    with pytest.raises(llamacpp.LlamaCppError, match="plain name"):
+    with pytest.raises(llbuild.LlamaCppError, match="plain name"):
         server.load_adapter("x/y", tmp_path / "a.gguf")
-    with pytest.raises(llamacpp.LlamaCppError, match="not running"):
+    with pytest.raises(llbuild.LlamaCppError, match="not running"):
         server.load_adapter("new", tmp_path / "a.gguf")
-    with pytest.raises(llamacpp.LlamaCppError, match="no adapter 'new' was loaded"):
+    with pytest.raises(llbuild.LlamaCppError, match="no adapter 'new' was loaded"):
         server.unload_adapter("new")
     assert server.loaded() == {}
 
@@ -94,9 +96,9 @@ def test_a_native_build_is_cached_per_cpu_flags(monkeypatch: pytest.MonkeyPatch)
     def cpu(flags: str) -> CpuInfo:
         return CpuInfo(model="x", flags=frozenset(flags.split()), arch="x86_64", cores=2)
 
-    monkeypatch.setattr(llamacpp, "read_cpu", lambda: cpu("avx2 fma"))
+    monkeypatch.setattr(llbuild, "read_cpu", lambda: cpu("avx2 fma"))
     avx2 = build_key()
-    monkeypatch.setattr(llamacpp, "read_cpu", lambda: cpu("avx2 fma avx512f amx_tile"))
+    monkeypatch.setattr(llbuild, "read_cpu", lambda: cpu("avx2 fma avx512f amx_tile"))
     assert build_key() != avx2 and build_key().startswith("0.3.36-x86_64-")
 
 
@@ -177,13 +179,13 @@ def test_the_build_reports_cmake_progress_and_keeps_the_whole_log(tmp_path: Path
     script = "import sys\nfor p in (0, 3, 12, 47, 50, 100): print(f'[{p:3d}%] Building CXX object x{p}.o')\nsys.exit(3)"
     out = io.StringIO()
     shown: list[str] = []
-    code = llamacpp.run_logged([sys.executable, "-c", script], out, shown.append)
+    code = llbuild.run_logged([sys.executable, "-c", script], out, shown.append)
     assert code == 3  # the exit code is the command's
     assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 40, 50, 100)]  # at most one line per 10 points
     assert out.getvalue().count("Building CXX object") == 6
     ninja = "for n in (1, 20, 21, 105, 210): print(f'[{n}/210] Building CXX object x{n}.o')"
     shown.clear()
-    assert llamacpp.run_logged([sys.executable, "-c", ninja], io.StringIO(), shown.append) == 0
+    assert llbuild.run_logged([sys.executable, "-c", ninja], io.StringIO(), shown.append) == 0
     assert shown == [f"llama.cpp build {p}%" for p in (0, 10, 50, 100)]  # ninja counts steps, not percent
 
 
@@ -194,16 +196,103 @@ def test_an_interrupted_build_stops_the_compile_with_it(tmp_path: Path) -> None:
     import sys
 
     pid_file = tmp_path / "pid"
-    script = (f"import os, sys, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+    # the build tool's own child (a compiler) stands in as a grandchild: stopped with the whole group
+    script = (f"import os, subprocess, sys, time\n"
+              f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
               "print('[1/210] Building CXX object a.o', flush=True)\ntime.sleep(600)")  # fmt: skip
 
     def interrupt(line: str) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        llamacpp.run_logged([sys.executable, "-c", script], io.StringIO(), interrupt)
+        llbuild.run_logged([sys.executable, "-c", script], io.StringIO(), interrupt)
+    tool, compiler = (int(pid) for pid in pid_file.read_text().split())
     with pytest.raises(ProcessLookupError):  # terminated and reaped before run_logged returned
-        os.kill(int(pid_file.read_text()), 0)
+        os.kill(tool, 0)
+    assert wait_gone(compiler), "the compiler the build tool started outlived the interrupt"
+
+
+def wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Whether `pid` is gone (or a zombie, its parent gone) within the timeout; polled, as a process's end is."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_build_module_runs_with_a_bare_python(tmp_path: Path) -> None:
+    """`make local-stack` starts the build before the venv exists: the module imports nothing but the standard
+    library (-S: no site-packages, so no httpx or pydantic), and --early declines where vLLM is asked for."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "EXTRACTION_CACHE_DIR": str(tmp_path), "EXTRACTION_LOCAL_ENGINE": "vllm"}
+    run = subprocess.run([sys.executable, "-S", str(Path(llbuild.__file__)), "--early"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "[llama.cpp] not building early: EXTRACTION_LOCAL_ENGINE=vllm\n"
+
+
+def test_an_early_build_is_declined_where_llamacpp_is_unlikely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    monkeypatch.setattr(llbuild, "toolchain_missing", lambda: [])
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "nvidia-smi" else real_which(name))
+    assert llbuild.early_build_wanted({}) is None  # a CPU box with a toolchain and nothing built: build early
+    assert llbuild.early_build_wanted({"EXTRACTION_LOCAL_ENGINE": "VLLM "}) == "EXTRACTION_LOCAL_ENGINE=vllm"
+    assert llbuild.early_build_wanted({"EXTRACTION_LOCAL_ENGINE": "llamacpp"}) is None
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200'\n")
+    smi.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(smi) if name == "nvidia-smi" else real_which(name))
+    assert llbuild.early_build_wanted({}) == "a GPU: vLLM serves there"
+    monkeypatch.setattr(llbuild, "toolchain_missing", lambda: ["cmake"])
+    assert llbuild.early_build_wanted({}) == "no cmake"
+    root = llbuild.home()
+    (root / "bin").mkdir(parents=True)
+    for target in llbuild.TARGETS:
+        (root / "bin" / target).write_text("")
+    (root / ".extraction-built").write_text("{}")
+    assert llbuild.early_build_wanted({}) == "already built for this CPU"
+    assert llbuild.main(["--early"]) == 0
+
+
+def test_the_engine_install_stops_an_early_build_it_does_not_want(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM chosen (config, cores): the early build's pid gets SIGTERM, and only if it still is that build."""
+    import subprocess
+    import sys
+
+    from service.cli.local import stop_early_build
+
+    sleeper = "import time; print('started', flush=True); time.sleep(600)"
+    other = subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE)  # a process that is not the build
+    early = subprocess.Popen([sys.executable, "-c", sleeper, "llamacpp_build.py", "--early"], stdout=subprocess.PIPE)
+    for process in (other, early):  # running Python (its command line readable), as make's early build long is
+        assert process.stdout is not None and process.stdout.readline() == b"started\n"
+    try:
+        monkeypatch.setenv("EXTRACTION_EARLY_BUILD_PID", str(other.pid))
+        stop_early_build()
+        assert other.poll() is None  # a reused pid is left alone
+        monkeypatch.setenv("EXTRACTION_EARLY_BUILD_PID", str(early.pid))
+        stop_early_build()
+        assert early.wait(timeout=10) == -15  # SIGTERM
+    finally:
+        for process in (other, early):
+            process.kill()
+            process.communicate()
 
 
 def test_sigterm_interrupts_an_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,11 +338,11 @@ def test_the_build_uses_ninja_when_there_is_one(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert llamacpp.generator() == []  # no ninja anywhere: cmake's default generator
+    assert llbuild.generator() == []  # no ninja anywhere: cmake's default generator
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ninja" if name == "ninja" else None)
-    assert llamacpp.generator() == ["-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=/usr/bin/ninja"]
+    assert llbuild.generator() == ["-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=/usr/bin/ninja"]
     (tmp_path / "ninja").write_text("")  # the wheel's ninja beside this Python wins
-    assert llamacpp.generator() == ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tmp_path / 'ninja'}"]
+    assert llbuild.generator() == ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tmp_path / 'ninja'}"]
 
 
 def index_app(files: dict[str, bytes], listed_sha: dict[str, str], html: bool) -> Starlette:
@@ -281,29 +370,29 @@ def test_the_sdist_comes_from_the_index_page_checked_by_its_sha256(
 ) -> None:
     import hashlib
 
-    name = "llama_cpp_python-" + llamacpp.SOURCE.split("==")[1] + ".tar.gz"
+    name = "llama_cpp_python-" + llbuild.SOURCE.split("==")[1] + ".tar.gz"
     content = b"the sdist's bytes" * 1000
     good = {name: hashlib.sha256(content).hexdigest()}
-    monkeypatch.setattr(llamacpp, "pip_download", lambda work: pytest.fail("pip is the fallback, not the way"))
+    monkeypatch.setattr(llbuild, "pip_download", lambda work: pytest.fail("pip is the fallback, not the way"))
     with ServerThread(index_app({name: content}, good, html)) as index:
         monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
-        got = llamacpp.download_sdist(tmp_path, log=lambda line: None)
+        got = llbuild.download_sdist(tmp_path, log=lambda line: None)
     assert got == tmp_path / name and got.read_bytes() == content
     got.unlink()
     with ServerThread(index_app({name: content}, {name: "0" * 64}, html)) as index:  # the bytes are not the listed ones
         monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
-        with pytest.raises(llamacpp.LlamaCppError, match="sha256 .* is not the index's 0000"):
-            llamacpp.download_sdist(tmp_path, log=lambda line: None)
+        with pytest.raises(llbuild.LlamaCppError, match="sha256 .* is not the index's 0000"):
+            llbuild.download_sdist(tmp_path, log=lambda line: None)
     assert not list(tmp_path.iterdir())  # nothing half-written is left
 
 
 def test_an_index_without_the_sdist_falls_back_to_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fallback = tmp_path / "from-pip.tar.gz"
-    monkeypatch.setattr(llamacpp, "pip_download", lambda work: fallback)
+    monkeypatch.setattr(llbuild, "pip_download", lambda work: fallback)
     lines: list[str] = []
     with ServerThread(index_app({"other-1.0.tar.gz": b"x"}, {"other-1.0.tar.gz": "0" * 64}, html=False)) as index:
         monkeypatch.setenv("PIP_INDEX_URL", f"{index.url}/simple")
-        assert llamacpp.download_sdist(tmp_path, log=lines.append) == fallback
+        assert llbuild.download_sdist(tmp_path, log=lines.append) == fallback
     assert "asking pip" in lines[0] and "is not on" in lines[0]
 
 
@@ -322,39 +411,51 @@ def test_the_fast_build_lowers_optimisation_off_the_hot_path_only(
         pytest.skip(f"cmake {version}: the fast build needs 3.19 and is left out (a plain Release build)")
     monkeypatch.delenv("EXTRACTION_LLAMACPP_FULL_OPT", raising=False)
     src = tmp_path / "src"
-    src.mkdir()
-    for name in ("common", "server", "llama", "ggml"):
+    (src / "common").mkdir(parents=True)
+    sources = {"common": "common/common.cpp", "json": "common/json.cpp", "arg": "common/arg.cpp",
+               "server": "server.cpp", "llama": "llama.cpp", "ggml": "ggml.cpp"}  # fmt: skip
+    for name, path in sources.items():
         body = f"int {name}_size() {{ return std::vector<int>(3).size(); }}"
-        (src / f"{name}.cpp").write_text(f"#include <vector>\n{body}\n")
+        (src / path).write_text(f"#include <vector>\n{body}\n")
     (src / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.19)\nproject(llama.cpp CXX)\n"
-        "add_library(llama-common STATIC common.cpp)\nadd_library(server-context STATIC server.cpp)\n"
+        "add_library(llama-common STATIC common/common.cpp common/json.cpp common/arg.cpp)\n"
+        "add_library(server-context STATIC server.cpp)\n"
         "add_library(llama STATIC llama.cpp)\nadd_library(ggml-cpu STATIC ggml.cpp)\n"
     )
     build = tmp_path / "build"
-    flags = [f for f in llamacpp.cmake_flags() if f.startswith(("-DCMAKE_BUILD_TYPE", "-DCMAKE_PROJECT_INCLUDE"))]
-    assert f"-DCMAKE_PROJECT_INCLUDE={llamacpp.FASTBUILD}" in flags and llamacpp.FASTBUILD.is_file()
+    flags = [f for f in llbuild.cmake_flags() if f.startswith(("-DCMAKE_BUILD_TYPE", "-DCMAKE_PROJECT_INCLUDE"))]
+    assert f"-DCMAKE_PROJECT_INCLUDE={llbuild.FASTBUILD}" in flags and llbuild.FASTBUILD.is_file()
     configure = ["cmake", "-S", str(src), "-B", str(build), *flags, "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"]
     subprocess.run(configure, check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, capture_output=True)
 
     entries = json.loads((build / "compile_commands.json").read_text())
-    commands = {Path(c["file"]).stem: c["command"] for c in entries if c["file"].endswith(".cpp")}
+    commands: dict[str, str] = {}
+    for entry in entries:  # a unity file stands for the sources it includes
+        file = Path(entry["file"])
+        if "Unity" in file.parts:
+            for included in re.findall(r'#include "([^"]+)"', file.read_text()):
+                commands[Path(included).stem] = "unity " + entry["command"]
+        elif file.suffix == ".cpp":
+            commands[file.stem] = entry["command"]
 
     def last_opt(command: str) -> str:
         return [part for part in command.split() if part.startswith("-O")][-1]
 
     assert {name: last_opt(commands[name]) for name in commands} == {
-        "common": "-O0", "server": "-O0", "llama": "-O1", "ggml": "-O3"}  # fmt: skip
+        "common": "-O0", "arg": "-O0", "json": "-O0", "server": "-O0", "llama": "-O1", "ggml": "-O3"}  # fmt: skip
     assert "cmake_pch" in commands["common"] and "cmake_pch" not in commands["ggml"]
+    unity = {name for name, command in commands.items() if command.startswith("unity ")}
+    assert unity == {"common", "arg", "server"}  # json.cpp alone (its specialisations break a unity build)
 
 
 def test_full_optimisation_is_a_separate_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EXTRACTION_LLAMACPP_FULL_OPT", raising=False)
     fast = build_key()
-    assert any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llamacpp.cmake_flags())
+    assert any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llbuild.cmake_flags())
     monkeypatch.setenv("EXTRACTION_LLAMACPP_FULL_OPT", "1")
-    assert not any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llamacpp.cmake_flags())
+    assert not any(f.startswith("-DCMAKE_PROJECT_INCLUDE=") for f in llbuild.cmake_flags())
     assert build_key() == f"{fast}-fullopt"  # never mistaken for the fast build in the cache
 
 
@@ -364,9 +465,9 @@ def test_a_second_build_waits_for_the_first_and_uses_it(tmp_path: Path, monkeypa
     import fcntl
 
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(llamacpp, "toolchain_missing", lambda: [])
-    monkeypatch.setattr(llamacpp, "_build", lambda *a: pytest.fail("built a second time"))
-    root = llamacpp.home()
+    monkeypatch.setattr(llbuild, "toolchain_missing", lambda: [])
+    monkeypatch.setattr(llbuild, "_build", lambda *a: pytest.fail("built a second time"))
+    root = llbuild.home()
     root.parent.mkdir(parents=True)
     first = (root.parent / f"{root.name}.lock").open("w")  # the first install, mid-build
     fcntl.flock(first, fcntl.LOCK_EX)
@@ -374,9 +475,9 @@ def test_a_second_build_waits_for_the_first_and_uses_it(tmp_path: Path, monkeypa
     def first_build_finishes(line: str) -> None:  # called once the second install found the lock taken
         assert "another process is building llama.cpp" in line
         (root / "bin").mkdir(parents=True)
-        for target in llamacpp.TARGETS:
+        for target in llbuild.TARGETS:
             (root / "bin" / target).write_text("")
         (root / ".extraction-built").write_text("{}")
         first.close()  # releases the lock
 
-    assert llamacpp.ensure_llama_cpp(log=first_build_finishes) == root
+    assert llbuild.ensure_llama_cpp(log=first_build_finishes) == root
