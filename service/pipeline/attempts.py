@@ -163,6 +163,8 @@ class Attempts:
                 return Answer(data, cfg.name, response.model, mode, tally.spend(), grounded)
             last_text, last_issues = response.text, issues
             truncated = response.finish_reason == "length"
+            if truncated:
+                max_tokens = _raised_limit(max_tokens, cfg, options, response)
             if (truncated or response.text in answered) and cfg.reask_temperature is not None:
                 temperature = max(temperature, cfg.reask_temperature)  # greedy decoding would loop the same way
             answered.add(response.text)
@@ -307,3 +309,20 @@ class Attempts:
                 if value is None or value == [] or value == "":
                     # Field names of ad-hoc schemas are the caller's: one series for all of them.
                     self.metrics.field_null.labels(task.name, "-" if task.name == ADHOC else name).inc()
+
+
+def _raised_limit(max_tokens: int, cfg: BackendConfig, options: ExtractOptions, response: BackendResponse) -> int:
+    """The output limit of the re-ask after an answer cut off at `max_tokens`: twice it, up to the backend's
+    `max_output_tokens`, where the request did not set its own and the context window (when known) has room for
+    what was sent, what came back (now part of the prompt) and a margin for the re-ask's words. A long but sound
+    answer (a receipt whose company name ran over the task's 160 tokens) then fits; a loop stops at the cap."""
+    if options.max_output_tokens is not None:
+        return max_tokens  # the caller's cap
+    raised = min(max_tokens * 2, cfg.max_output_tokens)
+    if cfg.context_window is not None:
+        used = response.usage.input_tokens + response.usage.output_tokens + REASK_MARGIN_TOKENS
+        raised = min(raised, cfg.context_window - used)
+    return max(max_tokens, raised)
+
+
+REASK_MARGIN_TOKENS = 64  # the re-ask's own message around the answer it quotes

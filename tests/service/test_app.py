@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
 from service.app import create_app
-from service.config import Settings
+from service.config import BackendConfig, Settings
 from service.metrics import sample
 from tests.conftest import backend_entry
 
@@ -163,6 +163,35 @@ def test_truncated_output_is_reasked_at_the_reask_temperature(service: Service) 
     body = service.post("/v1/extract", {"task": "invoice", "text": "x"}).json()
     assert body["attempts"] == 2 and body["data"] == GOOD
     assert [r["temperature"] for r in service.upstream.requests[-2:]] == [0.0, 0.7]
+    assert [r["max_completion_tokens"] for r in service.upstream.requests[-2:]] == [128, 256]  # invoice: 128
+
+
+def test_each_truncated_answer_doubles_the_limit_up_to_the_backends_unless_the_request_set_one(
+    service: Service,
+) -> None:
+    cut = Reply(content='{"company": "ACME', finish_reason="length")
+    service.upstream.enqueue(cut, cut, cut)
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 422 and r.json()["error"]["details"]["attempts"] == 3
+    assert [q["max_completion_tokens"] for q in service.upstream.requests[-3:]] == [128, 256, 512]  # 512: the cap
+    service.upstream.enqueue(cut, ok(GOOD))
+    body = service.post("/v1/extract", {"task": "invoice", "text": "x", "options": {"max_output_tokens": 100}})
+    assert body.json()["attempts"] == 2
+    assert [q["max_completion_tokens"] for q in service.upstream.requests[-2:]] == [100, 100]  # the caller's cap
+
+
+def test_a_raised_limit_stays_inside_the_context_window() -> None:
+    from backends.base import BackendResponse, Usage
+    from service.api_models import ExtractOptions
+    from service.pipeline.attempts import REASK_MARGIN_TOKENS, _raised_limit
+
+    cut = BackendResponse(text="{", usage=Usage(600, 128), model="m", finish_reason="length", latency_s=1.0)
+    cfg = BackendConfig.model_validate(backend_entry("http://127.0.0.1:9/v1", context_window=1000))
+    assert _raised_limit(128, cfg, ExtractOptions(), cut) == 1000 - 600 - 128 - REASK_MARGIN_TOKENS  # 208, not 256
+    small = BackendConfig.model_validate(backend_entry("http://127.0.0.1:9/v1", context_window=800))
+    assert _raised_limit(128, small, ExtractOptions(), cut) == 128  # no room: never lowered
+    unknown = BackendConfig.model_validate(backend_entry("http://127.0.0.1:9/v1"))
+    assert _raised_limit(128, unknown, ExtractOptions(), cut) == 256
 
 
 def test_a_repeated_wrong_answer_raises_the_temperature_a_new_one_does_not(service: Service) -> None:
