@@ -44,10 +44,11 @@ prometheus:  ## Debian's prometheus + promtool for the observability tests (root
 # and uses it, vLLM stops it (EXTRACTION_EARLY_BUILD_PID) and installs its venv. Meanwhile pip installs torch and
 # training and the base model is prepared, so a fresh machine waits for the longest of them, not their sum.
 # Ctrl-C stops them all.
+SUBMAKE := $(MAKE)  # not $(MAKE) in the recipe: that would make `make -n` run the whole line
 local-stack:  ## the local engine the config chose (auto: see README, Two commands) and the base model
 	@$(PYTHON) backends/local/llamacpp_build.py --early & early=$$!; \
 	trap 'kill $$early 2>/dev/null; wait; exit 130' INT TERM; \
-	$(MAKE) --no-print-directory $(VENV)/.serve || { kill $$early 2>/dev/null; wait; exit 1; }; \
+	$(SUBMAKE) --no-print-directory $(VENV)/.serve || { kill $$early 2>/dev/null; wait; exit 1; }; \
 	EXTRACTION_EARLY_BUILD_PID=$$early $(BIN)/extraction engine install --no-model & engine=$$!; \
 	trap 'kill $$engine $$early 2>/dev/null; wait; exit 130' INT TERM; \
 	{ test $(VENV)/.runtime -nt $(VENV)/.serve || { $(RUNTIME); }; } \

@@ -61,7 +61,10 @@ def reask_messages(previous_output: str, issues: Sequence[Issue], truncated: boo
     Built only from our validator's findings, never from the document, so input text cannot steer re-asks.
     """
     if truncated:
-        problem = "- the answer was cut off at the output-token limit; answer with a shorter JSON object"
+        problem = (
+            "- the answer was cut off at the output-token limit; answer with the complete JSON object, as concise "
+            "as it can be"
+        )
     else:
         problem = "\n".join(f"- at {i.path}: {i.message}" for i in issues) or "- the answer is not JSON"
     return [

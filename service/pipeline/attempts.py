@@ -163,12 +163,15 @@ class Attempts:
                 return Answer(data, cfg.name, response.model, mode, tally.spend(), grounded)
             last_text, last_issues = response.text, issues
             truncated = response.finish_reason == "length"
-            if truncated:
-                max_tokens = _raised_limit(max_tokens, cfg, options, response)
-            if (truncated or response.text in answered) and cfg.reask_temperature is not None:
+            looped = truncated or response.text in answered
+            if looped and cfg.reask_temperature is not None and options.temperature is None:
                 temperature = max(temperature, cfg.reask_temperature)  # greedy decoding would loop the same way
             answered.add(response.text)
             messages = messages + reask_messages(response.text, issues, truncated=truncated)
+            if truncated:
+                max_tokens = _affordable(
+                    _raised_limit(max_tokens, cfg, options, response), max_tokens, options, cfg, messages, tally
+                )
         raise SchemaValidationFailed(
             f"the output did not validate against the schema after {tally.answers} attempt(s)",
             details=failure_details(last_issues, last_text),
@@ -223,9 +226,7 @@ class Attempts:
     ) -> None:
         if options.max_cost_usd is None:
             return
-        # Input estimate: ~3 characters per token errs on the costly side for most tokenizers.
-        est_input = math.ceil(sum(len(m["content"]) for m in messages) / 3)
-        estimate = request_cost(est_input, max_tokens, cfg.pricing)
+        estimate = _estimate(messages, max_tokens, cfg)
         budget = Decimal(str(options.max_cost_usd))
         if tally.before + tally.cost + estimate > budget:
             details = failure_details(last_issues, last_text) if tally.answers else {}
@@ -323,6 +324,33 @@ def _raised_limit(max_tokens: int, cfg: BackendConfig, options: ExtractOptions, 
         used = response.usage.input_tokens + response.usage.output_tokens + REASK_MARGIN_TOKENS
         raised = min(raised, cfg.context_window - used)
     return max(max_tokens, raised)
+
+
+def _affordable(
+    raised: int,
+    current: int,
+    options: ExtractOptions,
+    cfg: BackendConfig,
+    messages: list[dict[str, str]],
+    tally: _Tally,
+) -> int:
+    """The largest output limit between `current` and `raised` whose worst case the request's max_cost_usd
+    still covers: a raised limit must not stop a re-ask the old limit would have been allowed."""
+    if options.max_cost_usd is None or raised <= current:
+        return raised
+    left = Decimal(str(options.max_cost_usd)) - tally.before - tally.cost
+    low, high = current, raised
+    while low < high:  # the estimate grows with the limit: the largest one that fits, by bisection
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if _estimate(messages, middle, cfg) <= left else (low, middle - 1)
+    return low
+
+
+def _estimate(messages: list[dict[str, str]], max_tokens: int, cfg: BackendConfig) -> Decimal:
+    """The worst-case cost of an attempt: ~3 characters per input token errs on the costly side for most
+    tokenizers, and every allowed output token is counted."""
+    est_input = math.ceil(sum(len(m["content"]) for m in messages) / 3)
+    return request_cost(est_input, max_tokens, cfg.pricing)
 
 
 REASK_MARGIN_TOKENS = 64  # the re-ask's own message around the answer it quotes

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.local import llamacpp
+from backends.local import llamacpp, llamacpp_build
 from backends.local.base_model import prepare
 from backends.local.config import LlamaCppServer
 from backends.local.llamacpp import LlamaCppError, LlamaCppProcess, ensure_llama_cpp
@@ -137,7 +137,8 @@ def test_quant_serves_the_packaged_model_re_quantised_once(tmp_path: Path, monke
     from gguf import LlamaFileType
 
     built = ensure_llama_cpp()
-    monkeypatch.setattr(llamacpp, "home", lambda: built)  # the real build; conversions and run files in tmp_path
+    for module in (llamacpp, llamacpp_build):  # the real build; conversions and run files in tmp_path
+        monkeypatch.setattr(module, "home", lambda: built)
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path))
     server = LlamaCppProcess(LlamaCppServer(port=free_port(), parallel=1, quant="q8_0"))
     served = server.model_path()

@@ -204,11 +204,31 @@ def test_a_repeated_wrong_answer_raises_the_temperature_a_new_one_does_not(servi
     assert [r["temperature"] for r in service.upstream.requests[-3:]] == [0.0, 0.0, 0.7]
 
 
-def test_a_request_temperature_above_the_reask_one_is_kept(service: Service) -> None:
+@pytest.mark.parametrize("temperature", [0.0, 1.2])
+def test_a_request_that_sets_its_temperature_keeps_it_on_re_asks(service: Service, temperature: float) -> None:
     service.upstream.enqueue(Reply(content='{"company": "ACME', finish_reason="length"), ok(GOOD))
-    body = service.post("/v1/extract", {"task": "invoice", "text": "x", "options": {"temperature": 1.2}}).json()
+    options = {"temperature": temperature}
+    body = service.post("/v1/extract", {"task": "invoice", "text": "x", "options": options}).json()
     assert body["attempts"] == 2
-    assert [r["temperature"] for r in service.upstream.requests[-2:]] == [1.2, 1.2]
+    assert [r["temperature"] for r in service.upstream.requests[-2:]] == [temperature, temperature]
+
+
+def test_a_raised_limit_is_only_as_high_as_the_budget_left_covers() -> None:
+    from decimal import Decimal
+
+    from service.api_models import ExtractOptions
+    from service.pipeline.attempts import _affordable, _estimate, _Tally
+
+    cfg = BackendConfig.model_validate(backend_entry("http://127.0.0.1:9/v1"))  # $0.006 per 1k output tokens
+    messages = [{"role": "user", "content": "x" * 300}]  # ~100 input tokens in the estimate
+    spent = _Tally()
+    spent.cost = Decimal("0.001")
+    assert _affordable(256, 128, ExtractOptions(), cfg, messages, spent) == 256  # no budget: as raised
+    budget = float(spent.cost + _estimate(messages, 200, cfg))  # covers up to 200 output tokens
+    got = _affordable(256, 128, ExtractOptions(max_cost_usd=budget), cfg, messages, spent)
+    assert got == 200 and _estimate(messages, got + 1, cfg) + spent.cost > Decimal(str(budget))
+    tight = float(spent.cost + _estimate(messages, 100, cfg))  # not even the old limit: left to the budget check
+    assert _affordable(256, 128, ExtractOptions(max_cost_usd=tight), cfg, messages, spent) == 128
 
 
 def test_broken_upstream_body_is_retried(service: Service) -> None:

