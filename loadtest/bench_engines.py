@@ -36,7 +36,8 @@ from rich.table import Table
 
 from backends.local.base_model import cache_dir, default_model_dir, prepare
 from backends.local.config import LLAMACPP_QUANTS, LlamaCppServer, VllmServer
-from backends.local.llamacpp import LlamaCppProcess, ensure_llama_cpp
+from backends.local.llamacpp import LlamaCppProcess
+from backends.local.llamacpp_build import ensure_llama_cpp
 from backends.local.vllm import VllmProcess, ensure_vllm
 from loadtest.machine import describe, machine
 from loadtest.mock_upstream import ServerThread

@@ -21,8 +21,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from backends.local.hardware import usable_cores
-from backends.local.llamacpp_build import build_minutes, fits_first_run
+from backends.local.hardware import detect_device, usable_cores
+from backends.local.llamacpp_build import build_minutes, fits_first_run, is_built, toolchain_missing
 
 Engine = Literal["vllm", "llamacpp"]
 EngineSetting = Literal["auto", "vllm", "llamacpp"]
@@ -62,20 +62,14 @@ def choose_engine(setting: str = "auto", device: str = "auto") -> tuple[Engine, 
 
 @lru_cache(maxsize=4)
 def _device(setting: str) -> str:
-    from backends.local.vllm import detect_device
-
     return detect_device(setting)  # nvidia-smi once per process, not at every config load
 
 
 def _llamacpp_built() -> bool:
-    from backends.local.llamacpp import is_built
-
     return is_built()
 
 
 def _llamacpp_toolchain_missing() -> list[str]:
-    from backends.local.llamacpp import toolchain_missing
-
     return toolchain_missing()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +101,16 @@ def choose_dtype(setting: str = "auto", device: str = "cpu", cpu: CpuInfo | None
         return "bfloat16"
     cpu = cpu or read_cpu()
     return "bfloat16" if cpu.native_bf16 else "float32"
+
+
+def detect_device(setting: str = "auto") -> str:
+    """`gpu` or `cpu`: a setting as is; `auto`: gpu where `nvidia-smi -L` lists one."""
+    if setting != "auto":
+        return setting
+    nvidia = shutil.which("nvidia-smi")
+    if nvidia and subprocess.run([nvidia, "-L"], capture_output=True).returncode == 0:
+        return "gpu"
+    return "cpu"
 
 
 def usable_cores() -> int:

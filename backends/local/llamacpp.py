@@ -29,42 +29,8 @@ import httpx
 from backends.local.base_model import cache_dir, default_model_dir, packaged_gguf
 from backends.local.config import LlamaCppServer
 from backends.local.hardware import read_cpu
-from backends.local.llamacpp_build import (  # the build, re-exported: callers name it here
-    FASTBUILD as FASTBUILD,
-)
-from backends.local.llamacpp_build import (
-    SOURCE as SOURCE,
-)
-from backends.local.llamacpp_build import (
-    TARGETS as TARGETS,
-)
-from backends.local.llamacpp_build import (
-    LlamaCppError as LlamaCppError,
-)
-from backends.local.llamacpp_build import (
-    binary as binary,
-)
-from backends.local.llamacpp_build import (
-    build_key as build_key,
-)
-from backends.local.llamacpp_build import (
-    cmake_flags as cmake_flags,
-)
-from backends.local.llamacpp_build import (
-    ensure_llama_cpp as ensure_llama_cpp,
-)
-from backends.local.llamacpp_build import (
-    full_opt as full_opt,
-)
-from backends.local.llamacpp_build import (
-    home as home,
-)
-from backends.local.llamacpp_build import (
-    is_built as is_built,
-)
-from backends.local.llamacpp_build import (
-    toolchain_missing as toolchain_missing,
-)
+from backends.local.llamacpp_build import LlamaCppError as LlamaCppError  # raised here too: caught by this name
+from backends.local.llamacpp_build import ensure_llama_cpp, home
 from backends.local.process import ManagedServer, ServerError, offline_env
 from backends.openai_compat import llamacpp_lora_ids
 

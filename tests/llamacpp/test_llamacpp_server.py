@@ -14,7 +14,8 @@ import pytest
 from backends.local import llamacpp, llamacpp_build
 from backends.local.base_model import prepare
 from backends.local.config import LlamaCppServer
-from backends.local.llamacpp import LlamaCppError, LlamaCppProcess, ensure_llama_cpp
+from backends.local.llamacpp import LlamaCppError, LlamaCppProcess
+from backends.local.llamacpp_build import ensure_llama_cpp
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings

@@ -34,10 +34,10 @@ def test_auto_is_vllm_on_a_gpu_and_llamacpp_on_a_cpu(cpu_only: None) -> None:
 def test_auto_on_a_cpu_builds_llamacpp_first_only_where_the_build_fits_a_first_run(
     cpu_only: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from backends.local import llamacpp
+    from backends.local import llamacpp_build as llbuild
 
     monkeypatch.setenv("EXTRACTION_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: nothing built here
-    monkeypatch.setattr(engine, "_llamacpp_built", llamacpp.is_built)
+    monkeypatch.setattr(engine, "_llamacpp_built", llbuild.is_built)
     monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", lambda: [])  # cmake and c++ present
     monkeypatch.setattr(engine, "usable_cores", lambda: 1)  # 667 CPU-s on 1 core: ~11 min, past the first-run budget
     chosen, why = choose_engine("auto", "auto")
@@ -45,20 +45,20 @@ def test_auto_on_a_cpu_builds_llamacpp_first_only_where_the_build_fits_a_first_r
     monkeypatch.setattr(engine, "usable_cores", lambda: 2)  # ~5.6 min, started before the venv: built on first install
     chosen, why = choose_engine("auto", "auto")
     assert chosen == "llamacpp" and "built once for this CPU on first install (~6 min on 2 cores)" in why
-    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", llamacpp.toolchain_missing)
+    monkeypatch.setattr(engine, "_llamacpp_toolchain_missing", llbuild.toolchain_missing)
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no cmake, no compiler
     chosen, why = choose_engine("auto", "auto")
     assert chosen == "vllm" and "no cmake or C++ compiler" in why
     assert choose_engine("llamacpp", "auto")[0] == "llamacpp"  # asked for by name: its install says what is missing
-    with pytest.raises(llamacpp.LlamaCppError, match="needs cmake and C\\+\\+ compiler"):
-        llamacpp.ensure_llama_cpp(log=lambda line: None)
-    root = llamacpp.home()  # what a finished build leaves: the marker and both binaries
+    with pytest.raises(llbuild.LlamaCppError, match="needs cmake and C\\+\\+ compiler"):
+        llbuild.ensure_llama_cpp(log=lambda line: None)
+    root = llbuild.home()  # what a finished build leaves: the marker and both binaries
     (root / "bin").mkdir(parents=True)
-    for target in llamacpp.TARGETS[:-1]:
+    for target in llbuild.TARGETS[:-1]:
         (root / "bin" / target).write_text("")
     (root / ".extraction-built").write_text("{}")
     assert choose_engine("auto", "auto")[0] == "vllm"  # a half-copied build does not count
-    (root / "bin" / llamacpp.TARGETS[-1]).write_text("")
+    (root / "bin" / llbuild.TARGETS[-1]).write_text("")
     assert choose_engine("auto", "auto")[0] == "llamacpp"  # a cached build needs no toolchain and no time
     assert choose_engine("auto", "gpu")[0] == "vllm"
 

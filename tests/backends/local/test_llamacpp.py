@@ -21,7 +21,8 @@ from backends.local import llamacpp
 from backends.local import llamacpp_build as llbuild
 from backends.local.config import LlamaCppServer
 from backends.local.hardware import CpuInfo
-from backends.local.llamacpp import LlamaCppProcess, build_key
+from backends.local.llamacpp import LlamaCppProcess
+from backends.local.llamacpp_build import build_key
 from backends.openai_compat import OpenAIBackend, llamacpp_lora_ids
 from backends.profiles import default_dialect, dialect_gaps
 from loadtest.mock_upstream import ServerThread
@@ -309,12 +310,10 @@ def test_a_build_that_failed_is_not_repeated_by_the_install_that_waited_for_it(
     assert (root.parent / f"{root.name}.failed").read_text() == "no index"
 
 
-def test_the_engine_install_stops_an_early_build_it_does_not_want(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_install_stops_an_early_build_it_does_not_want() -> None:
     """vLLM chosen (config, cores): the early build's pid gets SIGTERM, and only if it still is that build."""
     import subprocess
     import sys
-
-    from service.cli.local import stop_early_build
 
     sleeper = "import time; print('started', flush=True); time.sleep(600)"
     other = subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE)  # a process that is not the build
@@ -322,11 +321,10 @@ def test_the_engine_install_stops_an_early_build_it_does_not_want(monkeypatch: p
     for process in (other, early):  # running Python (its command line readable), as make's early build long is
         assert process.stdout is not None and process.stdout.readline() == b"started\n"
     try:
-        monkeypatch.setenv("EXTRACTION_EARLY_BUILD_PID", str(other.pid))
-        stop_early_build()
+        assert not llbuild.stop_early_build({})  # no early build started
+        assert not llbuild.stop_early_build({"EXTRACTION_EARLY_BUILD_PID": str(other.pid)})
         assert other.poll() is None  # a reused pid is left alone
-        monkeypatch.setenv("EXTRACTION_EARLY_BUILD_PID", str(early.pid))
-        stop_early_build()
+        assert llbuild.stop_early_build({"EXTRACTION_EARLY_BUILD_PID": str(early.pid)})
         assert early.wait(timeout=10) == -15  # SIGTERM
     finally:
         for process in (other, early):

@@ -12,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from backends.local.config import VllmServer
-from backends.local.vllm import VllmError, VllmProcess, check_adapter, detect_device, resolve_adapters
+from backends.local.hardware import detect_device
+from backends.local.vllm import VllmError, VllmProcess, check_adapter, resolve_adapters
 
 
 def adapter(folder: Path, **config: object) -> Path:
