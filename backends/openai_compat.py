@@ -210,18 +210,21 @@ class OpenAIBackend:
             choices = completion.get("choices")
             if not choices:
                 raise UpstreamBadResponse("response has no choices", backend=self.name)
+            if not isinstance(choices, list):
+                raise TypeError("choices is not a list")
             choice = choices[0]
             text = (choice.get("message") or {}).get("content") or ""
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
+            reason, named = choice.get("finish_reason"), completion.get("model")
             return BackendResponse(
                 text=text,
                 usage=self._usage(completion.get("usage"), request, len(payload), text),
                 # llama-server names its GGUF file whatever adapter it applied: the adapter is the model
                 model=self.config.model
                 if self.config.kind == "llamacpp"
-                else completion.get("model") or self.config.model,
-                finish_reason=choice.get("finish_reason"),
+                else named if isinstance(named, str) and named else self.config.model,
+                finish_reason=reason if isinstance(reason, str) else None,
                 latency_s=latency,
             )
         except (AttributeError, TypeError, ValueError) as e:  # JSON, but not a chat completion

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,14 @@ from service.logs import configure_logging
 from service.middleware import COUNTED, ApiKeyGate, BodySizeLimit, error_response, unreadable_body
 from service.routes import extract, health, meta
 from service.state import AppState, BackendFactory
+
+# A caller's X-Request-ID is kept (echoed in answers and errors, logged) when it looks like an id; anything else
+# (5,000 characters, spaces, control characters) is replaced by a fresh one.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def _usable_request_id(value: str) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
 
 log = structlog.get_logger("extraction.app")
 
@@ -73,7 +82,7 @@ def create_app(
     app.add_middleware(
         DrainGuard, drain=state.drain, respond=error_response, on_reject=state.metrics.rejected_before_pipeline
     )
-    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=None)
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=_usable_request_id)
     _install_error_handlers(app, state)
     return app
 

@@ -17,6 +17,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Levels of arrays and objects an answer may have: orjson writes 254 and pydantic about as many, and an answer
+# sits up to three levels deep in a response (a batch's results[i].data).
+MAX_OUTPUT_DEPTH = 250
+
 # Strict: NaN and Infinity are not JSON; an answer holding one would validate as a number and leave as null.
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
@@ -34,7 +38,8 @@ class Parsed:
 def parse_output(text: str, max_repair_chars: int | None = None) -> Parsed:
     """The first JSON object/array in `text`; repaired with json-repair when it is broken but close (and, with
     `max_repair_chars`, no longer than that: json-repair is pure Python and superlinear on broken input).
-    A value no JSON response can carry (NaN, Infinity, a lone surrogate) is no answer either."""
+    A value no JSON response can carry (NaN, Infinity, a lone surrogate, nesting deeper than
+    `MAX_OUTPUT_DEPTH`) is no answer either."""
     try:
         parsed = _parse(text, max_repair_chars)
     except RecursionError:  # the C parser and json-repair both recurse per nesting level
@@ -46,9 +51,11 @@ def parse_output(text: str, max_repair_chars: int | None = None) -> Parsed:
 
 def _unsendable(value: Any) -> str | None:
     """What in `value` a UTF-8 JSON response cannot hold, or None (iterative: any depth)."""
-    stack = [value]
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_OUTPUT_DEPTH:
+            return f"nesting deeper than {MAX_OUTPUT_DEPTH} levels of arrays and objects"
         if isinstance(item, float) and not math.isfinite(item):
             return f"the number {item}"
         if isinstance(item, str):
@@ -57,10 +64,10 @@ def _unsendable(value: Any) -> str | None:
             except UnicodeEncodeError:
                 return "a lone surrogate in a string"
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((key, depth) for key in item)
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
     return None
 
 
@@ -83,7 +90,10 @@ def _parse(text: str, max_repair_chars: int | None) -> Parsed:
     if max_repair_chars is not None and len(candidate) - start > max_repair_chars:
         raise OutputNotJSON(f"the output is not valid JSON, and at {len(candidate) - start} characters too long "
                             f"to repair (limit {max_repair_chars})")  # fmt: skip
-    repaired = json_repair.loads(candidate[start:])
+    try:
+        repaired = json_repair.loads(candidate[start:])
+    except (ValueError, RecursionError):  # json-repair turns its own RecursionError into a ValueError
+        raise OutputNotJSON("the output is not valid JSON and could not be repaired") from None
     if not isinstance(repaired, dict | list) or repaired in ({}, []):
         raise OutputNotJSON("the output is not valid JSON and could not be repaired")
     return Parsed(repaired, repaired=True)

@@ -154,6 +154,7 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self._probe_out = False
         self._recent: deque[bool] = deque(maxlen=window)  # True: the call failed
+        self.why = ""  # why it last opened, for the error callers get while it is open
 
     def allow(self) -> bool:
         """May a call go through now? In half-open state only one probe at a time."""
@@ -180,12 +181,22 @@ class CircuitBreaker:
     def failure(self) -> None:
         self.failures += 1
         self._recent.append(True)
-        too_many_in_a_row = self.failures >= self.failure_threshold
-        if self.state is CircuitState.HALF_OPEN or too_many_in_a_row or self._rate_exceeded():
+        if why := self._opening_reason():
+            self.why = why
             self.state = CircuitState.OPEN
             self.opened_at = self.clock()
             self._recent.clear()  # after the probe closes it, the rate starts afresh
         self._probe_out = False
+
+    def _opening_reason(self) -> str:
+        """Why the failure just counted opens the circuit ("" when it does not)."""
+        if self.state is CircuitState.HALF_OPEN:
+            return "its probe call failed"
+        if self.failures >= self.failure_threshold:
+            return f"after {self.failures} consecutive failed calls"
+        if self._rate_exceeded():
+            return f"{sum(self._recent)} of its last {len(self._recent)} calls failed"
+        return ""
 
     def _rate_exceeded(self) -> bool:
         full = self._recent.maxlen is not None and len(self._recent) == self._recent.maxlen

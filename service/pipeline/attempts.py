@@ -62,16 +62,25 @@ class _Tally:
     def __init__(self, before: Decimal = Decimal(0), on_answer: Callable[[Spend], None] | None = None) -> None:
         self.answers = 0
         self.calls = 0
+        self.asks = 0
+        self._asked = False
         self.usage = Usage()
         self.cost = Decimal(0)
         self.before = before
         self.on_answer = on_answer
 
+    def ask(self) -> None:
+        """An attempt begins: its first call is the ask, any further ones are retries."""
+        self._asked = False
+
     def call(self) -> None:
         self.calls += 1
+        if not self._asked:
+            self._asked = True
+            self.asks += 1
 
     def spend(self) -> Spend:
-        return Spend(self.answers, self.calls, self.usage, self.cost)
+        return Spend(self.answers, self.calls, self.usage, self.cost, self.asks)
 
 
 class Attempts:
@@ -152,6 +161,7 @@ class Attempts:
                 timeout_s=cfg.timeout_s,
             )
             reason = "initial" if attempt == 1 else "reask"
+            tally.ask()
             response = await backend.complete(request, deadline_at=deadline_at, reason=reason, on_call=tally.call)
             tally.answers += 1
             self._account(cfg, task, response, tally)

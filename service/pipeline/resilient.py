@@ -139,8 +139,7 @@ class ResilientBackend:
         breaker = self.circuit
         if not breaker.allow():
             raise CircuitOpen(
-                f"backend {self.name!r} is failing: its circuit is open after {breaker.failures} "
-                f"consecutive failed calls",
+                f"backend {self.name!r} is failing: its circuit is open ({breaker.why})",
                 backend=self.name,
                 retry_after_s=breaker.retry_after_s(),
             )

@@ -11,21 +11,28 @@ from backends.base import Usage
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """`answers`: replies the model gave (1 + re-asks); `calls`: HTTP calls made for them (retries included)."""
+    """`answers`: replies the model gave (1 + re-asks); `calls`: HTTP calls made for them (retries included);
+    `asks`: attempts that made at least one call, answered or not (a first call that failed is not a retry)."""
 
     answers: int = 0
     calls: int = 0
     usage: Usage = field(default_factory=Usage)
     cost: Decimal = Decimal(0)
+    asks: int = 0
 
     def __add__(self, other: Spend) -> Spend:
         return Spend(
-            self.answers + other.answers, self.calls + other.calls, self.usage + other.usage, self.cost + other.cost
+            self.answers + other.answers,
+            self.calls + other.calls,
+            self.usage + other.usage,
+            self.cost + other.cost,
+            self.asks + other.asks,
         )
 
     @property
     def retries(self) -> int:
-        return self.calls - self.answers
+        """Calls beyond the first of each attempt."""
+        return max(0, self.calls - max(self.asks, self.answers))
 
     @property
     def tokens(self) -> int:

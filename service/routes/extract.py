@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 
 from service.api_models import (
     BatchItemResult,
@@ -51,7 +51,16 @@ ERRORS: dict[int | str, dict[str, object]] = {
     503: {"model": ErrorResponse, "description": "backend_unavailable or overloaded"},
     504: {"model": ErrorResponse, "description": "deadline_exceeded"},
 }
-BackendHeader = Annotated[str | None, Header(alias="X-Extraction-Backend", description="Backend override.")]
+
+
+def _backend_header(
+    value: Annotated[str | None, Header(alias="X-Extraction-Backend", description="Backend override.")] = None,
+) -> str | None:
+    """The header's backend name without the whitespace HTTP clients and proxies leave around values."""
+    return (value.strip() or None) if value is not None else None
+
+
+BackendHeader = Annotated[str | None, Depends(_backend_header)]
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -132,7 +141,7 @@ async def extract(
     state: StateDep,
     request_id: RequestIdDep,
     principal: PrincipalDep,
-    x_backend: BackendHeader = None,
+    x_backend: BackendHeader,
 ) -> ExtractResponse:
     """Extract JSON that validates against the task's (or the given) schema."""
     _authorize(state, principal, body, x_backend)
@@ -151,7 +160,7 @@ async def extract_batch(
     state: StateDep,
     request_id: RequestIdDep,
     principal: PrincipalDep,
-    x_backend: BackendHeader = None,
+    x_backend: BackendHeader,
 ) -> BatchResponse:
     """Independent extractions run concurrently (each backend's max_concurrency applies); per-item results."""
     limit = state.settings.limits.max_batch_items

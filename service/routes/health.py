@@ -15,14 +15,15 @@ from service.deps import StateDep, protect_health, protect_metrics
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", dependencies=[Depends(protect_health)])
+@router.api_route("/healthz", methods=["GET", "HEAD"], dependencies=[Depends(protect_health)])
 async def healthz() -> dict[str, str]:
     """The process is up (liveness)."""
     return {"status": "ok"}
 
 
-@router.get(
+@router.api_route(
     "/readyz",
+    methods=["GET", "HEAD"],
     dependencies=[Depends(protect_health)],
     responses={503: {"description": "the default backend is unreachable, or the server is draining"}},
 )

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from jsonschema import validators
+from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
 _local = threading.local()
@@ -61,6 +62,38 @@ def _guard(keyword: Keyword) -> Keyword:
     return guarded_keyword
 
 
+def _canonical(value: Any) -> Any:
+    """A hashable stand-in for a JSON value, equal where JSON Schema calls two values equal: 1 and 1.0 alike,
+    `true` and 1 not, objects whatever their key order, arrays in order."""
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, int | float):
+        return ("number", value)  # 1 == 1.0 and hash(1) == hash(1.0)
+    if isinstance(value, str):
+        return ("string", value)
+    if isinstance(value, list):
+        return ("array", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _canonical(v)) for k, v in value.items()))
+    return ("other", repr(value))
+
+
+def unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """`uniqueItems` in linear time, checking the budget as it goes: jsonschema's own compares every pair of
+    unhashable items (objects, arrays) inside one keyword call, 3 million comparisons for 2,500 objects."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for i, item in enumerate(instance):
+        if i % 256 == 0:
+            check()
+        key = _canonical(item)
+        if key in seen:
+            yield ValidationError(f"{instance!r} has non-unique elements")
+            return
+        seen.add(key)
+
+
 _GUARDED: dict[type[Validator], type[Validator]] = {}
 
 
@@ -71,6 +104,6 @@ def guarded(cls: type[Validator]) -> type[Validator]:
     that declares one by that URI (`validator_for`), which would be the unguarded class.
     """
     if cls not in _GUARDED:
-        wrapped = {name: _guard(fn) for name, fn in cls.VALIDATORS.items()}
+        wrapped = {name: _guard(unique_items if name == "uniqueItems" else fn) for name, fn in cls.VALIDATORS.items()}
         _GUARDED[cls] = validators.extend(cls, wrapped)  # type: ignore[no-untyped-call]
     return _GUARDED[cls]

@@ -24,7 +24,14 @@ from jsonschema import (
 from jsonschema.protocols import Validator
 from referencing import Specification
 
+from service.schemas import patterns
 from service.schemas.problems import SchemaProblem, clip
+
+_CHECKERS: dict[str, FormatChecker] = {}
+
+
+def _is_regex(value: object) -> bool:
+    return not isinstance(value, str) or patterns.pattern_error(value) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +43,15 @@ class Draft:
 
     @property
     def format_checker(self) -> FormatChecker:
-        """The formats this draft defines (draft-04 has no `date`; 2019-09 added `duration`, `uuid`)."""
-        checker: FormatChecker = self.validator.FORMAT_CHECKER
-        return checker
+        """The formats this draft defines (draft-04 has no `date`; 2019-09 added `duration`, `uuid`), with
+        `regex` read as ECMA-262 (as `pattern` is): jsonschema's own asks Python's `re`, which refuses `\\p{L}`."""
+        if self.name not in _CHECKERS:
+            checker = FormatChecker(formats=())
+            checker.checkers = dict(self.validator.FORMAT_CHECKER.checkers)
+            if "regex" in checker.checkers:
+                checker.checks("regex")(_is_regex)
+            _CHECKERS[self.name] = checker
+        return _CHECKERS[self.name]
 
     def knows(self, keyword: str) -> bool:
         """Whether `keyword` means anything to this draft's validator (`then`/`else` live under `if`)."""

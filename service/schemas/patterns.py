@@ -1,4 +1,4 @@
-"""Regular expressions from schemas (`pattern`, `patternProperties`) matched with a timeout.
+r"""Regular expressions from schemas (`pattern`, `patternProperties`) matched with a timeout.
 
 The engine is the `regex` module with `timeout=`, not RE2 and not a bounded pre-check:
 - RE2 is linear-time but rejects lookaround and backreferences, which real schemas use (password rules,
@@ -15,6 +15,11 @@ jsonschema calls `re.search` in five places in three modules — `pattern`, `pat
 stand-in delegates everything to `re` except `search`; outside a time budget (other users of jsonschema in the
 process) `search` has no timeout, exactly as before. `tests/service/schemas/test_patterns.py` fails if a
 jsonschema release moves a call site out of reach.
+
+JSON Schema patterns are ECMA-262 regular expressions, and validators in other languages (ajv, the engines'
+grammars) read them so; `ecma` rewrites the three places where Python reads the same text differently:
+`$` (Python also matches before a final newline: `^[A-Z]{3}$` would pass `"EUR\n"`), `\d` and `\w` (Python's
+take in every script's digits and letters, ECMA's are ASCII). `\p{L}` and the like mean what ECMA says.
 """
 
 from __future__ import annotations
@@ -34,15 +39,52 @@ from service.schemas.problems import clip
 PATCHED_MODULES = ("jsonschema._keywords", "jsonschema._utils", "jsonschema._legacy_keywords")
 
 
+_OUTSIDE_CLASS = {"d": "[0-9]", "D": "[^0-9]", "w": "[A-Za-z0-9_]", "W": "[^A-Za-z0-9_]"}
+_INSIDE_CLASS = {"d": "0-9", "w": "A-Za-z0-9_"}  # \D and \W inside a class keep Python's (wider) meaning
+
+
+def ecma(pattern: str) -> str:
+    r"""`pattern` (ECMA-262) written so Python's `regex` matches what ECMA matches: `$` as the end of the
+    string only, `\d` and `\w` as ASCII (outside and inside character classes)."""
+    out: list[str] = []
+    in_class = False
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            table = _INSIDE_CLASS if in_class else _OUTSIDE_CLASS
+            out.append(table.get(nxt, c + nxt))
+            i += 2
+            continue
+        if in_class:
+            if c == "]" and not (out and out[-1] in ("[", "[^")):
+                in_class = False
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            if pattern.startswith("[^", i):
+                out.append("[^")
+                i += 2
+                continue
+            out.append(c)
+        elif c == "$":
+            out.append("\\Z")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(pattern: str, flags: int) -> Any:
-    return regex.compile(pattern, flags)  # the module's own cache costs ~4 us a lookup, this one ~0.1
+    return regex.compile(ecma(pattern), flags)  # the module's own cache costs ~4 us a lookup, this one ~0.1
 
 
 def search(pattern: str, string: str, flags: int = 0) -> Any:
     """`re.search` with the thread's remaining budget as timeout (`TooSlow` when it runs out)."""
     # Long patterns are compiled each time rather than kept: the cache must not hold megabytes of them.
-    compiled = _compiled(pattern, flags) if len(pattern) <= 1000 else regex.compile(pattern, flags)
+    compiled = _compiled(pattern, flags) if len(pattern) <= 1000 else regex.compile(ecma(pattern), flags)
     left = budget.remaining()
     if left is None:
         return compiled.search(string, concurrent=True)
@@ -79,7 +121,7 @@ def install() -> None:
 def pattern_error(pattern: str) -> str | None:
     """Why `regex` cannot compile `pattern` (None: it can)."""
     try:
-        regex.compile(pattern)
+        regex.compile(ecma(pattern))
     except regex.error as e:
         return str(e)
     except (ValueError, TypeError, OverflowError) as e:

@@ -162,6 +162,29 @@ async def test_non_json_body_is_a_bad_response(make: Make) -> None:
         await backend.complete(request())
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": {"a": 1}},  # an object where the list goes
+        {"choices": [1]},
+        {"choices": [{"message": "text"}]},
+        {"choices": [{"message": {"content": ["a"]}}]},
+    ],
+)
+async def test_a_body_that_is_json_but_no_chat_completion_is_a_bad_response(make: Make, body: dict[str, Any]) -> None:
+    backend, _ = make(lambda r: httpx2.Response(200, json=body))
+    with pytest.raises(UpstreamBadResponse, match="not a chat completion"):
+        await backend.complete(request())
+
+
+async def test_odd_model_and_finish_reason_fields_are_not_passed_on(make: Make) -> None:
+    odd = {**completion(), "model": {"x": 1}}
+    odd["choices"][0]["finish_reason"] = ["length"]
+    backend, _ = make(lambda r: httpx2.Response(200, json=odd))
+    response = await backend.complete(request())
+    assert (response.text, response.model, response.finish_reason) == ('{"a":"x"}', "m", None)
+
+
 async def test_missing_key_names_the_variable(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TEST_KEY")
     backend, _ = make(lambda r: httpx2.Response(200, json=completion()))

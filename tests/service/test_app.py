@@ -13,6 +13,7 @@ from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
 from service.app import create_app
 from service.config import BackendConfig, Settings
 from service.metrics import sample
+from service.routes.extract import _backend_header
 from tests.conftest import backend_entry
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,15 @@ def test_persistent_500s_are_502(service: Service) -> None:
     service.upstream.enqueue(*(Reply(status=500) for _ in range(4)))
     r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert r.json()["error"]["details"]["retries"] == 3  # 4 calls: the first and 3 retries
     assert service.metric("extraction_requests_total", task="invoice", backend="mock", outcome="upstream_error") == 1
+
+
+def test_a_refused_first_call_is_no_retry(service: Service) -> None:
+    service.upstream.enqueue(Reply(status=400, content="bad request"))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"})
+    assert r.status_code == 502 and len(service.upstream.requests) == 1
+    assert r.json()["error"]["details"]["retries"] == 0
 
 
 def test_hang_past_timeout_is_retried_then_answered(service: Service) -> None:
@@ -370,8 +379,20 @@ def test_catalogue_endpoints_never_show_keys(service: Service) -> None:
     assert service.upstream.url.removeprefix("http://") not in r.text  # type: ignore[attr-defined]
 
 
+def test_a_request_id_that_is_no_id_is_replaced_and_the_backend_header_trimmed(service: Service) -> None:
+    service.upstream.enqueue(ok(GOOD), ok(GOOD))
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"}, headers={"X-Request-ID": "x" * 5000})
+    assert r.status_code == 200 and len(r.json()["request_id"]) < 100 and r.headers["x-request-id"] != "x" * 5000
+    r = service.post("/v1/extract", {"task": "invoice", "text": "x"}, headers={"X-Extraction-Backend": "second"})
+    assert r.status_code == 200 and r.json()["backend"] == "second"
+    # httpx sends no padded header values; servers behind proxies receive them
+    assert _backend_header("  second \t") == "second" and _backend_header("   ") is None
+
+
 def test_health_readiness_and_metrics(service: Service) -> None:
     assert service.http.get("/healthz").json() == {"status": "ok"}
+    assert service.http.head("/healthz").status_code == 200  # probes that send HEAD
+    assert service.http.head("/readyz").status_code == 200
     ready = service.http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["backends"]["mock"]["status"] == "ok"

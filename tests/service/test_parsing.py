@@ -60,3 +60,18 @@ def test_dumps_compact_has_no_whitespace_and_keeps_unicode() -> None:
 def test_values_json_cannot_carry_are_no_answer(text: str) -> None:
     with pytest.raises(OutputNotJSON, match="JSON cannot carry|is not JSON|could not be repaired"):
         parse_output(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 260 + "]" * 260, '{"a":' * 260 + "1" + "}" * 260],
+)
+def test_an_answer_nested_deeper_than_a_response_can_carry_is_no_answer(text: str) -> None:
+    with pytest.raises(OutputNotJSON, match="deeper than 250 levels"):
+        parse_output(text)
+    assert parse_output("[" * 250 + "]" * 250).repaired is False  # as deep as a batch response can still hold
+
+
+def test_broken_json_too_deep_for_the_repairer_is_no_answer() -> None:
+    with pytest.raises(OutputNotJSON, match="could not be repaired|too deeply"):
+        parse_output('{"a": [' + '{"b": [1, 2, {"c": "d' * 1000)

@@ -52,12 +52,12 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
     assert b.allow() and b.state is CircuitState.CLOSED
     b.failure()
     assert b.state is CircuitState.OPEN and not b.allow()
-    assert b.retry_after_s() == 10
+    assert b.retry_after_s() == 10 and b.why == "after 3 consecutive failed calls"
     clock.now += 10
     assert b.allow() and b.state is CircuitState.HALF_OPEN
     assert not b.allow()  # one probe at a time
     b.failure()  # the probe failed: open again for a full period
-    assert b.state is CircuitState.OPEN and not b.allow()
+    assert b.state is CircuitState.OPEN and not b.allow() and b.why == "its probe call failed"
     clock.now += 10
     assert b.allow()
     b.success()
@@ -76,6 +76,7 @@ def test_breaker_opens_on_the_error_rate_without_a_run_of_failures() -> None:
     assert b.state is CircuitState.CLOSED  # successes never open it
     b.failure()  # the last 10 calls: 5 failures
     assert b.state is CircuitState.OPEN and b.retry_after_s() == 10
+    assert b.why == "5 of its last 10 calls failed"  # not "after 1 consecutive failed calls"
     clock.now += 10
     assert b.allow()
     b.success()  # the probe closes it, and the window starts afresh

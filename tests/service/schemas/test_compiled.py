@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service.schemas.budget import time_budget
 from service.schemas.compiled import SchemaCache, canonical, compile_schema, validate
 from service.schemas.problems import SchemaProblem
 from service.schemas.shape import SchemaLimits
@@ -154,3 +155,14 @@ def test_same_content_same_key() -> None:
 def test_only_schemas_whose_validation_is_linear_are_cheap(schema: dict[str, Any], cheap: bool) -> None:
     # cheap: validated on the event loop for a small answer; the rest always in a worker under the budget
     assert compile_schema(schema).cheap is cheap
+
+
+def test_unique_items_of_many_objects_is_linear_and_exact() -> None:
+    compiled = compile_schema({"type": "array", "uniqueItems": True})
+    many = [{"a": i, "b": [i, {"c": None}]} for i in range(20_000)]  # jsonschema's own: 2e8 comparisons
+    with time_budget(5):
+        assert validate(many, compiled) == []
+        assert validate([*many, {"b": [7, {"c": None}], "a": 7}], compiled)  # equal whatever the key order
+        assert validate([1, 1.0], compiled)  # equal numbers
+        assert validate([True, 1], compiled) == [] and validate([0, False], compiled) == []
+        assert validate([[1, 2], [2, 1]], compiled) == []

@@ -80,3 +80,36 @@ def test_installing_over_a_changed_jsonschema_fails_loudly(monkeypatch: pytest.M
 def test_patterns_the_matcher_cannot_compile_are_named() -> None:
     assert patterns.pattern_error("^[a-z]+$") is None
     assert patterns.pattern_error("(") is not None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "valid"),
+    [
+        ("^[A-Z]{3}$", "EUR", True),
+        ("^[A-Z]{3}$", "EUR\n", False),  # Python's `$` also matches before a final newline, ECMA's does not
+        (r"^\d+$", "123", True),
+        (r"^\d+$", "١٢٣", False),  # ECMA's \d is ASCII; Python's takes every script's digits
+        (r"^[\d.]+$", "1.5", True),
+        (r"^[\d.]+$", "١.٥", False),
+        (r"^\w+$", "abc_1", True),
+        (r"^\w+$", "ab\u00e7", False),
+        (r"^\W$", "é", True),
+        (r"^\p{L}+$", "café", True),  # Unicode property classes, as ECMA with the u flag reads them
+        (r"^\p{L}+$", "caf3", False),
+        (r"^a\$$", "a$", True),  # an escaped `$` stays a dollar sign
+        ("^[$]+$", "$$", True),  # so does one in a class
+        (r"^[^\]a]$", "b", True),
+    ],
+)
+def test_patterns_match_as_ecma_262_reads_them(pattern: str, value: str, valid: bool) -> None:
+    compiled = compile_schema({"type": "string", "pattern": pattern})
+    with time_budget(1):
+        assert (validate(value, compiled) == []) is valid
+
+
+def test_a_regex_format_is_checked_as_ecma_262_too() -> None:
+    compile_schema({"type": "string", "pattern": r"^\p{Lu}"})  # not refused as "not a 'regex'"
+    compiled = compile_schema({"type": "string", "format": "regex"})
+    with time_budget(1):
+        assert validate(r"\p{L}+", compiled) == []
+        assert validate("(", compiled)
