@@ -223,7 +223,9 @@ class OpenAIBackend:
                 # llama-server names its GGUF file whatever adapter it applied: the adapter is the model
                 model=self.config.model
                 if self.config.kind == "llamacpp"
-                else named if isinstance(named, str) and named else self.config.model,
+                else named
+                if isinstance(named, str) and named
+                else self.config.model,
                 finish_reason=reason if isinstance(reason, str) else None,
                 latency_s=latency,
             )

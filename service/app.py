@@ -34,6 +34,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 def _usable_request_id(value: str) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
 
+
 log = structlog.get_logger("extraction.app")
 
 
