@@ -36,6 +36,17 @@ def load_run(path: Path) -> dict[str, Any]:
     return run
 
 
+def run_names(runs: list[dict[str, Any]]) -> list[str]:
+    """How the report names each run: its backend; where runs share one (two adapters served under one name,
+    one backend before and after a change), its backend and the run file's name."""
+    backends = [str(r["meta"]["backend"]) for r in runs]
+    names = [
+        f"{b} ({Path(r['meta'].get('file') or f'run-{k + 1}').stem})" if backends.count(b) > 1 else b
+        for k, (b, r) in enumerate(zip(backends, runs, strict=True))
+    ]
+    return [n if names.count(n) == 1 else f"{n} #{k + 1}" for k, n in enumerate(names)]
+
+
 def row(run: dict[str, Any], items: list[dict[str, Any]], figures: dict[str, float],
         requests_per_day: int) -> dict[str, Any]:  # fmt: skip
     """One run's line of the table, on the shared items (throughput is the whole run's)."""
@@ -156,6 +167,8 @@ def build_report(
     pairing = pair_runs(runs)  # refuses different test files; reduces to the shared items
     rows = [row(r, items, point_figures(t), requests_per_day)
             for r, items, t in zip(runs, pairing.items, pairing.tables, strict=True)]  # fmt: skip
+    for r, name in zip(rows, run_names(runs), strict=True):
+        r["backend"] = name
     a, b = _pair(rows)
     prompted, finetuned = rows[a], rows[b]
     comparison = compare(pairing.tables, a, b, resamples, seed)

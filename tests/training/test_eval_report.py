@@ -128,6 +128,21 @@ def test_report_with_several_runs_decides_on_the_best_of_each_kind(tmp_path: Pat
     assert [r["backend"] for r in report["rows"]] == ["local-prompted", "ft-v1", "ft-v2"]
 
 
+def test_runs_of_one_backend_are_told_apart_by_their_files(tmp_path: Path) -> None:
+    # Two adapters served one after the other under the same backend name: the report names each by its file.
+    runs = [
+        run_file("local-receipt", "finetuned", 0.80, 0.0001, 490),
+        run_file("local-receipt", "finetuned", 0.83, 0.0001, 490),
+    ]
+    runs[0]["meta"]["file"], runs[1]["meta"]["file"] = "var/eval/stage2.json", "var/eval/stage3.json"
+    runs.append(run_file("local-prompted", "few_shot", 0.3, 0.0003, 1300))
+    report = build_report(runs, requests_per_day=1000, training_cost=0, horizon_days=30, out=tmp_path)
+    names = [r["backend"] for r in report["rows"]]
+    assert names == ["local-receipt (stage2)", "local-receipt (stage3)", "local-prompted"]
+    assert report["finetuned"] == "local-receipt (stage3)"
+    assert "local-receipt (stage3)" in (tmp_path / "report.md").read_text()
+
+
 def test_a_collapsed_adapter_is_not_a_hybrid_candidate() -> None:
     prompted = {"field_f1": 0.045, "cost_per_request": 0.000156, "p95_ms": 7000, "schema_valid": 0.98}
     finetuned = {"field_f1": 0.0, "cost_per_request": 0.000016, "p95_ms": 15000, "schema_valid": 1.0}
