@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class ExtractOptions(BaseModel):
     """Per-request limits; each can only tighten what the backend's config allows."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)  # "10" is no number
 
     max_attempts: int | None = Field(None, ge=1, le=10, description="Cap on answers (first + re-asks).")
     max_cost_usd: float | None = Field(None, gt=0, description="Stop before an attempt that could pass this.")

@@ -15,15 +15,16 @@ from service.deps import StateDep, protect_health, protect_metrics
 router = APIRouter(tags=["operations"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], dependencies=[Depends(protect_health)])
+@router.get("/healthz", dependencies=[Depends(protect_health)])
+@router.head("/healthz", dependencies=[Depends(protect_health)], include_in_schema=False)  # probes that send HEAD
 async def healthz() -> dict[str, str]:
     """The process is up (liveness)."""
     return {"status": "ok"}
 
 
-@router.api_route(
+@router.head("/readyz", dependencies=[Depends(protect_health)], include_in_schema=False)
+@router.get(
     "/readyz",
-    methods=["GET", "HEAD"],
     dependencies=[Depends(protect_health)],
     responses={503: {"description": "the default backend is unreachable, or the server is draining"}},
 )

@@ -302,6 +302,9 @@ def test_unconfigured_key_is_503_naming_the_variable(service: Service) -> None:
         ({"task": "invoice"}, 400, "bad_request"),
         ({"task": "invoice", "text": 42}, 400, "bad_request"),
         ({"task": "invoice", "text": "x", "options": {"max_attempts": "many"}}, 400, "bad_request"),
+        ({"task": "invoice", "text": "x", "options": {"max_output_tokens": "10"}}, 400, "bad_request"),  # no coercion
+        ({"task": "invoice", "text": "x", "options": {"max_output_tokens": True}}, 400, "bad_request"),
+        ({"task": "invoice", "text": "x", "options": {"timeout_s": "5"}}, 400, "bad_request"),
         ({"task": "invoice", "text": "x", "surprise": 1}, 400, "bad_request"),
         ({"text": "x"}, 400, "bad_request"),
         ({"task": "invoice", "schema": {"type": "object"}, "text": "x"}, 400, "bad_request"),
@@ -320,6 +323,14 @@ def test_bad_inputs_get_documented_errors(service: Service, body: Any, status: i
     payload = r.json()
     assert payload["error"]["code"] == code and payload["error"]["message"]
     assert payload["request_id"]
+    assert service.upstream.requests == []
+
+
+@pytest.mark.parametrize("number", ["Infinity", "NaN", "1e999"])
+def test_a_cost_cap_that_is_no_finite_number_is_400(service: Service, number: str) -> None:
+    body = '{"task": "invoice", "text": "x", "options": {"max_cost_usd": ' + number + "}}"
+    r = service.http.post("/v1/extract", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
     assert service.upstream.requests == []
 
 

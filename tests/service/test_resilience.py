@@ -183,7 +183,8 @@ def test_fallback_answers_when_the_primary_keeps_failing(make_service: Callable[
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["backend"] == "secondary" and body["model"] == "second-model" and body["data"] == GOOD
-    assert body["attempts"] == 1 and body["retries"] == 2  # the primary's two failed calls stay in the record
+    # the primary's second call was a retry; the first, and the secondary's call (a fallback), were not
+    assert body["attempts"] == 1 and body["retries"] == 1
     assert [q["model"] for q in svc.upstream.requests] == ["mock-model", "mock-model", "second-model"]
     assert svc.metric("extraction_fallbacks_total", from_backend="primary", to_backend="secondary",
                       reason="upstream_error") == 1  # fmt: skip
@@ -212,7 +213,8 @@ def test_a_failing_chain_answers_once_with_every_backend_tried(make_service: Cal
     details = r.json()["error"]["details"]
     assert details["tried"] == [{"backend": "primary", "error": "upstream_error"},
                                 {"backend": "secondary", "error": "upstream_error"}]  # fmt: skip
-    assert details["retries"] == 3 and len(svc.upstream.requests) == 3  # calls that brought no answer
+    # 3 calls: the first of each backend, and one retry (the first failed call of an attempt is no retry)
+    assert details["retries"] == 1 and len(svc.upstream.requests) == 3
     assert svc.requests_total() == 1
 
 
