@@ -30,6 +30,8 @@ from service.metrics import Metrics
 from service.resilience import AdaptiveLimit, Bulkhead, CircuitBreaker
 
 LATENCY_WEIGHT = 0.2  # EWMA weight of the latest call in the latency estimate
+DEVIATION_WEIGHT = 0.25  # and in its mean deviation (Jacobson/Karels, as TCP estimates its round trip)
+DEVIATIONS = 2.0  # a call is admitted when the time left covers mean + 2 mean deviations (~P95 of a normal spread)
 
 _RETRY_REASON: dict[type[BaseException] | None, str] = {
     UpstreamRateLimited: "retry_rate_limited",
@@ -77,6 +79,7 @@ class ResilientBackend:
             c.failure_threshold, c.reset_after_s, clock, error_rate=c.error_rate, window=c.window
         )
         self._latency_s: float | None = None  # EWMA of answered calls, for deadline-aware admission
+        self._deviation_s = 0.0  # EWMA of their distance from it
         metrics.circuit_state.labels(self.name).set(0)  # on the dashboard from the start, closed
         metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)
 
@@ -177,16 +180,28 @@ class ResilientBackend:
 
     def _admission_wait(self, deadline_at: float) -> float | None:
         """How long this call may wait for a slot and still finish before its deadline, by the latency of recent
-        calls (an EWMA; None until one finished, or without adaptive admission). A call that could not finish
-        in time is shed with 503 now, not admitted to end as a 504 after the engine spent its work on it."""
+        calls (their EWMA plus DEVIATIONS mean deviations: a busy engine's latency spreads, and a call admitted
+        on the mean alone would miss half the time; None until one finished, or without adaptive admission). A
+        call that could not finish in time is shed with 503 now, not admitted to end as a 504 after the engine
+        spent its work on it."""
         if self.adaptive is None or self._latency_s is None or deadline_at == float("inf"):
             return None
-        return deadline_at - time.monotonic() - self._latency_s
+        return deadline_at - time.monotonic() - self.expected_latency_s()
+
+    def expected_latency_s(self) -> float | None:
+        """What admission expects a call to take (None: no call has finished yet)."""
+        if self._latency_s is None:
+            return None
+        return self._latency_s + DEVIATIONS * self._deviation_s
 
     def _observe(self, latency_s: float, failed: bool = False) -> None:
         if not failed:
             previous = self._latency_s
-            self._latency_s = latency_s if previous is None else previous + LATENCY_WEIGHT * (latency_s - previous)
+            if previous is None:
+                self._latency_s, self._deviation_s = latency_s, latency_s / 2  # as TCP starts its estimate
+            else:
+                self._deviation_s += DEVIATION_WEIGHT * (abs(latency_s - previous) - self._deviation_s)
+                self._latency_s = previous + LATENCY_WEIGHT * (latency_s - previous)
         if self.adaptive is not None:
             self.adaptive.observe(latency_s, failed=failed)
             self.metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)

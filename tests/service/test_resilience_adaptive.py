@@ -168,3 +168,20 @@ async def test_a_call_that_would_miss_its_deadline_is_shed_instead_of_queued() -
     assert local.bulkhead.waiting == 1  # a call with time to spare still queues
     inner.release.set()
     assert [(await first).text, (await waiter).text] == ['{"a": 2}', '{"a": 3}']
+
+
+def test_admission_expects_the_spread_of_recent_latencies_not_their_mean() -> None:
+    cfg = BackendConfig.model_validate({"name": "b", "kind": "vllm", "model": "m", "max_concurrency": 4,
+                                        "adaptive_concurrency": {"initial": 4, "target_latency_s": 60}})  # fmt: skip
+    local = ResilientBackend(FakeBackend(cfg.endpoint), cfg, RetryPolicy(), Metrics())
+    assert local.expected_latency_s() is None
+    local._observe(10.0)
+    assert local.expected_latency_s() == pytest.approx(20.0)  # one call: its latency, and as much again (as TCP)
+    for _ in range(30):
+        local._observe(10.0)
+    steady = local.expected_latency_s()
+    assert steady is not None and 10.0 < steady < 10.01  # steady latencies: the mean
+    for latency in (4.0, 16.0, 4.0, 16.0, 4.0, 16.0):
+        local._observe(latency)
+    spread = local.expected_latency_s()
+    assert spread is not None and spread > 20.0  # same mean, wide spread: room for a slow call
