@@ -17,8 +17,8 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# Levels of arrays and objects an answer may have: orjson writes 254 and pydantic about as many, and an answer
-# sits up to three levels deep in a response (a batch's results[i].data).
+# Levels of arrays and objects an answer may have: pydantic, which writes our responses, stops at 255 levels of
+# the answer wherever it sits in them; orjson (what goes upstream) at 254.
 MAX_OUTPUT_DEPTH = 250
 
 # Strict: NaN and Infinity are not JSON; an answer holding one would validate as a number and leave as null.
@@ -51,10 +51,10 @@ def parse_output(text: str, max_repair_chars: int | None = None) -> Parsed:
 
 def _unsendable(value: Any) -> str | None:
     """What in `value` a UTF-8 JSON response cannot hold, or None (iterative: any depth)."""
-    stack = [(value, 0)]
+    stack = [(value, 1)]  # (item, the level it would be at as an array or object: the outermost is 1)
     while stack:
-        item, depth = stack.pop()
-        if depth > MAX_OUTPUT_DEPTH:
+        item, level = stack.pop()
+        if level > MAX_OUTPUT_DEPTH and isinstance(item, dict | list):
             return f"nesting deeper than {MAX_OUTPUT_DEPTH} levels of arrays and objects"
         if isinstance(item, float) and not math.isfinite(item):
             return f"the number {item}"
@@ -64,10 +64,10 @@ def _unsendable(value: Any) -> str | None:
             except UnicodeEncodeError:
                 return "a lone surrogate in a string"
         elif isinstance(item, dict):
-            stack.extend((key, depth) for key in item)
-            stack.extend((v, depth + 1) for v in item.values())
+            stack.extend((key, level) for key in item)
+            stack.extend((v, level + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+            stack.extend((v, level + 1) for v in item)
     return None
 
 

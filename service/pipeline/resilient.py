@@ -198,7 +198,9 @@ class ResilientBackend:
         if not failed:
             previous = self._latency_s
             if previous is None:
-                self._latency_s, self._deviation_s = latency_s, latency_s / 2  # as TCP starts its estimate
+                # No spread yet (TCP starts at half the first sample, but a cold start's first call is slow
+                # enough already: twice that would shed every queued call for a while)
+                self._latency_s, self._deviation_s = latency_s, 0.0
             else:
                 self._deviation_s += DEVIATION_WEIGHT * (abs(latency_s - previous) - self._deviation_s)
                 self._latency_s = previous + LATENCY_WEIGHT * (latency_s - previous)

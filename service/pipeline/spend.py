@@ -31,8 +31,9 @@ class Spend:
 
     @property
     def retries(self) -> int:
-        """Calls beyond the first of each attempt."""
-        return max(0, self.calls - max(self.asks, self.answers))
+        """Calls beyond the first of each attempt (a spend that counts no calls, such as one answer's bill,
+        adds none)."""
+        return max(0, self.calls - self.asks)
 
     @property
     def tokens(self) -> int:

@@ -89,7 +89,10 @@ def unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Ite
             check()
         key = _canonical(item)
         if key in seen:
-            yield ValidationError(f"{instance!r} has non-unique elements")
+            # jsonschema's message is the whole array's repr: megabytes for a big one, and the repeat lost in it
+            shown = repr(item)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            yield ValidationError(f"has non-unique elements: item {i} repeats an earlier one ({shown})")
             return
         seen.add(key)
 

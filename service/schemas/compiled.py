@@ -114,7 +114,9 @@ def _cheap(node: dict[str, Any]) -> bool:
 
 
 def _check_meta(schema: dict[str, Any], draft: Draft) -> None:
-    meta = draft.validator(draft.validator.META_SCHEMA, format_checker=draft.format_checker)
+    # Guarded: the meta-schema's own keywords run on the caller's schema (draft-04 says `enum` is uniqueItems:
+    # 7,000 objects in an enum would be 25 million comparisons), so they too stop at the budget.
+    meta = budget.guarded(draft.validator)(draft.validator.META_SCHEMA, format_checker=draft.format_checker)
     error = best_match(meta.iter_errors(schema))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"

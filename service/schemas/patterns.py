@@ -40,12 +40,15 @@ PATCHED_MODULES = ("jsonschema._keywords", "jsonschema._utils", "jsonschema._leg
 
 
 _OUTSIDE_CLASS = {"d": "[0-9]", "D": "[^0-9]", "w": "[A-Za-z0-9_]", "W": "[^A-Za-z0-9_]"}
-_INSIDE_CLASS = {"d": "0-9", "w": "A-Za-z0-9_"}  # \D and \W inside a class keep Python's (wider) meaning
+# Inside a class each expansion ends in a whole range or a lone character, so a `-` after it stays a literal
+# (`[\w-.]`); \D and \W inside a class keep Python's (wider) meaning.
+_INSIDE_CLASS = {"d": "0-9", "w": "_A-Za-z0-9"}
 
 
 def ecma(pattern: str) -> str:
     r"""`pattern` (ECMA-262) written so Python's `regex` matches what ECMA matches: `$` as the end of the
-    string only, `\d` and `\w` as ASCII (outside and inside character classes)."""
+    string only, `\d` and `\w` as ASCII (outside and inside character classes), `[]` as the empty class and
+    `[^]` as any character. Inside a class the first `]` ends it and `[` is a literal, as in ECMA."""
     out: list[str] = []
     in_class = False
     i, n = 0, len(pattern)
@@ -58,16 +61,23 @@ def ecma(pattern: str) -> str:
             i += 2
             continue
         if in_class:
-            if c == "]" and not (out and out[-1] in ("[", "[^")):
+            if c == "]":
                 in_class = False
-            out.append(c)
+            out.append("\\[" if c == "[" else c)
         elif c == "[":
-            in_class = True
-            if pattern.startswith("[^", i):
-                out.append("[^")
+            if pattern.startswith("[^]", i):
+                out.append("[\\s\\S]")  # ECMA: any character, line breaks included
+                i += 3
+                continue
+            if pattern.startswith("[]", i):
+                out.append("(?!)")  # ECMA: the empty class, which matches nothing
                 i += 2
                 continue
-            out.append(c)
+            in_class = True
+            opener = "[^" if pattern.startswith("[^", i) else "["
+            out.append(opener)
+            i += len(opener)
+            continue
         elif c == "$":
             out.append("\\Z")
         else:

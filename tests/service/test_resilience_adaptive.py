@@ -176,12 +176,35 @@ def test_admission_expects_the_spread_of_recent_latencies_not_their_mean() -> No
     local = ResilientBackend(FakeBackend(cfg.endpoint), cfg, RetryPolicy(), Metrics())
     assert local.expected_latency_s() is None
     local._observe(10.0)
-    assert local.expected_latency_s() == pytest.approx(20.0)  # one call: its latency, and as much again (as TCP)
+    assert local.expected_latency_s() == pytest.approx(10.0)  # one call: its latency, no spread yet
     for _ in range(30):
         local._observe(10.0)
     steady = local.expected_latency_s()
-    assert steady is not None and 10.0 < steady < 10.01  # steady latencies: the mean
+    assert steady == pytest.approx(10.0)  # steady latencies: the mean
     for latency in (4.0, 16.0, 4.0, 16.0, 4.0, 16.0):
         local._observe(latency)
     spread = local.expected_latency_s()
     assert spread is not None and spread > 20.0  # same mean, wide spread: room for a slow call
+
+
+async def test_a_call_whose_time_left_covers_the_mean_but_not_the_spread_is_shed() -> None:
+    cfg = BackendConfig.model_validate({"name": "b", "kind": "vllm", "model": "m", "max_concurrency": 1,
+                                        "adaptive_concurrency": {"initial": 1, "target_latency_s": 60}})  # fmt: skip
+    inner = Held(cfg.endpoint)
+    local = ResilientBackend(inner, cfg, RetryPolicy(), Metrics())
+    for latency in (4.0, 16.0, 4.0, 16.0, 4.0, 16.0):  # mean about 10 s, widely spread
+        local._observe(latency)
+    mean, expected = local._latency_s, local.expected_latency_s()
+    assert mean is not None and expected is not None and expected > mean + 8
+    inner.enqueue('{"a": 1}', '{"a": 2}')
+    loop = asyncio.get_running_loop()
+    busy = asyncio.ensure_future(local.complete(BackendRequest(messages=[]), deadline_at=loop.time() + 600))
+    await asyncio.sleep(0)
+    assert local.bulkhead.active == 1
+    with pytest.raises(Overloaded, match="deadline"):  # the mean would fit; a slow call of this spread would not
+        await local.complete(BackendRequest(messages=[]), deadline_at=loop.time() + mean + 2)
+    waiter = asyncio.ensure_future(local.complete(BackendRequest(messages=[]), deadline_at=loop.time() + expected + 5))
+    await asyncio.sleep(0)
+    assert local.bulkhead.waiting == 1  # time for the spread too: it queues
+    inner.release.set()
+    assert [(await busy).text, (await waiter).text] == ['{"a": 1}', '{"a": 2}']

@@ -99,6 +99,14 @@ def test_patterns_the_matcher_cannot_compile_are_named() -> None:
         (r"^a\$$", "a$", True),  # an escaped `$` stays a dollar sign
         ("^[$]+$", "$$", True),  # so does one in a class
         (r"^[^\]a]$", "b", True),
+        (r"^[\w-\.]+@([\w-]+\.)+[\w-]{2,4}$", "a.b-c@x-y.com", True),  # a `-` after \w in a class stays literal
+        (r"^[\w-z]$", "-", True),
+        (r"^[\w-~]$", "{", False),
+        (r"^[^[]+\d$", "ab5", True),  # a `[` inside a class is a literal and the class still ends at `]`
+        (r"^[a[]\d$", "[5", True),
+        (r"^[a[]$", "a\n", False),
+        (r"^a[]b$", "ab", False),  # ECMA's empty class matches nothing
+        (r"^a[^]b$", "a\nb", True),  # and its negation any character
     ],
 )
 def test_patterns_match_as_ecma_262_reads_them(pattern: str, value: str, valid: bool) -> None:
