@@ -67,7 +67,7 @@ llamacpp: install  ## llama-server built for this CPU from the llama-cpp-python 
 demo: local-stack  ## THE MAIN JOB: the local engine + the API on the embedded default, side by side, then serve
 	$(BIN)/extraction demo --port $(PORT)
 
-adapters: install  ## rebuild the shipped adapters in training/adapters from ../shared/data (CPU: about 2.3 h, see README)
+adapters: install  ## rebuild the shipped adapters in training/adapters from ../shared/data (CPU: about 4 h, see README)
 	$(BIN)/extraction model prepare
 	$(BIN)/python -m training.recipes $(RECIPES)
 

@@ -75,8 +75,8 @@ RECIPES: dict[str, Recipe] = {
             name="receipt",
             task="receipt",
             summary="SROIE 2019 train receipts less a seeded 15% validation split, plus 150 synthetic receipts; "
-            "1 epoch at lr 5e-4, then a second continuing it at 2e-4; all linear layers, receipts up to 1024 "
-            "tokens; validated on the SROIE split.",
+            "1 epoch at lr 5e-4, then a second continuing it at 2e-4 and a third at 1e-4; all linear layers, "
+            "receipts up to 1024 tokens; validated on the SROIE split.",
             data=(
                 ("sroie", "--src", "{shared}/sroie/train.jsonl", "--out-dir", "{work}/sroie", "--force"),
                 ("synth", "--task", "receipt", "--n", "150", "--seed", "0", "--out", "{work}/synth.jsonl"),
@@ -84,7 +84,8 @@ RECIPES: dict[str, Recipe] = {
             train=("sroie/train.jsonl", "synth.jsonl"),
             val="sroie/val.jsonl",
             options=("--epochs", "1", *COMMON, "--max_length", "1024", "--eval_samples", "24"),
-            stages=(("--learning_rate", "2e-4"),),
+            # a fourth epoch at 5e-5 scored no better on the validation split (0.825 against 0.827): not kept
+            stages=(("--learning_rate", "2e-4"), ("--learning_rate", "1e-4")),
             needs=("sroie",),
         ),
         Recipe(
