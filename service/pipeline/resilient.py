@@ -184,9 +184,10 @@ class ResilientBackend:
         on the mean alone would miss half the time; None until one finished, or without adaptive admission). A
         call that could not finish in time is shed with 503 now, not admitted to end as a 504 after the engine
         spent its work on it."""
-        if self.adaptive is None or self._latency_s is None or deadline_at == float("inf"):
+        expected = self.expected_latency_s()
+        if self.adaptive is None or expected is None or deadline_at == float("inf"):
             return None
-        return deadline_at - time.monotonic() - self.expected_latency_s()
+        return deadline_at - time.monotonic() - expected
 
     def expected_latency_s(self) -> float | None:
         """What admission expects a call to take (None: no call has finished yet)."""
