@@ -216,16 +216,14 @@ class OpenAIBackend:
             text = (choice.get("message") or {}).get("content") or ""
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
-            reason, named = choice.get("finish_reason"), completion.get("model")
+            reason, model = choice.get("finish_reason"), completion.get("model")
+            # llama-server names its GGUF file whatever adapter it applied: the adapter is the model
+            if self.config.kind == "llamacpp" or not isinstance(model, str) or not model:
+                model = self.config.model
             return BackendResponse(
                 text=text,
                 usage=self._usage(completion.get("usage"), request, len(payload), text),
-                # llama-server names its GGUF file whatever adapter it applied: the adapter is the model
-                model=self.config.model
-                if self.config.kind == "llamacpp"
-                else named
-                if isinstance(named, str) and named
-                else self.config.model,
+                model=model,
                 finish_reason=reason if isinstance(reason, str) else None,
                 latency_s=latency,
             )

@@ -20,6 +20,8 @@ from jsonschema import validators
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
+from service.schemas.problems import clip
+
 _local = threading.local()
 
 
@@ -90,9 +92,7 @@ def unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Ite
         key = _canonical(item)
         if key in seen:
             # jsonschema's message is the whole array's repr: megabytes for a big one, and the repeat lost in it
-            shown = repr(item)
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            yield ValidationError(f"has non-unique elements: item {i} repeats an earlier one ({shown})")
+            yield ValidationError(f"has non-unique elements: item {i} repeats an earlier one ({clip(repr(item), 80)})")
             return
         seen.add(key)
 

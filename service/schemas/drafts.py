@@ -8,6 +8,7 @@ not sent as `response_format` (the pipeline degrades to JSON mode + validation +
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +28,19 @@ from referencing import Specification
 from service.schemas import patterns
 from service.schemas.problems import SchemaProblem, clip
 
-_CHECKERS: dict[str, FormatChecker] = {}
-
 
 def _is_regex(value: object) -> bool:
     return not isinstance(value, str) or patterns.pattern_error(value) is None
+
+
+@functools.cache
+def _format_checker(validator: type[Validator]) -> FormatChecker:
+    """`validator`'s formats, with `regex` checked as `pattern` is matched (ECMA-262, the `regex` module)."""
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(validator.FORMAT_CHECKER.checkers)
+    if "regex" in checker.checkers:
+        checker.checks("regex")(_is_regex)
+    return checker
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +54,7 @@ class Draft:
     def format_checker(self) -> FormatChecker:
         """The formats this draft defines (draft-04 has no `date`; 2019-09 added `duration`, `uuid`), with
         `regex` read as ECMA-262 (as `pattern` is): jsonschema's own asks Python's `re`, which refuses `\\p{L}`."""
-        if self.name not in _CHECKERS:
-            checker = FormatChecker(formats=())
-            checker.checkers = dict(self.validator.FORMAT_CHECKER.checkers)
-            if "regex" in checker.checkers:
-                checker.checks("regex")(_is_regex)
-            _CHECKERS[self.name] = checker
-        return _CHECKERS[self.name]
+        return _format_checker(self.validator)
 
     def knows(self, keyword: str) -> bool:
         """Whether `keyword` means anything to this draft's validator (`then`/`else` live under `if`)."""
