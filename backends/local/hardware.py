@@ -36,6 +36,8 @@ class CpuInfo:
     flags: frozenset[str]
     arch: str
     cores: int
+    # x86 `cpu family` and `model` ("25/1" is Zen 3, "25/17" Zen 4): one marketing name covers several designs
+    family: str = ""
 
     @property
     def native_bf16(self) -> bool:
@@ -49,11 +51,13 @@ class CpuInfo:
         """One line for logs, cards and benchmark outputs: model, cores, the flags that matter."""
         bf16 = "native bf16" if self.native_bf16 else "no native bf16"
         flags = " ".join(self.relevant_flags) or "no SIMD flags"
-        return f"{self.model} ({self.arch}, {self.cores} cores; {flags}; {bf16})"
+        family = f"family {self.family.replace('/', ' model ')}, " if self.family else ""
+        return f"{self.model} ({family}{self.arch}, {self.cores} cores; {flags}; {bf16})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
+            "family": self.family,
             "arch": self.arch,
             "cores": self.cores,
             "flags": self.relevant_flags,
@@ -65,6 +69,7 @@ def parse_cpuinfo(text: str, arch: str | None = None, cores: int | None = None) 
     """CpuInfo from the text of /proc/cpuinfo (x86 `flags`, Arm `Features`; the first processor's)."""
     model = ""
     flags: frozenset[str] = frozenset()
+    family = number = ""
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
@@ -74,11 +79,16 @@ def parse_cpuinfo(text: str, arch: str | None = None, cores: int | None = None) 
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = frozenset(value.split())
+        elif key == "cpu family" and not family:
+            family = value.strip()
+        elif key == "model" and not number:
+            number = value.strip()
     return CpuInfo(
         model=model or platform.processor() or "unknown CPU",
         flags=flags,
         arch=arch or platform.machine(),
         cores=cores if cores is not None else usable_cores(),
+        family=f"{family}/{number}" if family.isdigit() and number.isdigit() else "",
     )
 
 

@@ -20,6 +20,14 @@ SAPPHIRE_RAPIDS = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
 flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
 """
+# Two "AMD EPYC" machines this project ran on: only family/model and the flags tell Zen 3 from Zen 4.
+EPYC_ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512dq avx512_vnni avx512_bf16 avx512vbmi
+"""
 GRAVITON3 = """processor\t: 0
 BogoMIPS\t: 2100.00
 Features\t: fp asimd evtstrm aes sve asimdrdm bf16 i8mm
@@ -64,6 +72,16 @@ def test_unreadable_cpuinfo_is_no_native_bf16(tmp_path: Path) -> None:
 def test_this_machine_is_described_with_its_flags() -> None:
     cpu = read_cpu()
     as_dict = cpu.as_dict()
-    assert set(as_dict) == {"model", "arch", "cores", "flags", "native_bf16"}
+    assert set(as_dict) == {"model", "family", "arch", "cores", "flags", "native_bf16"}
     assert as_dict["native_bf16"] == any(f in cpu.flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
     assert isinstance(CpuInfo(model="x", flags=frozenset(), arch="x", cores=1).describe(), str)
+
+
+def test_the_description_names_family_and_model_where_the_marketing_name_does_not() -> None:
+    zen4 = parse_cpuinfo(EPYC_ZEN4, arch="x86_64", cores=2)
+    assert zen4.family == "25/17" and zen4.native_bf16
+    assert choose_dtype("auto", "cpu", zen4) == "bfloat16"
+    assert zen4.describe().startswith("AMD EPYC (family 25 model 17, x86_64, 2 cores; ")
+    assert zen4.as_dict()["family"] == "25/17"
+    graviton = parse_cpuinfo(GRAVITON3, arch="aarch64", cores=2)  # Arm: no x86 family/model lines
+    assert graviton.family == "" and graviton.describe().startswith(f"{graviton.model} (aarch64, 2 cores; ")
