@@ -8,7 +8,8 @@
    tokens/s <= bandwidth / weight bytes; large-batch decode is compute-bound: tokens/s <= matmul FLOP/s /
    (2 x parameters). Attention and sampling are ignored, so the true ceilings are lower still.
 3. Starts vLLM once per lever setting (thread binding, KV-cache space, max-num-seqs, chunked prefill;
-   dtype float32 vs bfloat16, eager vs compiled; merged vs unmerged adapters: `bench_e2e` and `bench_local`;
+   dtype float32 vs bfloat16, eager vs compiled, a freshly merged model compiled vs eager (its first start);
+   merged vs unmerged adapters: `bench_e2e` and `bench_local`;
    compact JSON: `bench_json_tokens`), records its start-up time to /health, measures output tokens/s at
    concurrency 1 and 32 (64 output tokens per request, straight to vLLM), then reports measured / ceiling.
    The result names the CPU (model, flags) and the dtype of each row. Numbers, not a test.
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,10 @@ LEVERS: list[tuple[str, list[str], dict[str, Any]]] = [
     ("bfloat16", [], {"dtype": "bfloat16", "enforce_eager": False}),
     ("float32-eager", [], {"dtype": "float32", "enforce_eager": True}),
     ("bfloat16-eager", [], {"dtype": "bfloat16", "enforce_eager": True}),
+    # a merged model served alone (enable_lora false), freshly merged each run: the first start of a new model,
+    # as after `extraction model merge`, so the compiled lever pays its graph compilation (cached afterwards)
+    ("merged", [], {"merged": True, "enforce_eager": False}),
+    ("merged-eager", [], {"merged": True, "enforce_eager": True}),
 ]
 
 
@@ -97,6 +103,13 @@ def model_size(folder: Path) -> tuple[int, int]:
     return params, nbytes
 
 
+def fresh_merged_model(base: Path) -> Path:
+    """A tiny random adapter merged into the base, in a new folder (vLLM's compile cache has not seen it)."""
+    from loadtest.bench_local import make_adapter_and_merged
+
+    return make_adapter_and_merged(base, Path(tempfile.mkdtemp(prefix="bench-decode-")))[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("var/bench/decode.json"))
@@ -131,6 +144,9 @@ def main() -> None:
     for name, extra, fields in LEVERS:
         if name not in wanted:
             continue
+        if fields.get("merged"):
+            merged = fresh_merged_model(base)
+            fields = {**{k: v for k, v in fields.items() if k != "merged"}, "model": str(merged), "enable_lora": False}
         cfg = VllmServer(port=args.port, extra_args=extra, **fields)
         server = VllmProcess(cfg)
         server.stop()
