@@ -97,6 +97,33 @@ def unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Ite
         seen.add(key)
 
 
+def additional_items(original: Any) -> Any:
+    """`additionalItems` as the drafts define it: it applies only where `items` is an array of schemas. jsonschema's
+    own takes a boolean `items` (draft 6 on) for an array and raises TypeError (`len(False)`), so a valid answer to
+    `{"items": false, "additionalItems": {...}}` failed as "could not be validated"."""
+
+    def keyword(validator: Any, ai: Any, instance: Any, schema: dict[str, Any]) -> Any:
+        if not isinstance(schema.get("items", []), list):
+            return
+        yield from original(validator, ai, instance, schema)
+
+    return keyword
+
+
+_FIXED: dict[type[Validator], type[Validator]] = {}
+
+
+def fixed(cls: type[Validator]) -> type[Validator]:
+    """`cls` with jsonschema's keyword bugs mended (`additionalItems` beside a boolean `items`), one class per draft;
+    the unguarded validator of a cheap schema. `guarded` includes the same mend."""
+    if cls not in _FIXED:
+        mended = cls
+        if "additionalItems" in cls.VALIDATORS:
+            mended = validators.extend(cls, {"additionalItems": additional_items(cls.VALIDATORS["additionalItems"])})  # type: ignore[no-untyped-call]
+        _FIXED[cls] = mended
+    return _FIXED[cls]
+
+
 _GUARDED: dict[type[Validator], type[Validator]] = {}
 
 
@@ -107,6 +134,9 @@ def guarded(cls: type[Validator]) -> type[Validator]:
     that declares one by that URI (`validator_for`), which would be the unguarded class.
     """
     if cls not in _GUARDED:
-        wrapped = {name: _guard(unique_items if name == "uniqueItems" else fn) for name, fn in cls.VALIDATORS.items()}
+        fixed = {"uniqueItems": unique_items}
+        if "additionalItems" in cls.VALIDATORS:
+            fixed["additionalItems"] = additional_items(cls.VALIDATORS["additionalItems"])
+        wrapped = {name: _guard(fixed.get(name, fn)) for name, fn in cls.VALIDATORS.items()}
         _GUARDED[cls] = validators.extend(cls, wrapped)  # type: ignore[no-untyped-call]
     return _GUARDED[cls]

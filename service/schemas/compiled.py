@@ -149,7 +149,7 @@ def _validator(
     bare = copy.deepcopy(schema, memo)
     for ident in declaring:
         memo[ident].pop("$schema", None)
-    cls = budget.guarded(draft.validator) if guard else draft.validator
+    cls = budget.guarded(draft.validator) if guard else budget.fixed(draft.validator)
     return cls(bare, registry=REGISTRY, format_checker=draft.format_checker)
 
 

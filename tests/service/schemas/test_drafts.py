@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
+from jsonschema.validators import extend, validator_for
 
 from service.api_models import ExtractOptions
 from service.config import Settings
@@ -39,10 +39,39 @@ D2020 = "https://json-schema.org/draft/2020-12/schema"
 DRAFT_URIS = [D4, D6, D7, D2019, D2020, None]
 
 
+def _spec_additional_items(original: Any) -> Any:
+    # jsonschema raises TypeError on a boolean `items` beside `additionalItems` (len(False)); the drafts say
+    # additionalItems applies only where items is an array. The reference follows the drafts there.
+    def keyword(validator: Any, ai: Any, instance: Any, schema: dict[str, Any]) -> Any:
+        return original(validator, ai, instance, schema) if isinstance(schema.get("items", []), list) else iter(())
+
+    return keyword
+
+
 def oracle(schema: dict[str, Any]) -> Validator:
     """jsonschema's own pick of the draft, with that draft's formats: the reference the service must agree with."""
     cls = validator_for(schema, default=Draft202012Validator)
+    if "additionalItems" in cls.VALIDATORS:
+        cls = extend(cls, {"additionalItems": _spec_additional_items(cls.VALIDATORS["additionalItems"])})
     return cls(schema, format_checker=cls.FORMAT_CHECKER)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("draft", ["draft-06", "draft-07", "2019-09"])
+def test_additional_items_beside_a_boolean_items_is_ignored_as_the_drafts_say(draft: str) -> None:
+    uri = {"2019-09": "https://json-schema.org/draft/2019-09/schema"}.get(
+        draft, f"http://json-schema.org/{draft}/schema#"
+    )
+    schema = {"$schema": uri, "items": False, "additionalItems": {"type": "string"}}
+    state = pipeline()
+    backend = state.backends["main"]
+    assert isinstance(backend, FakeBackend)
+    backend.queue.clear()
+    backend.enqueue("[]")
+    assert asyncio.run(state.extractor.extract("x", schema=schema)).data == []  # was a 422: TypeError inside
+    backend.queue.clear()
+    backend.enqueue('["a"]')
+    with pytest.raises(SchemaValidationFailed):  # `items: false` refuses every item
+        asyncio.run(state.extractor.extract("x", schema=schema))
 
 
 ADDRESS = {"street_address": {"type": "string"}, "extended_address": {"type": "string"}}
