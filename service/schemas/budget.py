@@ -134,9 +134,9 @@ def guarded(cls: type[Validator]) -> type[Validator]:
     that declares one by that URI (`validator_for`), which would be the unguarded class.
     """
     if cls not in _GUARDED:
-        fixed = {"uniqueItems": unique_items}
+        mended: dict[str, Any] = {"uniqueItems": unique_items}
         if "additionalItems" in cls.VALIDATORS:
-            fixed["additionalItems"] = additional_items(cls.VALIDATORS["additionalItems"])
-        wrapped = {name: _guard(fixed.get(name, fn)) for name, fn in cls.VALIDATORS.items()}
+            mended["additionalItems"] = additional_items(cls.VALIDATORS["additionalItems"])
+        wrapped = {name: _guard(mended.get(name, fn)) for name, fn in cls.VALIDATORS.items()}
         _GUARDED[cls] = validators.extend(cls, wrapped)  # type: ignore[no-untyped-call]
     return _GUARDED[cls]
