@@ -137,6 +137,6 @@ def guarded(cls: type[Validator]) -> type[Validator]:
         mended: dict[str, Any] = {"uniqueItems": unique_items}
         if "additionalItems" in cls.VALIDATORS:
             mended["additionalItems"] = additional_items(cls.VALIDATORS["additionalItems"])
-        wrapped = {name: _guard(mended.get(name, fn)) for name, fn in cls.VALIDATORS.items()}
+        wrapped = {name: _guard(mended[name] if name in mended else fn) for name, fn in cls.VALIDATORS.items()}
         _GUARDED[cls] = validators.extend(cls, wrapped)  # type: ignore[no-untyped-call]
     return _GUARDED[cls]
