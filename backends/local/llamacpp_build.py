@@ -76,14 +76,43 @@ def cmake_flags() -> list[str]:
     return [*CMAKE_FLAGS] if full_opt() else [*CMAKE_FLAGS, f"-DCMAKE_PROJECT_INCLUDE={FASTBUILD}"]
 
 
+# Fixes applied to the vendored llama.cpp before it is built: (file under vendor/llama.cpp, text, replacement).
+# Each must match exactly once (a new SOURCE that moved the text fails the build loudly, not silently unfixed).
+AMX_TILE_CONFIG = (
+    "ggml/src/ggml-cpu/amx/mmq.cpp",
+    "    _tile_loadconfig(&tc);\n    done = true;",
+    "    // extraction-service: make the stores above reach memory before ldtilecfg reads them. GCC 12 drops\n"
+    "    // them (the intrinsic does not tell it the config is read), ldtilecfg then loads stack garbage and\n"
+    "    // faults (#GP: llama-server died with SIGSEGV at its first matmul on an AMX Xeon; llama.cpp #20824,\n"
+    "    // fix proposed in #26954).\n"
+    '    __asm__ __volatile__("" : : "r"(&tc) : "memory");\n'
+    "    _tile_loadconfig(&tc);\n    done = true;",
+)
+PATCHES = (AMX_TILE_CONFIG,)
+
+
 class LlamaCppError(_Base):
     """llama.cpp cannot be built, started or driven; the message says why and what to do."""
 
 
+def patch_source(src: Path) -> None:
+    """Apply PATCHES to the llama.cpp tree at `src` (vendor/llama.cpp of the sdist)."""
+    for relative, text, replacement in PATCHES:
+        path = src / relative
+        code = path.read_text(encoding="utf-8")
+        if replacement in code:
+            continue  # applied already
+        if code.count(text) != 1:
+            raise LlamaCppError(f"{SOURCE}: the fix for {relative} no longer applies ({code.count(text)} matches)")
+        path.write_text(code.replace(text, replacement), encoding="utf-8")
+
+
 def build_key() -> str:
-    """The cache key of a build: the source and the CPU features a native build compiles for."""
+    """The cache key of a build: the source, its fixes and the CPU features a native build compiles for (a
+    new fix rebuilds every cached build once)."""
     cpu = read_cpu()
-    digest = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:12]
+    recipe = " ".join(sorted(cpu.flags)) + "".join(f"\n{relative}:{new}" for relative, _, new in PATCHES)
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     return f"{SOURCE.split('==')[1]}-{cpu.arch}-{digest}" + ("-fullopt" if full_opt() else "")
 
 
@@ -153,6 +182,7 @@ def _build(root: Path, log: Callable[[str], None], jobs: int | None) -> Path:
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter="data")
     src = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
+    patch_source(src)
     build = src / "build"
     steps = [
         ["cmake", "-S", str(src), "-B", str(build), *generator(), *cmake_flags()],

@@ -104,6 +104,27 @@ def test_a_native_build_is_cached_per_cpu_flags(monkeypatch: pytest.MonkeyPatch)
     assert build_key() != avx2 and build_key().startswith("0.3.36-x86_64-")
 
 
+def test_the_amx_tile_config_fix_applies_once_and_is_part_of_the_cache_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relative, text, _ = llbuild.AMX_TILE_CONFIG
+    mmq = tmp_path / relative
+    mmq.parent.mkdir(parents=True)
+    mmq.write_text(f"inline void ggml_tile_config_init(void) {{\n    tc.palette_id = 1;\n{text}\n}}\n")
+    llbuild.patch_source(tmp_path)
+    patched = mmq.read_text()
+    barrier = patched.index('__asm__ __volatile__("" : : "r"(&tc) : "memory");')
+    assert barrier < patched.index("_tile_loadconfig(&tc);") and patched.count("_tile_loadconfig") == 1
+    llbuild.patch_source(tmp_path)
+    assert mmq.read_text() == patched  # applied once, whatever the number of calls
+    mmq.write_text("inline void ggml_tile_config_init(void) {}\n")  # a llama.cpp that moved the text
+    with pytest.raises(llbuild.LlamaCppError, match="no longer applies"):
+        llbuild.patch_source(tmp_path)  # loud, not silently unfixed
+    keyed = build_key()
+    monkeypatch.setattr(llbuild, "PATCHES", ())
+    assert build_key() != keyed  # a build made before the fix is not reused
+
+
 def test_a_file_that_is_no_adapter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(llamacpp.LlamaCppError, match="neither a GGUF LoRA file nor a peft adapter folder"):
         llamacpp.adapter_gguf("x", tmp_path)
