@@ -103,7 +103,12 @@ class AdaptiveLimit:
     """AIMD on latency (TCP's congestion control, as Netflix's concurrency-limits applies it to servers):
     while calls finish within `target_s` and the limit is in use, grow it by one per `limit` calls (+1 per
     round trip); when one is slower or times out, cut it by `backoff`. A CPU engine's latency grows with the
-    batch, so the limit settles where calls still finish in time and the surplus is shed, not queued."""
+    batch, so the limit settles where calls still finish in time and the surplus is shed, not queued.
+
+    One cut per window, as TCP cuts once per window of losses: the calls already running when a cut was made
+    were admitted under the old limit and end slow for the same reason, so they do not cut again; only a call
+    started after the cut speaks for the new limit. (Cutting on each of them took a limit of 4 to 1 on one
+    burst: four slow calls, 4 x 0.7^4.)"""
 
     def __init__(
         self, bulkhead: Bulkhead, target_s: float, minimum: int = 1, maximum: int | None = None, backoff: float = 0.7
@@ -114,11 +119,18 @@ class AdaptiveLimit:
         self.maximum = maximum or bulkhead.limit
         self.backoff = backoff
         self.estimate = float(bulkhead.limit)
+        self._cut_at = float("-inf")
 
-    def observe(self, latency_s: float, *, failed: bool = False) -> None:
-        """One call ended after `latency_s` (`failed`: it timed out or the engine broke down)."""
+    def observe(self, latency_s: float, *, failed: bool = False, started_at: float | None = None) -> None:
+        """One call ended after `latency_s` (`failed`: it timed out or the engine broke down). `started_at`:
+        when it began (any monotonic clock, the same for every call); a slow call that began before the last
+        cut does not cut again. Without it every slow call cuts."""
         if failed or latency_s > self.target_s:
+            if started_at is not None and started_at < self._cut_at:
+                return  # in flight when the limit was cut: already answered for
             self.estimate = max(float(self.minimum), self.estimate * self.backoff)
+            if started_at is not None:
+                self._cut_at = started_at + latency_s
         elif self.bulkhead.active * 2 >= int(self.estimate):  # grow only a limit at least half in use
             self.estimate = min(float(self.maximum), self.estimate + 1.0 / self.estimate)
         self.bulkhead.set_limit(int(self.estimate))

@@ -157,13 +157,13 @@ class ResilientBackend:
                 try:
                     response = await self.inner.complete(replace(request, timeout_s=timeout))
                 except (UpstreamTimeout, UpstreamServerError):
-                    self._observe(time.perf_counter() - t0, failed=True)
+                    self._observe(time.perf_counter() - t0, t0, failed=True)
                     raise
                 except asyncio.CancelledError:
-                    self._observe(time.perf_counter() - t0)  # cut off: at least this slow (cuts a limit if late)
+                    self._observe(time.perf_counter() - t0, t0)  # cut off: at least this slow (cuts if late)
                     raise
                 else:
-                    self._observe(time.perf_counter() - t0)
+                    self._observe(time.perf_counter() - t0, t0)
                 finally:
                     self.metrics.backend_duration.labels(self.name).observe(time.perf_counter() - t0)
         except RetryableBackendError:
@@ -195,7 +195,7 @@ class ResilientBackend:
             return None
         return self._latency_s + DEVIATIONS * self._deviation_s
 
-    def _observe(self, latency_s: float, failed: bool = False) -> None:
+    def _observe(self, latency_s: float, started_at: float | None = None, failed: bool = False) -> None:
         if not failed:
             previous = self._latency_s
             if previous is None:
@@ -206,7 +206,7 @@ class ResilientBackend:
                 self._deviation_s += DEVIATION_WEIGHT * (abs(latency_s - previous) - self._deviation_s)
                 self._latency_s = previous + LATENCY_WEIGHT * (latency_s - previous)
         if self.adaptive is not None:
-            self.adaptive.observe(latency_s, failed=failed)
+            self.adaptive.observe(latency_s, failed=failed, started_at=started_at)
             self.metrics.concurrency_limit.labels(self.name).set(self.bulkhead.limit)
 
     async def ping(self, timeout_s: float = 2.0) -> None:

@@ -77,6 +77,25 @@ def test_aimd_grows_while_fast_and_in_use_and_cuts_when_slow() -> None:
     assert gate.limit == 1
 
 
+def test_aimd_cuts_once_for_the_calls_that_were_running_together() -> None:
+    gate = Bulkhead(16, max_queue=0, what="b")
+    aimd = AdaptiveLimit(gate, target_s=2.0, minimum=1, maximum=16, backoff=0.5)
+    for end in (10.0, 10.5, 11.0, 11.5):  # four calls started at t=5, all slow: one burst, one cut (at t=10)
+        aimd.observe(end - 5.0, started_at=5.0)
+    assert gate.limit == 8
+    aimd.observe(3.0, started_at=10.2)  # began after the cut and still slow: the new limit is too high
+    assert gate.limit == 4
+    aimd.observe(3.0, started_at=12.0)  # began before that cut (t=13.2): answered for
+    aimd.observe(0.5, failed=True, started_at=13.0)  # a timeout of a call running at that cut: the same
+    assert gate.limit == 4
+    aimd.observe(3.0, started_at=13.5)  # a later call, slow again: cuts again
+    assert gate.limit == 2
+    unordered = AdaptiveLimit(Bulkhead(8, max_queue=0, what="b"), target_s=2.0, maximum=8, backoff=0.5)
+    for _ in range(3):
+        unordered.observe(5.0)  # without start times every slow call cuts, as before
+    assert unordered.bulkhead.limit == 1
+
+
 def backend(kind: str, **policy: object) -> tuple[ResilientBackend, FakeBackend, Metrics]:
     cfg = BackendConfig.model_validate({"name": "b", "kind": kind, "model": "m", "max_retries": 3, **policy})
     inner = FakeBackend(cfg.endpoint)
