@@ -74,6 +74,18 @@ class TrainArgs:
     answer_only_logits: bool = field(
         default=True, metadata={"help": "Output layer at answer positions only (same loss, less compute and memory)."}
     )
+    fast_dropout: bool = field(
+        default=True,
+        metadata={"help": "On a CPU, LoRA dropout masks from 15-bit random fields (p rounded to 1/32768; ~5x faster)."},
+    )
+    cpu_autocast: bool = field(
+        default=True,
+        metadata={"help": "On a bf16 CPU, the LoRA branch in bf16 under autocast (fp32 adapter weights stay)."},
+    )
+    drop_padding_mask: bool = field(
+        default=True,
+        metadata={"help": "Right-padded batches without the attention mask (same loss, checked once; causal kernel)."},
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log (and check for NaN) every N steps."})
     seed: int = 0
     limit: int | None = field(default=None, metadata={"help": "Train on the first N records only."})
@@ -244,6 +256,10 @@ def load_model(base: str, args: TrainArgs, runtime: Runtime) -> tuple[Any, Any]:
     else:
         model = get_peft_model(model, build_lora_config(args.r, args.alpha, args.dropout, args.target_modules))
     upcast_trainable(model)
+    if args.fast_dropout and not runtime.cuda:
+        from training.speedups import use_fast_dropout
+
+        use_fast_dropout(model)
     return model, tokenizer
 
 
@@ -299,13 +315,16 @@ def build_trainer(
     args: TrainArgs, model: Any, tokenizer: Any, data: tuple[Encoded, Encoded], runtime: Runtime, callbacks: list[Any]
 ) -> Any:
     """A Trainer over the encoded train and validation sets, batches padded per batch (labels with -100); its loss
-    computes the output layer at answer positions only unless `answer_only_logits` is off."""
+    computes the output layer at answer positions only unless `answer_only_logits` is off; `StepSpeedups` drops the
+    padding mask and runs a bf16 CPU's loss under autocast as the arguments say."""
     from transformers import DataCollatorForSeq2Seq, Trainer
 
     from training.loss import AnswerOnlyTrainer
+    from training.speedups import StepSpeedups
 
     train, val = data
-    trainer_class = AnswerOnlyTrainer if args.answer_only_logits else Trainer
+    base_class = AnswerOnlyTrainer if args.answer_only_logits else Trainer
+    trainer_class = type(base_class.__name__, (StepSpeedups, base_class), {})
     return trainer_class(
         model=model,
         args=training_arguments(args, has_val=bool(val.examples), runtime=runtime),
@@ -313,6 +332,8 @@ def build_trainer(
         eval_dataset=val.examples or None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=callbacks,
+        cpu_autocast=args.cpu_autocast and not runtime.cuda and runtime.dtype == "bfloat16",
+        drop_padding_mask=args.drop_padding_mask,
     )
 
 
@@ -352,6 +373,8 @@ def run_card(trainer: Any, result: Any, runtime: Runtime, callbacks: dict[str, A
     """What the run did: steps, losses, validation per epoch, an early stop, speed and the machine."""
     import torch
 
+    from training.speedups import speedups_card
+
     best = trainer.state.best_model_checkpoint
     timer = callbacks["timer"]
     return {
@@ -366,6 +389,7 @@ def run_card(trainer: Any, result: Any, runtime: Runtime, callbacks: dict[str, A
             "tokens_per_s": timer.tokens_per_s(trainer.state),
             "tokens_seen": trainer.state.num_input_tokens_seen,
         },
+        "speedups": speedups_card(trainer),
         "device": "cuda" if runtime.cuda else f"cpu ({platform.machine()})",
         "dtype": runtime.dtype,
         "cpu": runtime.cpu.as_dict(),
