@@ -3,6 +3,7 @@ kept for a model where it would), and the bf16 CPU autocast trains fp32 adapter 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -42,12 +43,23 @@ def test_fast_dropout_zeroes_with_its_probability_and_keeps_the_expectation() ->
         FastDropout(1.0)
 
 
-def test_fast_dropout_masks_are_independent_across_positions() -> None:
+@pytest.mark.parametrize("p", [0.5, 0.05])
+def test_fast_dropout_masks_are_independent_across_positions(p: float) -> None:
     """Neighbours (the two 16-bit halves of one random draw) are dropped independently of each other."""
     torch.manual_seed(1)
-    kept = (FastDropout(0.5).train()(torch.ones(2_000_000)) != 0).float()
-    both = float((kept[0::2] * kept[1::2]).mean())
-    assert abs(both - 0.25) < 5 * (0.25 * 0.75 / 1_000_000) ** 0.5
+    drop = FastDropout(p).train()
+    dropped = (drop(torch.ones(4_000_000)) == 0).float()
+    both = float((dropped[0::2] * dropped[1::2]).mean())
+    expected = drop.p**2
+    assert abs(both - expected) < 5 * (expected * (1 - expected) / 2_000_000) ** 0.5
+
+
+def test_fast_dropout_probabilities_at_the_edges() -> None:
+    assert FastDropout(1e-9).cut == 1  # a small p still drops (1/32768), never silently nothing
+    nearly_all = FastDropout(1 - 1e-9)
+    assert nearly_all.cut == 32767 and nearly_all.scale == 32768.0
+    x = torch.ones(10_000)
+    assert FastDropout(1e-9).train()(x).shape == x.shape
 
 
 def test_fast_dropout_gradient_is_the_mask_times_the_scale() -> None:
@@ -158,10 +170,15 @@ def test_bf16_cpu_autocast_trains_fp32_adapter_weights_through_a_bf16_base(tiny_
     trainer = build_trainer(args, model, tokenizer, (Encoded(data), Encoded(data)), runtime, [])
     assert trainer.cpu_autocast is True
     batch = trainer.data_collator(data)
+    # What reaches the adapter: bf16 inside the loss (no cast to the fp32 weights), fp32 outside (peft's cast).
+    lora_a = next(m for name, m in model.named_modules() if name.endswith("lora_A.default"))
+    seen: list[torch.dtype] = []
+    hook = lora_a.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
     with trainer.compute_loss_context_manager():
         assert torch.is_autocast_enabled("cpu")
         loss = trainer.compute_loss(model, batch)
     loss.backward()
+    assert seen and set(seen) == {torch.bfloat16}
     adapter = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert adapter and all(p.dtype == torch.float32 and p.grad is not None for p in adapter.values())
     assert all(bool(torch.isfinite(p.grad).all()) for p in adapter.values())
@@ -169,8 +186,11 @@ def test_bf16_cpu_autocast_trains_fp32_adapter_weights_through_a_bf16_base(tiny_
     layer = next(m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
     assert layer.cast_input_dtype_enabled is True
     model.eval()
+    seen.clear()
     with torch.no_grad():
         assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "labels"}).logits).all()
+    assert set(seen) == {torch.float32}
+    hook.remove()
 
 
 def test_a_run_with_the_speedups_matches_one_without_and_says_so_in_its_card(tiny_base: Path, tmp_path: Path) -> None:
@@ -184,9 +204,39 @@ def test_a_run_with_the_speedups_matches_one_without_and_says_so_in_its_card(tin
         cards[flag] = main(args)
         assert strict_json(out / "training_card.json") == cards[flag]
     on, off = cards[True]["speedups"], cards[False]["speedups"]
+    assert on["fast_dropout_layers"] == 0  # dropout 0 here, so the runs can be compared; see below
     assert on["drop_padding_mask"] is True and on["padding_mask_check"] is True
     assert off == {"fast_dropout_layers": 0, "fast_dropout_p": None, "cpu_autocast": False,
                    "drop_padding_mask": False, "padding_mask_check": None}  # fmt: skip
     assert on["cpu_autocast"] is (cards[True]["dtype"] == "bfloat16")
     tolerance = 1e-5 if cards[True]["dtype"] == "float32" else 2e-2
     assert abs(cards[True]["best_eval_loss"] - cards[False]["best_eval_loss"]) <= tolerance
+
+
+def test_a_run_with_dropout_uses_the_fast_one_on_a_cpu(tiny_base: Path, tmp_path: Path) -> None:
+    data = {"train": write_jsonl(tmp_path / "train.jsonl", MESSAGES * 2), "val": write_jsonl(tmp_path / "v.jsonl", [])}
+    card = main(tiny_args(tiny_base, data, tmp_path / "out", max_steps=1, dropout=0.1, eval_samples=0, val=None))
+    adapted = 2 * 4  # layers x the default targets (q, k, v, o)
+    assert card["speedups"]["fast_dropout_layers"] == adapted
+    assert card["speedups"]["fast_dropout_p"] == round(0.1 * 32768) / 32768
+    assert card["hyperparameters"]["dropout"] == 0.1
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["lora_dropout"] == 0.1
+
+
+def test_dropping_the_padding_mask_in_bf16_changes_the_loss_by_rounding_only(tiny_base: Path, tmp_path: Path) -> None:
+    runtime = Runtime("cpu", "bfloat16", CPU.cpu, batch_size=2, grad_accum=1)
+    losses = []
+    for drop in (False, True):
+        args = tiny_args(tiny_base, {"train": Path("t"), "val": Path("v")}, tmp_path / str(drop), dropout=0.0,
+                         drop_padding_mask=drop)  # fmt: skip
+        model, tokenizer = load_model(str(tiny_base), args, runtime)
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        data = examples(len(tokenizer))
+        trainer = build_trainer(args, model, tokenizer, (Encoded(data), Encoded(data)), runtime, [])
+        with trainer.compute_loss_context_manager():
+            losses.append(float(trainer.compute_loss(model, trainer.data_collator(data)).detach()))
+        assert trainer.padding_mask_checked is (True if drop else None)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
