@@ -14,8 +14,8 @@ input to the fp32 adapter weights' dtype) and only 16% in matrix products. Here:
 - Right-padded batches run without their attention mask. Causal attention never looks right, so the positions that
   are learned see exactly what they saw with the mask, and the padded ones carry no label; without a mask the
   attention kernel runs causal and skips the blocks above the diagonal instead of computing and masking them. The
-  first right-padded batch is checked both ways (the learned rows' hidden states must agree); a model that does
-  not agree keeps its mask, with a line on stderr.
+  first right-padded batch is checked both ways (the hidden states at its unpadded positions must agree); a model
+  that does not agree keeps its mask, with a line on stderr.
 
 Importing this module imports torch; train.py imports it lazily.
 """
@@ -165,14 +165,14 @@ class StepSpeedups:
         return self.padding_mask_checked
 
 
-def speedups_card(trainer: Any) -> dict[str, Any]:
+def speedups_card(trainer: StepSpeedups) -> dict[str, Any]:
     """What the card says about these: which were on and what the padding-mask check found (None: no padded
     batch was seen, or the drop was off)."""
-    dropouts = [m for m in trainer.model.modules() if isinstance(m, FastDropout)]
+    dropouts = [m for m in trainer.model.modules() if isinstance(m, FastDropout)]  # type: ignore[attr-defined]
     return {
         "fast_dropout_layers": len(dropouts),
         "fast_dropout_p": dropouts[0].p if dropouts else None,
-        "cpu_autocast": bool(getattr(trainer, "cpu_autocast", False)),
-        "drop_padding_mask": bool(getattr(trainer, "drop_padding_mask", False)),
-        "padding_mask_check": getattr(trainer, "padding_mask_checked", None),
+        "cpu_autocast": trainer.cpu_autocast,
+        "drop_padding_mask": trainer.drop_padding_mask,
+        "padding_mask_check": trainer.padding_mask_checked,
     }

@@ -398,6 +398,27 @@ def run_card(trainer: Any, result: Any, runtime: Runtime, callbacks: dict[str, A
     }
 
 
+def check_args(args: TrainArgs) -> None:
+    """SystemExit naming the first argument out of its range, before anything loads (peft, torch and the optimizer
+    would raise a traceback, or in dropout's case below 0 silently train without it)."""
+    checks = [
+        ("dropout", 0.0 <= args.dropout < 1.0, "in [0, 1)"),
+        ("r", args.r >= 1, "at least 1"),
+        ("alpha", args.alpha > 0, "positive"),
+        ("learning_rate", args.learning_rate >= 0, "0 (weights kept) or positive"),
+        ("epochs", args.max_steps > 0 or args.epochs > 0, "positive (or --max_steps set)"),
+        ("max_length", args.max_length >= 1, "at least 1"),
+        ("max_grad_norm", args.max_grad_norm >= 0, "0 (no clipping) or positive"),
+        ("batch_size", args.batch_size is None or args.batch_size >= 1, "at least 1"),
+        ("grad_accum", args.grad_accum is None or args.grad_accum >= 1, "at least 1"),
+        ("eval_samples", args.eval_samples >= 0, "0 (off) or positive"),
+        ("logging_steps", args.logging_steps >= 1, "at least 1"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise SystemExit(f"error: --{name} must be {expected}, got {getattr(args, name)}")
+
+
 def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train, keep the best epoch, write adapter + card (+ merged model); returns the card.
     `callbacks`: extra TrainerCallbacks (experiments, tests), run after ours."""
@@ -405,6 +426,7 @@ def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from training.callbacks import FieldF1, NonFiniteGuard, StepTimer
     from training.card import write_card
 
+    check_args(args)
     started = time.time()
     init = None
     if args.init_adapter is not None:  # its own settings, so that the card says what was trained

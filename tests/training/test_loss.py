@@ -30,18 +30,18 @@ def examples(vocab: int, seed: int = 0) -> list[dict[str, list[int]]]:
     return out
 
 
-def trainer_for(tiny_base: Path, tmp_path: Path, *, answer_only_logits: bool) -> Any:
-    """A Trainer as training builds it, over a model whose adapter is random (zero lora_B would leave lora_A's
-    gradient zero, and the comparison trivial)."""
-    args = tiny_args(tiny_base, {"train": Path("t"), "val": Path("v")}, tmp_path / "out", dropout=0.0,
-                     answer_only_logits=answer_only_logits)  # fmt: skip
-    model, tokenizer = load_model(str(tiny_base), args, CPU)
+def trainer_for(tiny_base: Path, tmp_path: Path, *, runtime: Runtime = CPU, **overrides: Any) -> Any:
+    """A Trainer as training builds it (dropout 0 unless `overrides` say otherwise), over a model whose adapter is
+    random (zero lora_B would leave lora_A's gradient zero, and the comparison trivial)."""
+    args = tiny_args(tiny_base, {"train": Path("t"), "val": Path("v")}, tmp_path / "out",
+                     **{"dropout": 0.0, **overrides})  # fmt: skip
+    model, tokenizer = load_model(str(tiny_base), args, runtime)
     torch.manual_seed(1)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
     data = examples(len(tokenizer))
-    return build_trainer(args, model, tokenizer, (Encoded(data), Encoded(data)), CPU, [])
+    return build_trainer(args, model, tokenizer, (Encoded(data), Encoded(data)), runtime, [])
 
 
 def loss_and_grads(trainer: Any, num_items_in_batch: torch.Tensor | None) -> tuple[float, dict[str, torch.Tensor]]:

@@ -4,6 +4,7 @@ and the guard that stops a run whose loss turns NaN and keeps the good weights."
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from service.config import DEFAULT_CONFIG  # noqa: E402
 from service.tasks import load_tasks  # noqa: E402
 from training.callbacks import generate_outputs  # noqa: E402
 from training.datasets import Record  # noqa: E402
-from training.train import Encoded, Runtime, TrainArgs, build_trainer, load_model, main  # noqa: E402
+from training.train import Encoded, Runtime, TrainArgs, build_trainer, check_args, load_model, main  # noqa: E402
 
 TASK = load_tasks(DEFAULT_CONFIG.parent / "tasks")["support_intent"]
 MESSAGES = [
@@ -205,3 +206,21 @@ def test_generation_for_validation_leaves_training_padding_on_the_right(tiny_bas
     records = [Record(str(i), text, {"intent": intent}) for i, (text, intent) in enumerate(MESSAGES[:2])]
     assert len(generate_outputs(model, tokenizer, TASK, records)) == 2
     assert tokenizer.padding_side == "right"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"dropout": 1.0}, "--dropout must be in [0, 1), got 1.0"), ({"dropout": -0.1}, "--dropout must be in [0, 1)"),
+     ({"r": 0}, "--r must be at least 1"), ({"learning_rate": -1.0}, "--learning_rate must be 0"),
+     ({"epochs": 0.0}, "--epochs must be positive"), ({"batch_size": 0}, "--batch_size must be at least 1"),
+     ({"eval_samples": -1}, "--eval_samples must be 0"), ({"max_grad_norm": -1.0}, "--max_grad_norm must be 0")],
+)  # fmt: skip
+def test_an_argument_out_of_range_is_refused_before_anything_loads(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    args = tiny_args(tmp_path / "no-model", {"train": tmp_path / "missing.jsonl", "val": None}, tmp_path / "out",
+                     **overrides)  # fmt: skip
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(args)
+    assert not (tmp_path / "out").exists()
+    check_args(replace(args, **{k: TrainArgs.__dataclass_fields__[k].default for k in overrides}))  # defaults pass
