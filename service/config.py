@@ -84,6 +84,14 @@ class StructuredLimits(BaseModel):
         "off for hosted APIs; 0: off.",
     )
 
+    reprobe_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a probe's `compile_time` verdict holds; then the next request with that schema "
+        "probes again. A probe's time includes its wait behind other work on a busy engine, so one slow probe "
+        "must not demote a schema for good. A refused grammar (400) stays refused.",
+    )
+
     def probe_budget(self, kind: str) -> float:
         """Seconds the grammar probe may take for a backend of this kind (0: no probe)."""
         if self.compile_budget_s is None:

@@ -14,15 +14,19 @@ the first request with it sends a one-token probe with the grammar to the backen
 default 10 s for vLLM). vLLM compiles grammars in a thread pool of (cores + 1) // 2 workers that every
 structured request passes through (one worker on 2 cores), so a grammar that takes long holds the others; a
 probe that has not come back within the budget, or that the engine refuses (400), degrades that schema to JSON
-mode + validation for that backend from then on (reason "compile_time" or "rejected"), counted in
+mode + validation for that backend (reason "compile_time" or "rejected"), counted in
 extraction_grammar_probes_total and, per request, in extraction_structured_output_degraded_total. Concurrent
 requests with the same new schema wait for the one probe. A probe that fails for another reason (server down)
-decides nothing; the request goes on and meets that error itself.
+decides nothing; the request goes on and meets that error itself. A refusal is final; a `compile_time` verdict
+holds for `reprobe_after_s` (300 s), then the next request probes again: the probe's time includes its wait
+behind whatever else the engine is doing, so a burst of load (or a training job on the same cores) must not
+demote a schema, a shipped task's included, until the service restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +54,7 @@ class Decision:
     strict: bool
     reason: str | None = None  # why it degraded: "draft", "engine", "size", "error", "compile_time", "rejected"
     gaps: tuple[str, ...] = ()
+    until: float = math.inf  # monotonic time up to which a probe's verdict holds
 
 
 def decide(cfg: BackendConfig, compiled: CompiledSchema) -> Decision:
@@ -86,6 +91,7 @@ class StructuredModes:
     def __init__(self, metrics: Metrics, backends: Mapping[str, BackendConfig]) -> None:
         self.metrics = metrics
         self.backends = backends
+        self.clock = time.monotonic  # when a slow-probe verdict expires (tests move it)
 
     def prepare(self, compiled: CompiledSchema, task: str = ADHOC) -> None:
         """Decide for every backend now (a new ad-hoc schema: in the worker thread that compiled it)."""
@@ -130,7 +136,7 @@ class StructuredModes:
         key = f"probe:{cfg.name}"
         memo = task.compiled.memo
         known = memo.get(key)
-        if isinstance(known, Decision):
+        if isinstance(known, Decision) and self.clock() < known.until:
             return known
         loop = asyncio.get_running_loop()
         if isinstance(known, asyncio.Task) and known.get_loop() is loop:
@@ -177,6 +183,7 @@ class StructuredModes:
                 "compile_time",
                 (f"no answer to a one-token probe with the schema's grammar within "
                  f"backends.{cfg.name}.structured_limits.compile_budget_s ({budget:g} s)",),
+                until=self.clock() + cfg.structured_limits.reprobe_after_s,
             )  # fmt: skip
         except BackendError as e:
             if e.status_code in (400, 422):
@@ -197,5 +204,6 @@ class StructuredModes:
             outcome=outcome,
             seconds=round(time.monotonic() - started, 3),
             **({"fallback": "json_object + validation + re-ask"} if decision and decision.reason else {}),
+            **({"probe_again_in_s": cfg.structured_limits.reprobe_after_s} if outcome == "slow" else {}),
         )
         return decision

@@ -92,6 +92,35 @@ async def test_a_probe_past_the_budget_degrades_that_schema_to_json_mode_counted
     assert third.data == {"b": 1} and backend.requests[-1].mode == "json_schema"
 
 
+async def test_a_slow_verdict_expires_and_the_schema_is_probed_again_a_refusal_does_not(make_settings: Any) -> None:
+    # A probe that waited behind a busy engine must not demote a schema (a shipped task's) until a restart.
+    state = build(make_settings, HangingProbe, structured_limits={"compile_budget_s": 0.05, "reprobe_after_s": 60})
+    backend = fake(state)
+    assert isinstance(backend, HangingProbe)
+    now = [1000.0]
+    state.extractor.attempts.modes.clock = lambda: now[0]
+    backend.enqueue('{"a": "x"}', '{"a": "y"}', '{"a": "z"}')
+    await state.extractor.extract("text", schema=SCHEMA)
+    now[0] += 59.0
+    await state.extractor.extract("text", schema=SCHEMA)  # still within the verdict: no second probe
+    assert len(backend.probes) == 1 and [r.mode for r in backend.requests] == ["json_object", "json_object"]
+    backend.release.set()  # the engine is free again
+    now[0] += 2.0
+    await state.extractor.extract("text", schema=SCHEMA)
+    assert len(backend.probes) == 2 and backend.requests[-1].mode == "json_schema"
+    assert count(state.metrics, "extraction_grammar_probes_total", backend="main", outcome="ok") == 1
+
+    refused = build(make_settings, structured_limits={"reprobe_after_s": 1})
+    engine = fake(refused)
+    refused.extractor.attempts.modes.clock = lambda: now[0]
+    engine.probe_answer = UpstreamRejected("grammar not supported: lookahead", backend="main", status_code=400)
+    engine.enqueue('{"a": "x"}', '{"a": "y"}')
+    await refused.extractor.extract("text", schema=SCHEMA)
+    now[0] += 3600.0
+    await refused.extractor.extract("text", schema=SCHEMA)
+    assert len(engine.probes) == 1 and [r.mode for r in engine.requests] == ["json_object", "json_object"]
+
+
 async def test_concurrent_requests_with_one_new_schema_share_one_probe(make_settings: Any) -> None:
     state = build(make_settings, HangingProbe)
     backend = fake(state)
