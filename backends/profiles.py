@@ -98,6 +98,12 @@ FORMATS: dict[str, frozenset[str]] = {
 OPENAI_MAX_NESTING, OPENAI_MAX_PROPERTIES, OPENAI_MAX_ENUM_VALUES = 10, 5000, 1000
 
 
+def _is_object(node: dict[str, Any]) -> bool:
+    """A subschema that describes an object: `type: object` (alone or among others) or `properties`."""
+    kind = node.get("type")
+    return isinstance(node.get("properties"), dict) or kind == "object" or (isinstance(kind, list) and "object" in kind)
+
+
 def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
     """Why `dialect`'s engine cannot enforce `schema` (empty list: it can)."""
     unsupported = UNSUPPORTED.get(dialect, frozenset())
@@ -126,12 +132,14 @@ def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
             totals["nesting"] = max(totals["nesting"], objects)
         if isinstance(node.get("enum"), list):
             totals["enum"] += len(node["enum"])
-        if dialect == "openai_strict" and isinstance(node.get("properties"), dict):
+        if dialect == "openai_strict" and _is_object(node):
+            # Every object, one without `properties` too: strict mode needs its keys closed and all required.
             if node.get("additionalProperties") is not False:
                 gaps.append(f"{path or '/'}: additionalProperties must be false")
             required = node.get("required")
             named = {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
-            missing = set(node["properties"]) - named
+            properties = node.get("properties")
+            missing = set(properties if isinstance(properties, dict) else ()) - named
             if missing:
                 gaps.append(f"{path or '/'}: every property must be required ({', '.join(sorted(missing))})")
         for key, value in node.items():

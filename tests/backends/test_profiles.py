@@ -20,6 +20,17 @@ def test_openai_strict_dialect_gaps() -> None:
     assert dialect_gaps({"type": "array"}, "openai_strict") == ["root must be an object"]
 
 
+def test_openai_strict_closes_every_object_one_without_properties_too() -> None:
+    # Strict mode needs additionalProperties: false on every object; a bare {"type": "object"} was sent strict.
+    assert dialect_gaps({"type": "object"}, "openai_strict") == ["/: additionalProperties must be false"]
+    nested = {**SCHEMA, "properties": {**SCHEMA["properties"], "o": {"type": ["object", "null"]}},
+              "required": ["d", "n", "o"]}  # fmt: skip
+    assert dialect_gaps(nested, "openai_strict") == ["/properties/o: additionalProperties must be false"]
+    closed = {"type": "object", "additionalProperties": False}  # an empty object: strict mode takes it
+    assert dialect_gaps(closed, "openai_strict") == []
+    assert dialect_gaps({"type": "object"}, "vllm") == []
+
+
 def test_vllm_dialect_accepts_optional_properties_but_not_conditionals() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     assert dialect_gaps(schema, "vllm") == []
