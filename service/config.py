@@ -186,6 +186,9 @@ class Limits(BaseModel):
     max_text_tokens: int = Field(
         16_000, ge=1, description="Texts with more tokens (the backend's tokenizer) get 400 text_too_long."
     )
+    max_instructions_chars: int = Field(
+        10_000, ge=1, description="Longer `instructions` with an ad-hoc schema get 400 text_too_long."
+    )
     max_batch_items: int = Field(64, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Larger bodies get 413.")
     max_inflight: int = Field(512, ge=1, description="Extractions running at once in one worker process.")

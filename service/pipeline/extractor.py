@@ -95,6 +95,13 @@ class Extractor:
         self, schema: dict[str, Any], instructions: str | None = None, grounding: Mapping[str, str] | None = None
     ) -> Task:
         """A task for a request's own schema, checked off the event loop: 400 invalid_schema before any call."""
+        limit = self.settings.limits.max_instructions_chars
+        if instructions is not None and len(instructions) > limit:
+            raise TextTooLong(
+                f"instructions are {len(instructions)} characters; the limit is {limit} "
+                "(limits.max_instructions_chars)",
+                details={"field": "instructions", "length": len(instructions), "limit": limit},
+            )
         compiled = await self.checks.admit(schema, self.attempts.modes.prepare)
         try:
             return adhoc_task(compiled, instructions, grounding)

@@ -313,6 +313,7 @@ def test_unconfigured_key_is_503_naming_the_variable(service: Service) -> None:
         ({"schema": {"type": "nonsense"}, "text": "x"}, 400, "invalid_schema"),
         ({"schema": "not a schema", "text": "x"}, 400, "bad_request"),
         ({"task": "invoice", "text": "x" * 2001}, 400, "text_too_long"),
+        ({"schema": {"type": "object"}, "text": "x", "instructions": "i" * 10_001}, 400, "text_too_long"),
         ({"task": "invoice", "text": "x" * 30000}, 413, "payload_too_large"),
         ([1, 2, 3], 400, "bad_request"),
     ],
