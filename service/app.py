@@ -105,7 +105,15 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
         first: dict[str, Any] = problems[0] if problems else {"loc": [], "message": "invalid request"}
         where = ".".join(first["loc"][1:]) or "body"
         message = f"invalid request: {where}: {first['message']}"
-        return error_response(BadRequest(message, details={"errors": problems}))
+        details: dict[str, Any] = {"errors": problems}
+        content_type = request.headers.get("content-type", "")
+        if first.get("type") == "json_invalid":
+            details["reason"] = "malformed_json"
+        elif where == "body" and content_type and "json" not in content_type.lower():
+            # FastAPI does not parse a body sent as another type, and says only "not a valid dictionary".
+            message = f"the body must be JSON sent as content-type application/json, not {content_type[:80]!r}"
+            details["reason"] = "content_type"
+        return error_response(BadRequest(message, details=details))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

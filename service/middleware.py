@@ -113,6 +113,18 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body:
+            # UTF-16 or UTF-32: Python's JSON parser would guess the encoding and accept it; JSON on the wire is
+            # UTF-8 (RFC 8259), where a raw NUL byte cannot occur.
+            if counted:
+                self.count("rejected")
+            error = BadRequest(
+                "the body is not UTF-8 (it looks like UTF-16 or UTF-32: a byte-order mark or NUL bytes); "
+                "send JSON encoded as UTF-8",
+                details={"reason": "invalid_utf8", "offset": body.find(b"\x00") if b"\x00" in body else 0},
+            )
+            await error_response(error)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -340,7 +340,18 @@ def test_malformed_json_body_is_400(service: Service) -> None:
         "/v1/extract", content=b'{"task": "invoice", "text": ', headers={"content-type": "application/json"}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    assert r.json()["error"]["details"]["reason"] == "malformed_json"
     assert service.metric("extraction_requests_total", task="-", backend="-", outcome="rejected") == 1
+
+
+def test_a_body_not_sent_as_json_is_400_saying_so(service: Service) -> None:
+    body = b'{"task": "invoice", "text": "x"}'
+    r = service.http.post("/v1/extract", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "bad_request" and error["details"]["reason"] == "content_type"
+    assert "application/json" in error["message"] and "text/plain" in error["message"]
+    assert service.upstream.requests == []
 
 
 def test_batch_returns_per_item_results(service: Service) -> None:

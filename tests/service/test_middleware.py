@@ -104,6 +104,9 @@ DEEP = b'{"task": "invoice", "text": "x", "options": ' + b"[" * 5000 + b"]" * 50
         (b'{"task": "invoice", "text": "x", "options": {"max_attempts": ' + b"1" * 5000 + b"}}",
          "integer_too_long", "more than 4300 digits"),
         (DEEP, "too_deep", "nested too deeply"),
+        # Python's parser guesses UTF-16 and UTF-32 from the NUL bytes and would have accepted these.
+        *[('{"task": "invoice", "text": "Caf\u00e9"}'.encode(encoding), "invalid_utf8", "looks like UTF-16 or UTF-32")
+          for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le")],
     ],
 )  # fmt: skip
 def test_bodies_python_cannot_parse_are_400_bad_request(api: Api, body: bytes, reason: str, says: str) -> None:
