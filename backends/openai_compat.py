@@ -207,13 +207,20 @@ class OpenAIBackend:
             raise UpstreamBadResponse(f"unreadable response: {e}", backend=self.name) from e
         latency = time.perf_counter() - started
         try:
+            if not isinstance(completion, dict):
+                raise TypeError(f"the body is a JSON {type(completion).__name__}, not an object")
             choices = completion.get("choices")
             if not choices:
                 raise UpstreamBadResponse("response has no choices", backend=self.name)
             if not isinstance(choices, list):
                 raise TypeError("choices is not a list")
             choice = choices[0]
-            text = (choice.get("message") or {}).get("content") or ""
+            if not isinstance(choice, dict):
+                raise TypeError("choices[0] is not an object")
+            message = choice.get("message") or {}
+            if not isinstance(message, dict):
+                raise TypeError("choices[0].message is not an object")
+            text = message.get("content") or ""
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
             reason, model = choice.get("finish_reason"), completion.get("model")

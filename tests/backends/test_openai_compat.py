@@ -163,18 +163,21 @@ async def test_non_json_body_is_a_bad_response(make: Make) -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "says"),
     [
-        {"choices": {"a": 1}},  # an object where the list goes
-        {"choices": [1]},
-        {"choices": [{"message": "text"}]},
-        {"choices": [{"message": {"content": ["a"]}}]},
+        ({"choices": {"a": 1}}, "choices is not a list"),  # an object where the list goes
+        ({"choices": [1]}, "choices[0] is not an object"),
+        ({"choices": ["x"]}, "choices[0] is not an object"),
+        ({"choices": [{"message": "text"}]}, "choices[0].message is not an object"),
+        ({"choices": [{"message": {"content": ["a"]}}]}, "message.content is not a string"),
+        ([1, 2], "the body is a JSON list, not an object"),
     ],
 )
-async def test_a_body_that_is_json_but_no_chat_completion_is_a_bad_response(make: Make, body: dict[str, Any]) -> None:
+async def test_a_body_that_is_json_but_no_chat_completion_is_a_bad_response(make: Make, body: Any, says: str) -> None:
     backend, _ = make(lambda r: httpx2.Response(200, json=body))
-    with pytest.raises(UpstreamBadResponse, match="not a chat completion"):
+    with pytest.raises(UpstreamBadResponse, match="not a chat completion") as e:
         await backend.complete(request())
+    assert says in str(e.value) and "attribute" not in str(e.value)  # no Python error text for the caller
 
 
 async def test_odd_model_and_finish_reason_fields_are_not_passed_on(make: Make) -> None:
