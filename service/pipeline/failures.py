@@ -18,6 +18,9 @@ def failure_details(issues: list[Issue], raw: str) -> dict[str, Any]:
     return {"errors": [i.as_dict() for i in issues], "raw_output": raw[:RAW_SNIPPET_CHARS]}
 
 
+RATE_LIMITED_RETRY_AFTER_S = 1  # Retry-After of a 503 after upstream 429s that named no wait of their own
+
+
 def translate_backend_error(error: BackendError, spend: Spend) -> ExtractionError:
     details: dict[str, Any] = {"backend": error.backend}
     if error.status_code is not None:
@@ -32,7 +35,9 @@ def translate_backend_error(error: BackendError, spend: Spend) -> ExtractionErro
     if isinstance(error, BackendNotConfigured):
         return BackendUnavailable(error.message, details=details, spend=spend)
     if isinstance(error, UpstreamRateLimited):
-        headers = {"Retry-After": str(math.ceil(error.retry_after_s))} if error.retry_after_s else {}
+        # An upstream that gave no Retry-After still gets the caller one: a 503 says "come back", so say when.
+        wait = math.ceil(error.retry_after_s) if error.retry_after_s else RATE_LIMITED_RETRY_AFTER_S
+        headers = {"Retry-After": str(max(1, wait))}
         return BackendUnavailable(
             f"backend {error.backend!r} is rate limited upstream; retries exhausted",
             details=details,

@@ -185,6 +185,14 @@ async def test_exhausted_rate_limit_is_503_with_retry_after(harness: Callable[..
     assert info.value.headers == {"Retry-After": "2"}
 
 
+async def test_exhausted_rate_limit_without_retry_after_still_says_when(harness: Callable[..., Harness]) -> None:
+    h = harness(max_retries=1)
+    h.backend().enqueue(*(UpstreamRateLimited("429", backend="main") for _ in range(2)))
+    with pytest.raises(BackendUnavailable) as info:
+        await h.extractor.extract("Invoice ...", task="invoice")
+    assert info.value.headers == {"Retry-After": "1"}
+
+
 async def test_timeouts_exhausted_are_504(harness: Callable[..., Harness]) -> None:
     h = harness(max_retries=1)
     h.backend().enqueue(UpstreamTimeout("t", backend="main"), UpstreamTimeout("t", backend="main"))
