@@ -8,6 +8,7 @@ from pathlib import Path
 from backends.local.vllm import resolve_adapters
 from service.config import BackendConfig, Settings
 from service.errors import UnknownBackend
+from service.schemas.problems import NAME_ECHO, clip
 from service.tasks import Task
 
 
@@ -27,8 +28,8 @@ def route(settings: Settings, task: Task | None, override: str | None = None) ->
         return settings.backends[name]
     except KeyError:
         raise UnknownBackend(
-            f"unknown backend {name!r}; configured: {', '.join(sorted(settings.backends))}",
-            details={"backend": name, "available": sorted(settings.backends)},
+            f"unknown backend {clip(name, NAME_ECHO)!r}; configured: {', '.join(sorted(settings.backends))}",
+            details={"backend": clip(name, NAME_ECHO), "available": sorted(settings.backends)},
         ) from None
 
 

@@ -36,6 +36,7 @@ from service.pipeline.spend import Spend
 from service.request_log import RequestLog
 from service.resilience import Bulkhead, CircuitBreaker
 from service.routing import route
+from service.schemas.problems import NAME_ECHO, clip
 from service.tasks import Task, adhoc_task
 
 log = structlog.get_logger("extraction")
@@ -87,8 +88,8 @@ class Extractor:
             return self.tasks[name]
         except KeyError:
             raise UnknownTask(
-                f"unknown task {name!r}; available: {', '.join(sorted(self.tasks))}",
-                details={"task": name, "available": sorted(self.tasks)},
+                f"unknown task {clip(name, NAME_ECHO)!r}; available: {', '.join(sorted(self.tasks))}",
+                details={"task": clip(name, NAME_ECHO), "available": sorted(self.tasks)},
             ) from None
 
     async def adhoc_task(

@@ -15,6 +15,7 @@ from service.auth import Principal
 from service.deps import PrincipalDep, StateDep
 from service.errors import TaskNotFound
 from service.routing import route
+from service.schemas.problems import NAME_ECHO, clip
 from service.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["catalogue"])
@@ -47,7 +48,7 @@ async def get_task(name: str, state: StateDep, principal: PrincipalDep) -> TaskD
     """One task: schema, instructions, few-shot examples, routed backend."""
     visible = _visible_tasks(state, principal)
     if name not in visible:  # another key's task is as unknown as a missing one: its name is not confirmed
-        raise TaskNotFound(f"unknown task {name!r}", details={"available": visible})
+        raise TaskNotFound(f"unknown task {clip(name, NAME_ECHO)!r}", details={"available": visible})
     task = state.tasks[name]
     return TaskDetail(
         **_summary(state, name),

@@ -16,6 +16,9 @@ class SchemaProblem(ValueError):
         self.details = details
 
 
+NAME_ECHO = 120  # characters of a task or backend name a caller sent, quoted back in an error
+
+
 def clip(text: str, limit: int = MAX_ECHO) -> str:
     """`text` cut to `limit` characters: messages quote schemas and answers, never at any length."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -335,6 +335,14 @@ def test_a_cost_cap_that_is_no_finite_number_is_400(service: Service, number: st
     assert service.upstream.requests == []
 
 
+def test_long_task_and_backend_names_are_clipped_where_errors_quote_them(service: Service) -> None:
+    for body in ({"task": "t" * 5_000, "text": "x"}, {"task": "invoice", "text": "x", "backend": "b" * 5_000}):
+        r = service.post("/v1/extract", body)
+        assert r.status_code == 400 and r.json()["error"]["code"] in {"unknown_task", "unknown_backend"}
+        assert len(r.content) < 2_000, len(r.content)  # a name sent 5,000 long is not echoed twice in full
+    assert len(service.http.get("/v1/tasks/" + "t" * 5_000).content) < 2_000
+
+
 def test_malformed_json_body_is_400(service: Service) -> None:
     r = service.http.post(
         "/v1/extract", content=b'{"task": "invoice", "text": ', headers={"content-type": "application/json"}
