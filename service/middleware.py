@@ -113,7 +113,8 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body:
+        nul = body.find(b"\x00")
+        if nul >= 0 or body.startswith((b"\xff\xfe", b"\xfe\xff")):
             # UTF-16 or UTF-32: Python's JSON parser would guess the encoding and accept it; JSON on the wire is
             # UTF-8 (RFC 8259), where a raw NUL byte cannot occur.
             if counted:
@@ -121,7 +122,7 @@ class BodySizeLimit:
             error = BadRequest(
                 "the body is not UTF-8 (it looks like UTF-16 or UTF-32: a byte-order mark or NUL bytes); "
                 "send JSON encoded as UTF-8",
-                details={"reason": "invalid_utf8", "offset": body.find(b"\x00") if b"\x00" in body else 0},
+                details={"reason": "invalid_utf8", "offset": max(nul, 0)},
             )
             await error_response(error)(scope, receive, send)
             return

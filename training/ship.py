@@ -23,12 +23,16 @@ MAX_BYTES = 10 * 2**20
 FILES = ("adapter_config.json", "training_card.json", "training_card.md", "loss.png")
 
 
-def truncate_rank(weights: dict[str, Any], config: dict[str, Any], rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def truncate_rank(
+    weights: dict[str, Any], config: dict[str, Any], rank: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The best rank-`rank` adapter for the LoRA `weights` (peft names: ...lora_A.weight, ...lora_B.weight) with
-    its `config` (r, lora_alpha): new weights, new config, and in the config's `truncation` what was kept."""
+    its `config` (r, lora_alpha): new weights, new config, and what the cut kept (for the card)."""
     import torch
 
-    r, alpha = int(config["r"]), float(config["lora_alpha"])
+    if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), int | float):
+        raise SystemExit("--rank: the adapter's config names no integer r and numeric lora_alpha")
+    r, alpha = config["r"], float(config["lora_alpha"])
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_rslora") or config.get("use_dora"):
         raise SystemExit("--rank: only plain LoRA adapters (no rank/alpha patterns, rsLoRA or DoRA) can be cut")
     if not 1 <= rank <= r:
@@ -38,6 +42,8 @@ def truncate_rank(weights: dict[str, Any], config: dict[str, Any], rank: int) ->
     kept: list[float] = []
     for name_a in [k for k in weights if k.endswith("lora_A.weight")]:
         name_b = name_a.replace("lora_A.weight", "lora_B.weight")
+        if name_b not in weights:
+            raise SystemExit(f"--rank: {name_a} has no {name_b} beside it")
         a, b = weights[name_a].double(), weights[name_b].double()  # (r, in), (out, r)
         qb, rb = torch.linalg.qr(b)
         qa, ra = torch.linalg.qr(a.T)
@@ -47,11 +53,10 @@ def truncate_rank(weights: dict[str, Any], config: dict[str, Any], rank: int) ->
         root = (sv[:rank] * scale).sqrt()
         out[name_b] = ((qb @ u[:, :rank]) * root).to(weights[name_b].dtype).contiguous()
         out[name_a] = (root[:, None] * (vh[:rank] @ qa.T)).to(weights[name_a].dtype).contiguous()
-    cut = {**config, "r": rank, "lora_alpha": rank}
-    energy = {"from_rank": r, "rank": rank, "layers": len(kept),
+    kept_norms = {"from_rank": r, "rank": rank, "layers": len(kept),
               "norm_kept_min": round(min(kept, default=1.0) ** 0.5, 4),
               "norm_kept_mean": round(sum(k ** 0.5 for k in kept) / max(1, len(kept)), 4)}  # fmt: skip
-    return out, {**cut, "truncation": energy}
+    return out, {**config, "r": rank, "lora_alpha": rank}, kept_norms
 
 
 def ship(src: Path, dst: Path, max_bytes: int = MAX_BYTES, rank: int | None = None) -> Path:
@@ -65,8 +70,11 @@ def ship(src: Path, dst: Path, max_bytes: int = MAX_BYTES, rank: int | None = No
     weights = load_file(str(src / "adapter_model.safetensors"))
     config, truncation = None, None
     if rank is not None:
-        weights, config = truncate_rank(weights, json.loads((src / "adapter_config.json").read_text()), rank)
-        truncation = config.pop("truncation")
+        if not (src / "adapter_config.json").is_file():
+            raise SystemExit(f"--rank: {src} has no adapter_config.json (its r and lora_alpha)")
+        weights, config, truncation = truncate_rank(
+            weights, json.loads((src / "adapter_config.json").read_text()), rank
+        )
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

@@ -86,3 +86,18 @@ def test_rank_cut_keeps_the_best_low_rank_update_and_serves_it_at_scale_one(tmp_
     assert card["shipped"]["rank"]["norm_kept_min"] < 1.0  # the full-rank update lost some
     with pytest.raises(SystemExit, match="between 1 and the adapter's r"):
         ship(src, tmp_path / "again", rank=r + 1)
+
+
+def test_rank_cut_of_an_adapter_without_its_config_or_pairs_is_a_clear_error(tmp_path: Path) -> None:
+    from training.ship import ship
+
+    src = adapter(tmp_path / "src")  # one lora_A, no lora_B; config {"r": 8} without lora_alpha
+    with pytest.raises(SystemExit, match="no integer r and numeric lora_alpha"):
+        ship(src, tmp_path / "a", rank=2)
+    (src / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
+    with pytest.raises(SystemExit, match="has no base_model.model.q_proj.lora_B.weight"):
+        ship(src, tmp_path / "b", rank=2)
+    (src / "adapter_config.json").unlink()
+    with pytest.raises(SystemExit, match="no adapter_config.json"):
+        ship(src, tmp_path / "c", rank=2)
+    assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
