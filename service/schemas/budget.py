@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from typing import Any
 
 from jsonschema import validators
@@ -110,17 +111,43 @@ def additional_items(original: Any) -> Any:
     return keyword
 
 
+def multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """`multipleOf` on the numbers as JSON writes them: 19.99 is a multiple of 0.01. jsonschema divides the
+    binary floats (19.99 / 0.01 = 1998.9999999999998) and refused every amount to the cent but a few. A float is
+    taken at its shortest repr (the literal the answer carried), so the check is exact, for any size."""
+    if not validator.is_type(instance, "number") or not validator.is_type(divisor, "number") or divisor <= 0:
+        return
+    try:
+        quotient = _exact(instance) / _exact(divisor)
+    except (ValueError, OverflowError):  # inf / nan: never from JSON, refused elsewhere
+        return
+    if quotient.denominator != 1:
+        yield ValidationError(f"{clip(repr(instance), 80)} is not a multiple of {clip(repr(divisor), 80)}")
+
+
+def _exact(number: int | float) -> Fraction:
+    return Fraction(repr(number)) if isinstance(number, float) else Fraction(number)
+
+
+def _mends(cls: type[Validator]) -> dict[str, Any]:
+    """The keyword functions that replace jsonschema's in every draft's class."""
+    mended: dict[str, Any] = {}
+    if "additionalItems" in cls.VALIDATORS:
+        mended["additionalItems"] = additional_items(cls.VALIDATORS["additionalItems"])
+    if "multipleOf" in cls.VALIDATORS:
+        mended["multipleOf"] = multiple_of
+    return mended
+
+
 _FIXED: dict[type[Validator], type[Validator]] = {}
 
 
 def fixed(cls: type[Validator]) -> type[Validator]:
-    """`cls` with jsonschema's keyword bugs mended (`additionalItems` beside a boolean `items`), one class per draft;
-    the unguarded validator of a cheap schema. `guarded` includes the same mend."""
+    """`cls` with jsonschema's keyword bugs mended (`additionalItems` beside a boolean `items`, `multipleOf` on
+    decimal divisors), one class per draft; the unguarded validator of a cheap schema. `guarded` includes the same
+    mends."""
     if cls not in _FIXED:
-        mended = cls
-        if "additionalItems" in cls.VALIDATORS:
-            mended = validators.extend(cls, {"additionalItems": additional_items(cls.VALIDATORS["additionalItems"])})  # type: ignore[no-untyped-call]
-        _FIXED[cls] = mended
+        _FIXED[cls] = validators.extend(cls, _mends(cls))  # type: ignore[no-untyped-call]
     return _FIXED[cls]
 
 
@@ -134,9 +161,7 @@ def guarded(cls: type[Validator]) -> type[Validator]:
     that declares one by that URI (`validator_for`), which would be the unguarded class.
     """
     if cls not in _GUARDED:
-        mended: dict[str, Any] = {"uniqueItems": unique_items}
-        if "additionalItems" in cls.VALIDATORS:
-            mended["additionalItems"] = additional_items(cls.VALIDATORS["additionalItems"])
+        mended: dict[str, Any] = {"uniqueItems": unique_items, **_mends(cls)}
         wrapped = {name: _guard(mended[name] if name in mended else fn) for name, fn in cls.VALIDATORS.items()}
         _GUARDED[cls] = validators.extend(cls, wrapped)  # type: ignore[no-untyped-call]
     return _GUARDED[cls]

@@ -74,6 +74,32 @@ def test_additional_items_beside_a_boolean_items_is_ignored_as_the_drafts_say(dr
         asyncio.run(state.extractor.extract("x", schema=schema))
 
 
+@pytest.mark.parametrize("uri", [D4, D7, D2020])
+@pytest.mark.parametrize(
+    ("divisor", "answer", "ok"),
+    [(0.01, 19.99, True), (0.01, 0.07, True), (0.1, 0.3, True), (0.01, 1e300, True), (0.05, 2, True),
+     (3, 9.0, True), (0.01, 19.995, False), (0.1, 0.35, False), (3, 10, False), (2.5, 1e-3, False)],
+)  # fmt: skip
+def test_multiple_of_a_decimal_is_judged_on_the_numbers_as_json_writes_them(
+    uri: str, divisor: Any, answer: Any, ok: bool
+) -> None:
+    # jsonschema divides binary floats: 19.99 / 0.01 = 1998.9999999999998, and every price to the cent but a few
+    # came back 422 after three billed attempts
+    schema = prop(uri, type="number", multipleOf=divisor)
+    state = pipeline()
+    backend = state.backends["main"]
+    assert isinstance(backend, FakeBackend)
+    backend.queue.clear()
+    for _ in range(3):
+        backend.enqueue(json.dumps({"p": answer}))
+    if ok:
+        assert asyncio.run(state.extractor.extract("x", schema=schema)).data == {"p": answer}
+    else:
+        with pytest.raises(SchemaValidationFailed) as failed:
+            asyncio.run(state.extractor.extract("x", schema=schema))
+        assert "not a multiple of" in json.dumps(failed.value.details)
+
+
 ADDRESS = {"street_address": {"type": "string"}, "extended_address": {"type": "string"}}
 NEEDS = {"extended_address": ["street_address"]}
 BOTH = {"street_address": "1 Main St", "extended_address": "Suite 5"}
