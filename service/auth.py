@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from service.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
 from service.tasks import ADHOC  # a key that lists tasks may send ad-hoc schemas when it lists this name
@@ -218,6 +218,11 @@ def load_keys(auth: AuthConfig, env_keys: SecretStr | None, base: Path) -> list[
         keys += read_key_file(path)
     if env_keys is not None:
         raw = [k.strip() for k in env_keys.get_secret_value().split(",") if k.strip()]
+        if not raw:  # `EXTRACTION_API_KEYS="$SECRET"` with the secret missing must not mean "no auth"
+            raise ValueError(
+                "EXTRACTION_API_KEYS is set but holds no key: "
+                "unset it to run without keys or list keys, comma-separated"
+            )
         keys += [ApiKeyConfig(name=f"env-{i}", key_sha256=hash_key(k)) for i, k in enumerate(raw, 1)]
     return keys
 
@@ -225,17 +230,40 @@ def load_keys(auth: AuthConfig, env_keys: SecretStr | None, base: Path) -> list[
 def read_key_file(path: Path) -> list[ApiKeyConfig]:
     if not path.exists():
         raise ValueError(f"auth.key_file {path} does not exist (create it with `extraction keys create`)")
-    data = yaml.safe_load(path.read_text()) or {}
-    return [ApiKeyConfig.model_validate(entry) for entry in data.get("keys", [])]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
+        raise ValueError(f"auth.key_file {path} cannot be read as YAML: {reason}") from None
+    entries = data.get("keys", []) if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"auth.key_file {path} must hold a mapping with a `keys` list (as `extraction keys create` writes)"
+        )
+    keys = []
+    for i, entry in enumerate(entries):
+        try:
+            keys.append(ApiKeyConfig.model_validate(entry))
+        except ValidationError as e:
+            problem = e.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"]) or "entry"
+            raise ValueError(f"auth.key_file {path}: keys[{i}].{where}: {problem['msg']}") from None
+    return keys
 
 
 def add_key_to_file(path: Path, entry: ApiKeyConfig) -> None:
     """Append a hashed key; written to a temporary file and renamed, so a failure leaves the old file whole."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the key file's path")
     existing = read_key_file(path) if path.exists() else []
     if any(k.name == entry.name for k in existing):
         raise ValueError(f"{path} already has a key named {entry.name!r}")
     body = {"keys": [k.model_dump(exclude_none=True) for k in [*existing, entry]]}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(body, sort_keys=False))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    try:
+        tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write the key file {path}: {e.strerror}") from None

@@ -7,10 +7,12 @@ A backend's entry is flat in YAML but two things in code: the `Endpoint` a clien
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidatorFunctionWrapHandler, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -291,6 +293,7 @@ class Settings(BaseSettings):
         path = Path(init_kwargs.get("config") or os.environ.get("EXTRACTION_CONFIG") or DEFAULT_CONFIG)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (EXTRACTION_CONFIG or --config)")
+        _check_yaml(path)
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
         # Priority: explicit arguments > environment > the YAML file. `config` records the file used.
         return (init_settings, env_settings, _Fixed(settings_cls, {"config": path}), yaml_source)
@@ -347,6 +350,48 @@ class Settings(BaseSettings):
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the field or file."""
+
+
+def _check_yaml(path: Path) -> None:
+    """The config file reads as UTF-8 YAML holding a mapping, or a ConfigError saying why (not a traceback from
+    deep inside the settings source)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of settings, not a {type(data).__name__}")
+
+
+# EXTRACTION_* variables that are no settings but read elsewhere (the CLI, the engines, the Makefile)
+OTHER_ENV = frozenset({
+    "EXTRACTION_CONFIG", "EXTRACTION_CACHE_DIR", "EXTRACTION_LOCAL_ENGINE", "EXTRACTION_LLAMACPP_FULL_OPT",
+    "EXTRACTION_EARLY_BUILD_PID", "EXTRACTION_API_KEY", "EXTRACTION_TIP", "EXTRACTION_SAMPLE", "EXTRACTION_CACHE",
+})  # fmt: skip
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`EXTRACTION_*` variables that set nothing, each with the setting it may have meant: the environment
+    source ignores a misspelt top-level name (`EXTRACTION_DEFALT_BACKEND`) silently, so say so."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    fields = {f"EXTRACTION_{name.upper()}" for name in Settings.model_fields}
+    known = sorted(fields | OTHER_ENV)
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("EXTRACTION_") or upper in OTHER_ENV or upper.split("__")[0] in fields:
+            continue
+        guess = difflib.get_close_matches(upper.split("__")[0], known, n=1, cutoff=0.75)
+        found.append(f"{name} sets nothing" + (f" (did you mean {guess[0]}?)" if guess else ""))
+    return found
 
 
 class _Fixed(PydanticBaseSettingsSource):

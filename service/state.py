@@ -61,7 +61,12 @@ class AppState:
             raise ConfigError(str(e)) from None
         backends = {name: backend_factory(cfg.endpoint) for name, cfg in settings.backends.items()}
         metrics = Metrics()
-        request_log = RequestLog(settings.request_log.path) if settings.request_log.enabled else None
+        try:
+            request_log = RequestLog(settings.request_log.path) if settings.request_log.enabled else None
+        except OSError as e:
+            raise ConfigError(
+                f"request_log.path {settings.request_log.path}: cannot be opened ({e.strerror})"
+            ) from None
         try:
             extractor = Extractor(settings, backends, metrics, tasks, clock=clock, request_log=request_log)
         except ValueError as e:  # an explicitly configured tokenizer that cannot be loaded

@@ -89,6 +89,8 @@ class TaskLoadError(Exception):
 def load_task(path: Path) -> Task:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise TaskLoadError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (OSError, yaml.YAMLError) as e:
         raise TaskLoadError(f"{path}: cannot read YAML: {e}") from e
     if not isinstance(raw, dict):

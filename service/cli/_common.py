@@ -27,10 +27,13 @@ def use_config(config: Path | None) -> None:
 def load_settings_or_exit() -> Settings:
     """Validated settings, or a one-line message naming the bad field and exit code 2."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    from service.config import ConfigError
+    from service.config import ConfigError, unknown_env
     from service.tasks import TaskLoadError
 
+    for line in unknown_env():
+        err.print(f"[yellow]warning[/yellow] {line}")
     try:
         from service.state import AppState
 
@@ -42,6 +45,9 @@ def load_settings_or_exit() -> Settings:
         for problem in e.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "config"
             err.print(f"[red]config error[/red] {where}: {problem['msg']}")
+    except SettingsError as e:  # an environment variable whose value is not the JSON its setting needs
+        cause = f": {e.__cause__}" if e.__cause__ is not None else ""
+        err.print(f"[red]config error[/red] {e}{cause}")
     except (ConfigError, TaskLoadError) as e:
         err.print(f"[red]config error[/red] {e}")
     raise typer.Exit(2)

@@ -29,6 +29,8 @@ def keys_create(
     """Make a new key, store only its hash in FILE, print the key once."""
     from service.auth import ApiKeyConfig, add_key_to_file, hash_key, new_key
 
+    _warn_unknown("task", _names(tasks), _configured("tasks"))
+    _warn_unknown("backend", _names(backends), _configured("backends"))
     key = new_key()
     entry = ApiKeyConfig(name=name, key_sha256=hash_key(key), tasks=_names(tasks), backends=_names(backends),
                          requests_per_minute=rpm, tokens_per_minute=tpm, daily_budget_usd=daily_budget_usd)  # fmt: skip
@@ -39,6 +41,24 @@ def keys_create(
         raise typer.Exit(2) from None
     err.print(f"added key {name!r} to {file} (hash only); it is shown once, store it now:")
     typer.echo(key)
+
+
+def _configured(what: str) -> set[str] | None:
+    """The task or backend names of the config in effect (EXTRACTION_CONFIG or the shipped one); None when it
+    cannot be loaded (the key file may serve another config: then nothing is checked)."""
+    try:
+        from service.config import Settings
+        from service.tasks import ADHOC, load_tasks
+
+        settings = Settings()
+        return {*load_tasks(settings.tasks_dir), ADHOC} if what == "tasks" else set(settings.backends)
+    except Exception:  # noqa: BLE001 - only a courtesy check
+        return None
+
+
+def _warn_unknown(kind: str, names: list[str] | None, known: set[str] | None) -> None:
+    for name in sorted(set(names or ()) - (known or set(names or ()))):
+        err.print(f"[yellow]warning[/yellow] {kind} {name!r} is not in this config ({', '.join(sorted(known or ()))})")
 
 
 @keys_app.command("hash")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,12 +26,23 @@ def register(app: typer.Typer) -> None:
     app.command()(demo)
 
 
+class LogLevel(StrEnum):
+    """uvicorn's log levels."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
 def serve(
     config: Annotated[Path | None, typer.Option(help="YAML config (default: the shipped one).")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.warning,
 ) -> None:
     """Start the HTTP API under uvicorn."""
     import uvicorn
@@ -50,7 +62,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_level=log_level,
+        log_level=log_level.value,
         timeout_graceful_shutdown=30,
         access_log=False,
     )

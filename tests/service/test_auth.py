@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,44 @@ def test_key_config_errors_stop_start_up(make_settings: Callable[..., Settings])
     same = {"keys": [{"name": "x", "key_sha256": hash_key("k")}, {"name": "y", "key_sha256": hash_key("k")}]}
     with pytest.raises(ConfigError, match="same key"):
         AppState.build(make_settings(entry, auth=same))
+
+
+@pytest.mark.parametrize("value", ["", " , ", ","])
+def test_api_keys_variable_set_but_empty_stops_start_up_instead_of_turning_auth_off(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("EXTRACTION_API_KEYS", value)  # e.g. "$SECRET" with the secret missing
+    with pytest.raises(ConfigError, match="EXTRACTION_API_KEYS is set but holds no key"):
+        AppState.build(make_settings({"mock": backend_entry("http://127.0.0.1:9/v1")}))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"keys: [unclosed", "cannot be read as YAML"), (b"- a\n", "must hold a mapping with a `keys` list"),
+     (b"keys:\n  - {name: x}\n", "keys[0]"), (b"keys: caf\xe9", "cannot be read as YAML")],
+)  # fmt: skip
+def test_a_broken_key_file_is_a_config_error_naming_it(
+    make_settings: Callable[..., Settings], tmp_path: Path, content: bytes, message: str
+) -> None:
+    keyfile = tmp_path / "keys.yaml"
+    keyfile.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AppState.build(make_settings({"mock": backend_entry("http://127.0.0.1:9/v1")}, auth={"key_file": str(keyfile)}))
+    r = CliRunner().invoke(cli, ["keys", "create", "team", "--file", str(keyfile)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and keyfile.read_bytes() == content, r.output
+
+
+def test_keys_create_into_a_folder_or_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["keys", "create", "team", "--file", str(tmp_path)])
+    assert r.exit_code == 2 and "is a folder" in r.output, r.output
+    r = CliRunner().invoke(cli, ["keys", "create", "team", "--file", str(tmp_path / "missing-dir" / "keys.yaml")])
+    assert r.exit_code == 2 and "cannot write the key file" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_create_warns_of_a_task_the_config_does_not_have(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["keys", "create", "t", "--file", str(tmp_path / "k.yaml"), "--tasks", "nope,invoice"])
+    assert r.exit_code == 0 and "task 'nope' is not in this config" in r.output and "'invoice'" not in r.output
 
 
 def test_keys_create_stores_only_the_hash(tmp_path: Path) -> None:

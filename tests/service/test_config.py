@@ -112,3 +112,50 @@ def test_check_config_cli_reports_bad_config(tmp_path: Path) -> None:
     assert "backends.a.max_attempts" in bad.output
     missing = runner.invoke(app, ["check-config", "--config", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"backends: [unclosed\n", "not valid YAML at line"), (b"default_backend: caf\xe9\n", "not UTF-8"),
+     (b"- a\n- b\n", "must be a mapping of settings, not a list")],
+)  # fmt: skip
+def test_a_config_file_that_is_no_yaml_mapping_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    r = CliRunner().invoke(app, ["check-config", "--config", str(path)])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+
+
+def test_bad_environment_values_and_files_named_by_check_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    monkeypatch.setenv("EXTRACTION_LIMITS", "notjson")
+    r = runner.invoke(app, ["check-config"])
+    assert r.exit_code == 2 and "limits" in r.output and "Traceback" not in r.output, r.output
+    monkeypatch.delenv("EXTRACTION_LIMITS")
+    folder = tmp_path / "log-dir"
+    folder.mkdir()
+    path = write_config(tmp_path / "c.yaml", {"a": backend_entry("http://x/v1")},
+                        request_log={"enabled": True, "path": str(folder)})  # fmt: skip
+    r = runner.invoke(app, ["check-config", "--config", str(path)])
+    assert r.exit_code == 2 and "request_log.path" in r.output, r.output
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "t.yaml").write_bytes(b"name: caf\xe9\n")
+    path = write_config(tmp_path / "c2.yaml", {"a": backend_entry("http://x/v1")}, tasks_dir=str(tasks))
+    r = runner.invoke(app, ["check-config", "--config", str(path)])
+    assert r.exit_code == 2 and "t.yaml: not UTF-8" in r.output, r.output
+
+
+def test_a_misspelt_top_level_variable_is_named_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.config import unknown_env
+
+    env = {"EXTRACTION_DEFALT_BACKEND": "openai", "EXTRACTION_RETRY__DEADLINE_S": "5", "EXTRACTION_CONFIG": "x",
+           "EXTRACTION_CACHE_DIR": "/c", "extraction_default_backend": "a", "HOME": "/root"}  # fmt: skip
+    assert unknown_env(env) == ["EXTRACTION_DEFALT_BACKEND sets nothing (did you mean EXTRACTION_DEFAULT_BACKEND?)"]
+    monkeypatch.setenv("EXTRACTION_DEFALT_BACKEND", "openai")
+    r = CliRunner().invoke(app, ["check-config"])
+    assert r.exit_code == 0 and "EXTRACTION_DEFALT_BACKEND sets nothing" in r.output
