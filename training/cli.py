@@ -278,7 +278,7 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Run file to write (JSON).")],
     url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8080",
     concurrency: Annotated[int, typer.Option(min=1)] = 8,
-    limit: Annotated[int | None, typer.Option(help="First N items only.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="First N items only.")] = None,
     fields: Annotated[str | None, typer.Option(help="Comma-separated fields to score (default: all).")] = None,
     allow_changed_test: Annotated[bool, typer.Option(help="Evaluate a test set whose hash changed.")] = False,
     api_key: Annotated[str | None, typer.Option(envvar="EXTRACTION_API_KEY", help="Bearer key, if needed.")] = None,

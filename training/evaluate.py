@@ -195,11 +195,19 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
     """Send every test item through the service (bounded concurrency); returns the run (also written to disk)."""
     if unknown := sorted(set(args.metrics) - set(METRICS)):
         raise ValueError(f"unknown metric(s) {unknown}: choose from {', '.join(METRICS)}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1 (got {args.limit})")
     frozen = check_frozen(args.data, args.allow_changed_test)
+    if args.out:
+        check_writable(args.out)  # before anything is sent (and billed), not after the run
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers) as client:
-        detail = (await client.get(f"/v1/tasks/{args.task}")).raise_for_status().json()
-        backends = {b["name"]: b for b in (await client.get("/v1/backends")).raise_for_status().json()}
+    try:
+        client = httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers)
+    except httpx.HTTPError as e:  # e.g. a URL without a scheme
+        raise ValueError(f"--url {args.url!r}: {e}") from None
+    async with client:
+        detail = await _get(client, f"/v1/tasks/{args.task}", args)
+        backends = {b["name"]: b for b in await _get(client, "/v1/backends", args)}
         if args.backend not in backends:
             raise SystemExit(f"unknown backend {args.backend!r}; the service has: {', '.join(sorted(backends))}")
         task = Task.model_validate(
@@ -207,6 +215,8 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
         )
         records = load_dataset(args.data, task)[: args.limit]
         properties = list(task.json_schema.get("properties", {}))
+        if args.fields and (unknown := [f for f in args.fields if f not in properties]):
+            raise ValueError(f"--fields {', '.join(unknown)}: task {args.task!r} has {', '.join(properties)}")
         fields = args.fields or [f for f in properties if f not in detail.get("eval_ignore", [])]
         if "sroie" in args.metrics and (missing := [f for f in SROIE_FIELDS if f not in properties]):
             raise ValueError(f"--metric sroie scores {', '.join(SROIE_FIELDS)}; task {args.task!r} lacks {missing}")
@@ -264,6 +274,40 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
     if args.out:
         write_run(run, args.out)
     return run
+
+
+async def _get(client: httpx.AsyncClient, path: str, args: EvalArgs) -> Any:
+    """GET one of the service's catalogue routes; a ValueError a user can act on when it fails."""
+    try:
+        r = await client.get(path)
+    except httpx.HTTPError as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise ValueError(f"cannot reach the service at {args.url} ({reason}); is `extraction serve` running?") from None
+    if r.status_code == 404 and path.startswith("/v1/tasks/"):
+        names = ", ".join(t["name"] for t in (await client.get("/v1/tasks")).json())
+        raise ValueError(f"unknown task {args.task!r}; the service has: {names}")
+    if r.status_code in (401, 403):
+        raise ValueError(f"{path}: HTTP {r.status_code}: give an API key (--api-key or EXTRACTION_API_KEY)")
+    if r.status_code != 200:
+        raise ValueError(f"{args.url}{path}: HTTP {r.status_code}: {r.text[:200]}")
+    try:
+        return r.json()
+    except ValueError:
+        raise ValueError(f"{args.url}{path}: the answer is not JSON; is {args.url} an extraction-service?") from None
+
+
+def check_writable(out: Path) -> None:
+    """`out` can be written: not a folder, its folder can be made and written to (ValueError otherwise)."""
+    import tempfile
+
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror})") from None
 
 
 def write_run(run: dict[str, Any], out: Path) -> None:

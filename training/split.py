@@ -63,12 +63,19 @@ def write_split(
 
 def check_frozen(test_file: Path, allow_changed: bool = False) -> dict[str, Any]:
     """The test file's hash, checked against the manifest beside it; FrozenTestError if it changed."""
+    if not test_file.is_file():
+        raise FrozenTestError(f"{test_file}: no such file")
     sha = file_sha256(test_file)
     manifest_path = test_file.parent / MANIFEST
     recorded = None
     if manifest_path.is_file():
-        files = json.loads(manifest_path.read_text()).get("files", {})
-        recorded = next((f["sha256"] for f in files.values() if f.get("file") == test_file.name), None)
+        try:
+            files = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {})
+            recorded = next((f["sha256"] for f in files.values() if f.get("file") == test_file.name), None)
+        except (ValueError, AttributeError, TypeError, KeyError) as e:  # not the manifest `data split` writes
+            raise FrozenTestError(
+                f"{manifest_path}: not a split manifest ({type(e).__name__}: {e}); fix or remove it"
+            ) from None
     if recorded is not None and recorded != sha and not allow_changed:
         raise FrozenTestError(
             f"{test_file} changed since it was frozen (sha256 {sha[:12]}... != recorded {recorded[:12]}...); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,36 @@ def test_eval_refuses_a_changed_frozen_test(tmp_path: Path) -> None:
     (tmp_path / "test.jsonl").write_text(Record("b", "y", GOLD[1]).as_json() + "\n")
     with pytest.raises(FrozenTestError):
         asyncio.run(run_eval(EvalArgs("invoice", tmp_path / "test.jsonl", "mock", "http://127.0.0.1:9")))
+
+
+@pytest.mark.integration
+def test_eval_refuses_what_would_fail_before_sending_anything(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings({"mock": backend_entry(f"{upstream.url}/v1")})  # type: ignore[attr-defined]
+    write_split({"test": [Record("a", "invoice a", GOLD[0])]}, tmp_path / "data", meta={})
+    data = tmp_path / "data" / "test.jsonl"
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    with ServerThread(create_app(settings)) as api:
+        cases = [
+            (EvalArgs("invoice", data, "mock", api.url, folder), "is a folder"),  # found after a billed run before
+            (EvalArgs("invoice", data, "mock", api.url, tmp_path / "f" / "x.json", fields=["bogus"]), "--fields bogus"),
+            (EvalArgs("invoice", data, "mock", api.url, limit=-3), "--limit must be at least 1"),
+            (EvalArgs("nope", data, "mock", api.url), "unknown task 'nope'; the service has: "),
+            (EvalArgs("invoice", tmp_path / "missing.jsonl", "mock", api.url), "no such file"),
+        ]
+        for args, message in cases:
+            with pytest.raises((ValueError, FrozenTestError), match=re.escape(message)):
+                asyncio.run(run_eval(args))
+    assert upstream.requests == []  # type: ignore[attr-defined]
+    assert not (tmp_path / "f" / "x.json").exists() and list(folder.iterdir()) == []
+    (tmp_path / "data" / "manifest.json").write_text("[]")
+    with pytest.raises(FrozenTestError, match="not a split manifest"):
+        asyncio.run(run_eval(EvalArgs("invoice", data, "mock", api.url)))
+    (tmp_path / "data" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="cannot reach the service at"):  # the server is gone now
+        asyncio.run(run_eval(EvalArgs("invoice", data, "mock", api.url)))
 
 
 def test_report_numbers_plots_and_recommendation(tmp_path: Path) -> None:
