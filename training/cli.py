@@ -39,6 +39,16 @@ def _fail(e: Exception, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _write(out: Path, records: list[Any]) -> str:
+    """write_dataset, or one line and exit 1 where `out` cannot be written (nothing left behind)."""
+    from training.datasets import OutputError, write_dataset
+
+    try:
+        return write_dataset(out, records)
+    except OutputError as e:
+        raise _fail(e) from None
+
+
 @data_app.command("validate")
 def validate(
     path: Path, task: Annotated[str, typer.Option(help="Task whose schema the outputs must match.")],
@@ -67,16 +77,16 @@ def import_(
     tasks_dir: TasksDir = None,
 ) -> None:
     """Import labelled examples with a column mapping; all rows are checked before anything is written."""
-    from training.datasets import ColumnMap, DatasetError, import_records, write_dataset
+    from training.datasets import ColumnMap, DatasetError, import_records
 
+    if field and (bad := [f for f in field if "=" not in f]):
+        raise _fail(ValueError(f"--field takes FIELD=COLUMN, not {bad[0]!r}"), 2)
     fields = dict(f.split("=", 1) for f in field) if field else None
-    if field and any("=" not in f for f in field):
-        raise _fail(ValueError("--field takes FIELD=COLUMN"), 2)
     try:
         records = import_records(source, _task(task, tasks_dir), ColumnMap(text_col, id_col, output_col, fields), fmt)
     except (DatasetError, ValueError, OSError) as e:
         raise _fail(e) from None
-    sha = write_dataset(out, records)
+    sha = _write(out, records)
     console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
 
 
@@ -90,7 +100,7 @@ def synth(
     tasks_dir: TasksDir = None,
 ) -> None:
     """Seeded synthetic records (Faker), checked against the task schema, written atomically."""
-    from training.datasets import check_record, validator_for, write_dataset
+    from training.datasets import check_record, validator_for
     from training.synthetic import generate
 
     try:
@@ -103,7 +113,7 @@ def synth(
         _, problems = check_record({"id": record.id, "text": record.text, "output": record.output}, validator, seen)
         if problems:
             raise _fail(ValueError(f"generator bug, {record.id}: {problems}"))
-    sha = write_dataset(out, records)
+    sha = _write(out, records)
     console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
 
 
@@ -147,7 +157,7 @@ def from_logs(
 ) -> None:
     """Turn request logs into a dataset; PII is anonymised and a report says what was replaced."""
     from training.anonymize import Anonymizer
-    from training.datasets import DatasetError, Problem, check_all, json_lines, write_dataset
+    from training.datasets import DatasetError, Problem, check_all, json_lines
 
     anonymizer = Anonymizer(seed)
 
@@ -163,9 +173,9 @@ def from_logs(
 
     try:
         records = check_all(log, rows(), _task(task, tasks_dir))
-    except (DatasetError, OSError) as e:
+    except (DatasetError, OSError, UnicodeDecodeError) as e:
         raise _fail(e) from None
-    sha = write_dataset(out, records)
+    sha = _write(out, records)
     console.print(f"wrote {len(records)} records to {out} (sha256 {sha})")
     replaced = dict(anonymizer.counts) if anonymize else "anonymisation off"
     console.print(f"replaced: {replaced}")
@@ -192,7 +202,7 @@ def banking77_cmd(
     try:
         manifest = write_split(parts, out_dir, force=force, meta={"task": "support_intent", "source": str(src),
                                                                   "seed": seed, "test_limit": test_limit})  # fmt: skip
-    except FrozenTestError as e:
+    except (FrozenTestError, ValueError) as e:
         raise _fail(e) from None
     console.print({k: v["records"] for k, v in manifest["files"].items()})
 
@@ -223,7 +233,7 @@ def wnut17_cmd(
         parts["train"] = cap_empty(parts["train"], train_max_empty_share)
     try:
         manifest = write_split(parts, out_dir, force=force, meta={"task": "entities", "source": str(src)})
-    except FrozenTestError as e:
+    except (FrozenTestError, ValueError) as e:
         raise _fail(e) from None
     console.print({k: v["records"] for k, v in manifest["files"].items()})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 
 from jsonschema.protocols import Validator
 
+from service.schemas.problems import clip
 from service.tasks import Task
 
 MAX_REPORTED = 50
@@ -30,7 +32,13 @@ class Record:
     output: dict[str, Any]
 
     def as_json(self) -> str:
-        return json.dumps({"id": self.id, "text": self.text, "output": self.output}, ensure_ascii=False)
+        return json.dumps(
+            {"id": self.id, "text": self.text, "output": self.output}, ensure_ascii=False, allow_nan=False
+        )
+
+
+class OutputError(ValueError):
+    """An output file cannot be written where it was asked for (nothing was written)."""
 
 
 class DatasetError(Exception):
@@ -87,9 +95,26 @@ def json_lines(text: str) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                yield number, json.loads(line)
+                yield number, strict_json(line)
             except ValueError as e:
-                yield number, Problem(f"not JSON ({e.msg})")
+                yield number, Problem(f"not JSON ({getattr(e, 'msg', e)})")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
+
+
+def strict_json(line: str) -> Any:
+    """JSON as RFC 8259 has it: NaN / Infinity, and numbers that overflow to infinity (1e400), refused; Python's
+    parser takes them and every strict reader downstream of a dataset would then choke on what we wrote."""
+    return json.loads(line, parse_constant=_no_constant, parse_float=_finite)
 
 
 def check_all(source: Path | str, rows: Iterable[tuple[int, Any]], task: Task) -> list[Record]:
@@ -121,14 +146,22 @@ def load_dataset(path: Path, task: Task) -> list[Record]:
 
 
 def write_dataset(path: Path, records: Iterable[Record]) -> str:
-    """Write atomically; returns the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write atomically; returns the file's sha256. OutputError (nothing written) where the path cannot be."""
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give the dataset file's path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for record in records:
                 out.write(record.as_json() + "\n")
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -144,15 +177,32 @@ def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
         return [] if "array" in types else None
     if "array" in types:
         if text.startswith("["):
-            return json.loads(text)
+            return strict_json(text)
         return [part.strip() for part in text.split(";") if part.strip()]
-    if "integer" in types:
-        return int(float(text))
-    if "number" in types:
-        return float(text.replace(",", ""))
+    if "integer" in types or "number" in types:
+        try:
+            number = _finite(text.replace(",", ""))
+        except ValueError:
+            if "string" in types:
+                return text
+            raise ValueError(f"{clip(text, 40)!r} is not a finite number") from None
+        if "number" in types:
+            return number
+        if number.is_integer():
+            return int(number)
+        if "string" in types:
+            return text
+        raise ValueError(f"{clip(text, 40)!r} is not an integer")
     if "boolean" in types:
-        return text.lower() in ("1", "true", "yes")
+        if text.lower() in TRUE_CELLS or text.lower() in FALSE_CELLS:
+            return text.lower() in TRUE_CELLS
+        if "string" in types:
+            return text
+        raise ValueError(f"{clip(text, 40)!r} is not a boolean (true/false, yes/no, 1/0)")
     return text
+
+
+TRUE_CELLS, FALSE_CELLS = frozenset({"1", "true", "yes", "y", "t"}), frozenset({"0", "false", "no", "n", "f"})
 
 
 @dataclass
@@ -170,8 +220,7 @@ def import_records(source: Path, task: Task, mapping: ColumnMap, fmt: str | None
     fmt = fmt or ("csv" if source.suffix.lower() == ".csv" else "jsonl")
     numbered: list[tuple[int, Any]]
     if fmt == "csv":
-        with source.open(newline="", encoding="utf-8") as f:
-            numbered = list(enumerate(csv.DictReader(f), 2))  # line 1 is the header
+        numbered = read_csv(source)
     elif fmt == "jsonl":
         numbered = list(json_lines(source.read_text(encoding="utf-8")))
     else:
@@ -185,10 +234,41 @@ def import_records(source: Path, task: Task, mapping: ColumnMap, fmt: str | None
                 continue
             try:
                 yield number, _row_to_raw(row, mapping, properties, index)
-            except (KeyError, ValueError, AttributeError) as e:
-                yield number, Problem(str(e).strip("'\""))
+            except (KeyError, ValueError, AttributeError, TypeError) as e:
+                yield number, Problem(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
 
     return check_all(source, raws(), task)
+
+
+def read_csv(source: Path) -> list[tuple[int, Any]]:
+    """(line number, row mapping or Problem) per CSV record. Strict quoting: a quote left open would otherwise
+    swallow the rows after it into one cell and the file would import "fine" with rows lost. A row with more
+    or fewer cells than the header is a Problem, not cells dropped or made null."""
+    with source.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DatasetError(source, ["no header row"])
+            numbered: list[tuple[int, Any]] = []
+            start = reader.line_num + 1
+            for cells in reader:
+                if not cells:  # a blank line
+                    start = reader.line_num + 1
+                    continue
+                if len(cells) != len(header):
+                    problem = Problem(f"{len(cells)} cells where the header has {len(header)}")
+                    numbered.append((start, problem))
+                else:
+                    numbered.append((start, dict(zip(header, cells, strict=True))))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            where = f"line {start}" + (f" (to line {reader.line_num})" if reader.line_num > start else "")
+            raise DatasetError(
+                source, [f"{where}: malformed CSV ({e}); a quote left open? Nothing was imported"]
+            ) from None
+    return numbered
 
 
 def _row_to_raw(
@@ -201,7 +281,7 @@ def _row_to_raw(
 
     if mapping.output:
         output = cell(mapping.output)
-        output = json.loads(output) if isinstance(output, str) else output
+        output = strict_json(output) if isinstance(output, str) else output
     else:
         fields = mapping.fields or {name: name for name in properties}
         output = {}

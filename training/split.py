@@ -43,13 +43,18 @@ def write_split(
 ) -> dict[str, Any]:
     """Write train/val/test JSONL and a manifest with their hashes. A frozen test set is written once.
     `stamp=False` leaves out the creation time, so that re-running writes a byte-identical manifest."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file; give a folder")
     test_path = out_dir / "test.jsonl"
     if test_path.exists() and not force:
         raise FrozenTestError(
             f"{test_path} already holds a frozen test set; it is written once so results stay comparable. "
             "Pass --force to replace it (earlier runs then no longer compare)"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out-dir {out_dir}: cannot be made ({e.strerror})") from None
     files = {}
     for name, records in parts.items():
         if records:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from service.config import DEFAULT_CONFIG
-from service.tasks import load_tasks
-from training.datasets import ColumnMap, DatasetError, Record, import_records, load_dataset, write_dataset
+from service.tasks import Task, load_tasks
+from training.datasets import (
+    ColumnMap,
+    DatasetError,
+    OutputError,
+    Record,
+    import_records,
+    load_dataset,
+    write_dataset,
+)
 from training.split import FrozenTestError, check_frozen, split_records, write_split
 
 TASKS = load_tasks(DEFAULT_CONFIG.parent / "tasks")
@@ -107,3 +116,66 @@ def test_frozen_test_is_written_once_and_guarded(tmp_path: Path) -> None:
     with pytest.raises(FrozenTestError, match="changed since it was frozen"):
         check_frozen(tmp_path / "test.jsonl")
     assert check_frozen(tmp_path / "test.jsonl", allow_changed=True)["matches_manifest"] is False
+
+
+def test_csv_rows_with_a_quote_left_open_or_the_wrong_cell_count_are_bad_lines_not_merged(tmp_path: Path) -> None:
+    mapping = ColumnMap(text="body", id="ref", fields={"company": "seller", "invoice_date": "day",
+                                                       "total_amount": "amount", "currency": "cur"})  # fmt: skip
+    header = "ref,body,seller,day,amount,cur\n"
+    cases = {
+        # the open quote swallowed r2 into r1's text, r1 took r2's labels and r2 was gone, exit 0
+        'r1,"ACME GmbH,ACME,,1,EUR\nr2,"Foo",Foo Ltd,,2,GBP\n': "line 2 (to line 3): malformed CSV",
+        "r1,text,ACME,,1\n": "line 2: 5 cells where the header has 6",  # was: currency silently null
+        "r1,text,ACME,,1,EUR,extra\n": "line 2: 7 cells where the header has 6",  # was: the cell dropped
+    }
+    src = tmp_path / "in.csv"
+    for body, message in cases.items():
+        src.write_text(header + body)
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            import_records(src, INVOICE, mapping)
+    src.write_text(header + 'r1,"two\nlines, quoted",ACME,,1,EUR\n\nr2,x,B,,2,USD\n')  # a quoted newline is fine
+    records = import_records(src, INVOICE, mapping)
+    assert [r.text for r in records] == ["two\nlines, quoted", "x"]
+    src.write_text(header + "r1,t,S,,1,EUR,EXTRA\n")
+    with pytest.raises(DatasetError, match="line 2: 7 cells"):  # was a TypeError (sorting a None key)
+        import_records(src, INVOICE, ColumnMap(text="body", id="nope"))
+
+
+def test_cells_are_coerced_to_the_schema_type_or_refused(tmp_path: Path) -> None:
+    task = Task.model_validate({"name": "t", "instructions": "x", "schema": {
+        "type": "object", "additionalProperties": False, "required": ["n", "flag", "score"],
+        "properties": {"n": {"type": ["integer", "null"]}, "flag": {"type": ["boolean", "null"]},
+                       "score": {"type": ["number", "null"]}}}})  # fmt: skip
+    src = tmp_path / "in.csv"
+    mapping = ColumnMap(text="text", fields={"n": "n", "flag": "flag", "score": "score"})
+    src.write_text('text,n,flag,score\na,3,yes,"1,234.5"\nb,4.0,F,2\n')
+    assert [r.output for r in import_records(src, task, mapping)] == [
+        {"n": 3, "flag": True, "score": 1234.5}, {"n": 4, "flag": False, "score": 2.0}]  # fmt: skip
+    refused = [("a,1.9,yes,1", "'1.9' is not an integer"), ("a,1,maybe,1", "'maybe' is not a boolean"),
+               ("a,1,yes,1e400", "'1e400' is not a finite number"), ("a,1,yes,NaN", "is not a finite")]  # fmt: skip
+    for row, message in refused:
+        src.write_text("text,n,flag,score\n" + row + "\n")
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            import_records(src, task, mapping)
+
+
+def test_nan_infinity_and_overflowing_numbers_are_no_json(tmp_path: Path) -> None:
+    path = lines(tmp_path / "d.jsonl", '{"id": "1", "text": "x", "output": {"company": "A", "invoice_date": null, '
+                 '"total_amount": NaN, "currency": null}}', '{"id": "2", "text": "x", "output": {"company": "A", '
+                 '"invoice_date": null, "total_amount": 1e400, "currency": null}}')  # fmt: skip
+    with pytest.raises(DatasetError) as info:
+        load_dataset(path, INVOICE)
+    assert info.value.problems == ["line 1: not JSON (NaN is not JSON)",
+                                   "line 2: not JSON (1e400 is too large for a JSON number)"]  # fmt: skip
+    with pytest.raises(ValueError):  # and never written: strict readers downstream could not read it
+        write_dataset(tmp_path / "o.jsonl", [Record("a", "x", {**GOOD, "total_amount": float("nan")})])
+    assert not (tmp_path / "o.jsonl").exists() and [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
+
+
+def test_writing_a_dataset_to_a_folder_or_nowhere_is_an_output_error(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="is a folder"):
+        write_dataset(tmp_path, [Record("a", "x", GOOD)])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="cannot write"):
+        write_dataset(tmp_path / "file" / "d.jsonl", [Record("a", "x", GOOD)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
