@@ -17,17 +17,18 @@ hashes, hyper-parameters, the loss curve (PNG), validation loss and field-F1 per
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from backends.local.hardware import CpuInfo, choose_dtype, read_cpu
+from backends.local.hardware import DTYPE_SETTINGS, CpuInfo, choose_dtype, read_cpu
 from service.config import DEFAULT_CONFIG
 from service.parsing import dumps_compact
 from service.prompts import build_messages
@@ -52,14 +53,16 @@ class TrainArgs:
             "a shipped adapter tuned on your own data."
         },
     )
-    epochs: float = 3.0
+    epochs: float = field(default=3.0, metadata={"help": "Passes over the training data (fractions allowed)."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (overrides epochs)."})
-    learning_rate: float = 2e-4
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (linear decay, no warm-up)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout, in [0, 1)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGETS), metadata={"help": "Linear layers that get an adapter."}
+    )
     batch_size: int | None = field(default=None, metadata={"help": "Examples per batch (default: GPU 8, CPU 4)."})
     grad_accum: int | None = field(
         default=None, metadata={"help": "Batches per update (default 1; on a CPU 2 if batch_size is unset too)."}
@@ -87,7 +90,7 @@ class TrainArgs:
         metadata={"help": "Right-padded batches without the attention mask (same loss, checked once; causal kernel)."},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log (and check for NaN) every N steps."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed for the shuffle, dropout and adapter initialisation."})
     limit: int | None = field(default=None, metadata={"help": "Train on the first N records only."})
     eval_samples: int = field(default=32, metadata={"help": "Validation items generated for field-F1 (0: off)."})
     merge: bool = field(default=False, metadata={"help": "Also write the merged model to OUT/merged."})
@@ -413,10 +416,31 @@ def check_args(args: TrainArgs) -> None:
         ("grad_accum", args.grad_accum is None or args.grad_accum >= 1, "at least 1"),
         ("eval_samples", args.eval_samples >= 0, "0 (off) or positive"),
         ("logging_steps", args.logging_steps >= 1, "at least 1"),
+        ("limit", args.limit is None or args.limit >= 1, "at least 1"),
+        ("dtype", args.dtype in DTYPE_SETTINGS, f"one of {', '.join(DTYPE_SETTINGS)}"),
     ]
     for name, ok, expected in checks:
         if not ok:
             raise SystemExit(f"error: --{name} must be {expected}, got {getattr(args, name)}")
+    check_out(args.out)
+
+
+def check_out(out: Path) -> None:
+    """SystemExit unless the adapter folder can be written: found at the start, not after an hour of training.
+    Nothing is created here (a run that stops early leaves no empty folder)."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; give a folder for the adapter")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SystemExit(f"error: --out {out}: {existing} is a file, so the folder cannot be made")
+    try:  # a probe, removed at once (access() says yes to root on a read-only mount or /proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as e:
+        raise SystemExit(f"error: --out {out}: cannot write in {existing} ({e.strerror})") from None
 
 
 def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -473,16 +497,53 @@ def main(args: TrainArgs, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     return card
 
 
-def cli(argv: list[str] | None = None) -> None:
-    """Parse TrainArgs from the command line or `--config_file FILE.yaml`, then train."""
+def parse_config_file(path: Path) -> TrainArgs:
+    """TrainArgs from a YAML file of the same names, or SystemExit saying what is wrong with it."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
+        raise SystemExit(f"error: --config_file {path}: cannot be read as YAML ({reason})") from None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"error: --config_file {path}: must be a mapping of argument names to values")
+    names = {f.name for f in fields(TrainArgs)}
+    if unknown := sorted(set(raw) - names):
+        raise SystemExit(f"error: --config_file {path}: unknown argument(s) {', '.join(unknown)}")
+    if missing := sorted(n for n in ("task", "train") if n not in raw):
+        raise SystemExit(f"error: --config_file {path}: {', '.join(missing)} missing")
+    argv: list[str] = []  # through the command line's own parser, so that values convert the same way
+    for name, value in raw.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return parse_argv(argv, prog=f"extraction train --config_file {path}")
+
+
+def parse_argv(argv: list[str], prog: str = "extraction train") -> TrainArgs:
+    """TrainArgs from command-line arguments; a usage error (exit 2) for unknown or malformed ones."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(TrainArgs)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] == "--config_file":
-        (args,) = parser.parse_yaml_file(argv[1])
-    else:
+    parser = HfArgumentParser(TrainArgs, prog=prog)
+    try:
         (args,) = parser.parse_args_into_dataclasses(argv)
+    except ValueError as e:  # HfArgumentParser's "Some specified arguments are not used ..."
+        parser.error(str(e))
+    return args  # type: ignore[no-any-return]
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Parse TrainArgs from the command line or `--config_file FILE.yaml`, then train."""
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--config_file"]:
+        if len(argv) != 2:
+            raise SystemExit("error: --config_file FILE takes the file alone (put every other argument in it)")
+        args = parse_config_file(Path(argv[1]))
+    else:
+        args = parse_argv(argv)
     from backends.local.base_model import ModelPrepareError
     from backends.local.merge import MergeError
     from service.tasks import TaskLoadError

@@ -213,7 +213,8 @@ def test_generation_for_validation_leaves_training_padding_on_the_right(tiny_bas
     [({"dropout": 1.0}, "--dropout must be in [0, 1), got 1.0"), ({"dropout": -0.1}, "--dropout must be in [0, 1)"),
      ({"r": 0}, "--r must be at least 1"), ({"learning_rate": -1.0}, "--learning_rate must be 0"),
      ({"epochs": 0.0}, "--epochs must be positive"), ({"batch_size": 0}, "--batch_size must be at least 1"),
-     ({"eval_samples": -1}, "--eval_samples must be 0"), ({"max_grad_norm": -1.0}, "--max_grad_norm must be 0")],
+     ({"eval_samples": -1}, "--eval_samples must be 0"), ({"max_grad_norm": -1.0}, "--max_grad_norm must be 0"),
+     ({"limit": -3}, "--limit must be at least 1"), ({"dtype": "bogus"}, "--dtype must be one of auto")],
 )  # fmt: skip
 def test_an_argument_out_of_range_is_refused_before_anything_loads(
     tmp_path: Path, overrides: dict[str, Any], message: str
@@ -224,3 +225,36 @@ def test_an_argument_out_of_range_is_refused_before_anything_loads(
         main(args)
     assert not (tmp_path / "out").exists()
     check_args(replace(args, **{k: TrainArgs.__dataclass_fields__[k].default for k in overrides}))  # defaults pass
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything_loads(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    for out, message in [(tmp_path / "a-file", "is a file; give a folder"),
+                         (tmp_path / "a-file" / "adapter", "is a file, so the folder cannot be made"),
+                         (Path("/proc/adapter"), "cannot write in /proc")]:  # fmt: skip
+        args = tiny_args(tmp_path / "no-model", {"train": tmp_path / "missing.jsonl", "val": None}, out)
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            main(args)  # was found after trainer.train(): an hour of training lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # the probe left nothing
+
+
+def test_the_command_line_and_config_file_errors_are_usage_errors(tmp_path: Path, capsys: Any) -> None:
+    from training.train import parse_argv, parse_config_file
+
+    with pytest.raises(SystemExit) as e:
+        parse_argv(["--task", "t", "--train", "x.jsonl", "--bogus", "1"])
+    assert e.value.code == 2 and "extraction train: error: " in capsys.readouterr().err
+    config = tmp_path / "train.yaml"
+    for content, message in [("epochs: 1\n", "task, train missing"), ("- a\n", "must be a mapping"),
+                             ("task: t\ntrain: x\nbogus: 1\n", "unknown argument(s) bogus"),
+                             ("task: [unclosed", "cannot be read as YAML")]:  # fmt: skip
+        config.write_text(content)
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            parse_config_file(config)
+    with pytest.raises(SystemExit, match="cannot be read as YAML"):
+        parse_config_file(tmp_path / "missing.yaml")
+    config.write_text("task: receipt\ntrain: data/t.jsonl\nr: 8\ngroup_by_length: false\nbatch_size: null\n"
+                      "target_modules: [q_proj, v_proj]\nlearning_rate: 1.0e-4\n")  # fmt: skip
+    args = parse_config_file(config)  # the same types as the command line gives (Paths were str before)
+    assert args.train == Path("data/t.jsonl") and args.r == 8 and args.group_by_length is False
+    assert args.target_modules == ["q_proj", "v_proj"] and args.learning_rate == 1e-4 and args.batch_size is None
