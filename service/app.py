@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from backends import create_backend
 from service.config import Settings, get_settings
@@ -67,6 +69,8 @@ def create_app(
         version="0.1.0",
         summary="Text in, JSON out: always valid against a JSON Schema, from a prompted or a fine-tuned model.",
         lifespan=lifespan,
+        # `/v1/extract/` is a 404 problem body, not a 307 to a Location built from the caller's Host header
+        redirect_slashes=False,
     )
     app.state.extraction = state
     app.include_router(extract.router)
@@ -86,6 +90,24 @@ def create_app(
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=_usable_request_id)
     _install_error_handlers(app, state)
     return app
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of this path answers (each asked through the routes' own `matches`)."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
+    ]
+
+
+def _is_json_type(content_type: str) -> bool:
+    """What FastAPI parses as JSON: application/json or application/*+json (parameters aside)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def _install_error_handlers(app: FastAPI, state: AppState) -> None:
@@ -109,9 +131,10 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
         content_type = request.headers.get("content-type", "")
         if first.get("type") == "json_invalid":
             details["reason"] = "malformed_json"
-        elif where == "body" and content_type and "json" not in content_type.lower():
+        elif where == "body" and not _is_json_type(content_type):
             # FastAPI does not parse a body sent as another type, and says only "not a valid dictionary".
-            message = f"the body must be JSON sent as content-type application/json, not {content_type[:80]!r}"
+            sent = repr(content_type[:80]) if content_type else "none"
+            message = f"the body must be JSON sent as content-type application/json, not {sent}"
             details["reason"] = "content_type"
         return error_response(BadRequest(message, details=details))
 
@@ -123,7 +146,10 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
             return error_response(unreadable_body(exc.__cause__))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "details": {}}, "request_id": correlation_id.get()}
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette names only the first route of the path (GET and HEAD are two)
+            headers["Allow"] = ", ".join(_allowed(app, request.scope))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

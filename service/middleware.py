@@ -92,7 +92,19 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         counted = scope["path"].startswith(COUNTED)
-        declared = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # a gzip body would otherwise reach the UTF-8 check below and be called UTF-16
+            if counted:
+                self.count("rejected")
+            error = BadRequest(
+                f"Content-Encoding {encoding[:40]!r} is not accepted; send the JSON uncompressed",
+                details={"reason": "content_encoding"},
+            )
+            await error_response(error)(scope, receive, send)
+            return
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(scope, receive, send, counted)
             return

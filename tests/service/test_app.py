@@ -362,6 +362,40 @@ def test_a_body_not_sent_as_json_is_400_saying_so(service: Service) -> None:
     assert service.upstream.requests == []
 
 
+@pytest.mark.parametrize("content_type", ["application/jsonfoo", "application/x-json", None])
+def test_a_body_of_a_type_fastapi_does_not_parse_says_content_type(service: Service, content_type: str | None) -> None:
+    body = b'{"task": "invoice", "text": "x"}'
+    headers = {"content-type": content_type} if content_type else {}
+    r = service.http.post("/v1/extract", content=body, headers=headers)
+    if content_type is None:  # FastAPI reads a body without a content type as JSON, as curl -d users expect
+        assert r.status_code != 400 or r.json()["error"]["details"].get("reason") == "content_type", r.text
+        return
+    assert r.status_code == 400 and r.json()["error"]["details"]["reason"] == "content_type", r.text
+    assert content_type in r.json()["error"]["message"]
+
+
+def test_a_compressed_body_is_refused_as_such_not_called_utf16(service: Service) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"task": "invoice", "text": "x"}')
+    r = service.http.post("/v1/extract", content=body,
+                          headers={"content-type": "application/json", "content-encoding": "gzip"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["details"]["reason"] == "content_encoding", r.text
+    assert "gzip" in r.json()["error"]["message"] and service.upstream.requests == []
+
+
+def test_health_answers_get_and_head_and_a_405_lists_both(service: Service) -> None:
+    for path in ("/healthz", "/readyz"):
+        assert service.http.head(path).status_code in (200, 503)
+        r = service.http.request("OPTIONS", path)
+        assert r.status_code == 405 and set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}, path
+
+
+def test_a_trailing_slash_is_a_404_problem_not_a_redirect_to_the_callers_host(service: Service) -> None:
+    r = service.http.post("/v1/extract/", json={"task": "invoice", "text": "x"}, headers={"host": "evil.example"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found" and "location" not in r.headers
+
+
 def test_batch_returns_per_item_results(service: Service) -> None:
     service.upstream.enqueue(ok(GOOD, usage=(10, 5)), ok(GOOD, usage=(10, 5)))
     items = [
