@@ -3,9 +3,10 @@ and what its tokens cost. What the service does with it (prompts, retries, limit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Kind = Literal["openai", "vllm", "llamacpp"]
 LOCAL_KINDS = frozenset({"vllm", "llamacpp"})  # engines on this machine: no key, no retry of a timeout
@@ -38,3 +39,21 @@ class Endpoint(BaseModel):
     )
     timeout_s: float = Field(30.0, gt=0, description="Read timeout of one call.")
     connect_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value: Any) -> Any:
+        # `local` is resolved to an engine before validation; a typo should list it with the others
+        if value not in ("openai", "vllm", "llamacpp"):
+            raise ValueError(f"kind must be openai, vllm, llamacpp or local, not {str(value)[:40]!r}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # "not a url" passed check-config, then every request retried 4 times and answered 502
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"base_url must be an http:// or https:// URL with a host, not {value[:80]!r}")
+        return value

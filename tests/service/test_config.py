@@ -159,3 +159,17 @@ def test_a_misspelt_top_level_variable_is_named_not_ignored(monkeypatch: pytest.
     monkeypatch.setenv("EXTRACTION_DEFALT_BACKEND", "openai")
     r = CliRunner().invoke(app, ["check-config"])
     assert r.exit_code == 0 and "EXTRACTION_DEFALT_BACKEND sets nothing" in r.output
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [({"kind": "bogus"}, "kind must be openai, vllm, llamacpp or local"),
+     ({"base_url": "not a url"}, "base_url must be an http:// or https:// URL"),
+     ({"base_url": "127.0.0.1:8000/v1"}, "base_url must be an http:// or https:// URL")],
+)  # fmt: skip
+def test_a_backend_kind_or_base_url_that_cannot_work_is_refused_at_load(
+    tmp_path: Path, entry: dict[str, str], message: str
+) -> None:
+    path = write_config(tmp_path / "c.yaml", {"a": {**backend_entry("http://x/v1"), **entry}})
+    r = CliRunner().invoke(app, ["check-config", "--config", str(path)])
+    assert r.exit_code == 2 and message in r.output and "backends.a." in r.output, r.output
