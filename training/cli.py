@@ -375,12 +375,16 @@ def report_command(
 
     if len(runs) < 2:
         raise _fail(ValueError("give two or more run files"), 2)
+    if len({p.resolve() for p in runs}) < len(runs):
+        raise _fail(ValueError("a run file is given twice"), 2)
     try:
         report = build_report([load_run(p) for p in runs], requests_per_day, training_cost, horizon_days, out,
                               resamples=resamples, seed=seed)  # fmt: skip
     except (ValueError, OSError, KeyError) as e:
         raise _fail(e) from None
     sys.stdout.write((out / "report.md").read_text())
+    if report["roles_assumed"]:
+        err.print(f"[yellow]warning[/yellow] {report['factors'][0]}")
     console.print(f"\nrecommendation: [bold]{report['recommendation']}[/bold]  ({out}/report.html)")
 
 

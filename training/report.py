@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,10 @@ def build_report(
     """Pair the runs on their shared items, bootstrap every figure, decide, and write the report files."""
     if len(runs) < 2:
         raise ValueError("give two or more run files")
+    if any(runs[i] == runs[j] for i in range(len(runs)) for j in range(i)):
+        raise ValueError("the same run is given twice; compare runs of different backends or adapters")
+    if not all(math.isfinite(x) for x in (training_cost,)):
+        raise ValueError(f"--training-cost must be a finite number of USD, not {training_cost}")
     tasks = {r["meta"]["task"] for r in runs}
     if len(tasks) > 1:
         raise ValueError(f"runs cover different tasks {sorted(tasks)}; compare runs of one task")
@@ -171,6 +176,7 @@ def build_report(
         r["backend"] = name
     a, b = _pair(rows)
     prompted, finetuned = rows[a], rows[b]
+    roles_assumed = prompted["prompt_style"] == finetuned["prompt_style"] or finetuned["prompt_style"] != "finetuned"
     comparison = compare(pairing.tables, a, b, resamples, seed)
     for r, estimates in zip(rows, comparison.runs, strict=True):
         r["intervals"] = {k: e.as_dict() for k, e in estimates.items()}
@@ -217,7 +223,12 @@ def build_report(
         else None,
         "recommendation": recommendation,
         "factors": factors,
+        "roles_assumed": roles_assumed,
     }
+    if roles_assumed:  # two prompted runs (or two adapters): the decision's words would name the wrong thing
+        factors.insert(0, f"no prompted vs fine-tuned pair: {prompted['backend']} ({prompted['prompt_style']}) plays "
+                          f"the prompted side and {finetuned['backend']} ({finetuned['prompt_style']}) the fine-tuned "
+                          "side; read the recommendation as a choice between these two runs")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     plots(report, [[i["latency_ms"] for i in items] for items in pairing.items], out)
     (out / "report.json").write_text(json.dumps(report, indent=2))

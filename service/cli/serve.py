@@ -92,6 +92,13 @@ def cost(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Back-of-the-envelope: prompted vs fine-tuned cost per request and day, and the break-even budget."""
+    import math
+
+    prices = {"--price-in": price_in, "--price-out": price_out, "--ft-price": ft_price,
+              "--training-cost": training_cost}  # fmt: skip
+    if bad := [name for name, value in prices.items() if value is not None and not math.isfinite(value)]:
+        err.print(f"[red]error[/red] {', '.join(bad)}: a finite number of USD")
+        raise typer.Exit(2)
     result = compare(
         input_tokens,
         output_tokens,

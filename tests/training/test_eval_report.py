@@ -105,6 +105,19 @@ def test_eval_refuses_what_would_fail_before_sending_anything(
         asyncio.run(run_eval(EvalArgs("invoice", data, "mock", api.url)))
 
 
+def test_report_of_two_prompted_runs_says_whose_roles_it_assumed_and_refuses_a_run_twice(tmp_path: Path) -> None:
+    big, small = run_file("gpt-big", "few_shot", 0.90, 0.0030, 700), run_file("gpt-small", "few_shot", 0.88, 0.001, 700)
+    report = build_report([big, small], requests_per_day=1000, training_cost=0.0, horizon_days=30, out=tmp_path)
+    assert report["roles_assumed"] and report["factors"][0].startswith("no prompted vs fine-tuned pair")
+    assert "gpt-small (few_shot) the fine-tuned side" in (tmp_path / "report.md").read_text()
+    ft = run_file("local-ft", "finetuned", 0.91, 0.0007, 120)
+    assert not build_report([big, ft], 1000, 0.0, 30, tmp_path / "r2")["roles_assumed"]
+    with pytest.raises(ValueError, match="the same run is given twice"):
+        build_report([big, big], 1000, 0.0, 30, tmp_path / "r3")
+    with pytest.raises(ValueError, match="--training-cost must be a finite"):
+        build_report([big, ft], 1000, float("inf"), 30, tmp_path / "r4")
+
+
 def test_report_numbers_plots_and_recommendation(tmp_path: Path) -> None:
     runs = [run_file("openai", "few_shot", 0.90, 0.0030, 700), run_file("local-ft", "finetuned", 0.91, 0.00068, 120)]
     report = build_report(runs, requests_per_day=12_000, training_cost=417.60, horizon_days=30, out=tmp_path)
