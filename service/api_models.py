@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, field_validator, model_validator
 
 from backends.config import Pricing
 from service.grounding import GroundingKind, check_rules
@@ -48,7 +48,11 @@ class ExtractRequest(BaseModel):
     )
 
     task: str | None = Field(None, description="A configured task name; or give `schema` instead.")
-    json_schema: dict[str, Any] | None = Field(None, alias="schema", description="Ad-hoc JSON Schema.")
+    # a boolean schema is valid JSON Schema but can describe no extraction: let it reach the schema checks, so
+    # it is 400 `invalid_schema` saying so rather than a generic "not a dictionary"
+    json_schema: dict[str, Any] | StrictBool | None = Field(
+        None, alias="schema", description="Ad-hoc JSON Schema (an object)."
+    )
     instructions: str | None = Field(None, description="Extra instructions for an ad-hoc schema.")
     grounding: dict[str, GroundingKind] | None = Field(
         None,

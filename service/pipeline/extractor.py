@@ -20,6 +20,7 @@ from service.errors import (
     BudgetExceeded,
     DeadlineExceeded,
     ExtractionError,
+    InvalidSchema,
     SchemaValidationFailed,
     TextTooLong,
     UnknownTask,
@@ -93,9 +94,12 @@ class Extractor:
             ) from None
 
     async def adhoc_task(
-        self, schema: dict[str, Any], instructions: str | None = None, grounding: Mapping[str, str] | None = None
+        self, schema: dict[str, Any] | bool, instructions: str | None = None, grounding: Mapping[str, str] | None = None
     ) -> Task:
         """A task for a request's own schema, checked off the event loop: 400 invalid_schema before any call."""
+        if isinstance(schema, bool):  # valid JSON Schema, but it describes nothing to extract
+            allows = "any JSON value" if schema else "no value at all"
+            raise InvalidSchema(f"invalid schema: `{str(schema).lower()}` allows {allows}; give an object schema")
         limit = self.settings.limits.max_instructions_chars
         if instructions is not None and len(instructions) > limit:
             raise TextTooLong(
@@ -115,7 +119,7 @@ class Extractor:
         text: str,
         *,
         task: str | None = None,
-        schema: dict[str, Any] | None = None,
+        schema: dict[str, Any] | bool | None = None,
         instructions: str | None = None,
         grounding: Mapping[str, str] | None = None,
         backend: str | None = None,

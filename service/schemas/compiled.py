@@ -95,6 +95,9 @@ def compile_schema(schema: Any, limits: SchemaLimits | None = None, *, raw: byte
         check_shape(shape, limits)
     try:
         _check_meta(schema, draft)
+        if _unsatisfiable(schema):
+            raise SchemaProblem("no answer can satisfy this schema (`not` of a schema that allows everything)",
+                                at="(root)")  # fmt: skip
         budget.check()
         nodes = list(subschemas(schema, draft))
         _check_patterns(nodes)
@@ -104,6 +107,13 @@ def compile_schema(schema: Any, limits: SchemaLimits | None = None, *, raw: byte
     except RecursionError:
         raise SchemaProblem("the schema is nested too deeply to check") from None
     return CompiledSchema(schema, draft, shape, schema_key(raw), validator, cheap)
+
+
+def _unsatisfiable(schema: dict[str, Any]) -> bool:
+    """The obvious cases of a schema no value passes, at the root or in a root `allOf`: `not: {}` / `not: true`
+    (each answer would be billed and re-asked for nothing). Unsatisfiability in general is not decidable here."""
+    parts = [schema, *(p for p in schema.get("allOf", []) if isinstance(p, dict))]
+    return any(p.get("not") is True or p.get("not") == {} for p in parts) or False in schema.get("allOf", [])
 
 
 def _cheap(node: dict[str, Any]) -> bool:

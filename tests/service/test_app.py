@@ -515,3 +515,21 @@ def test_while_draining_new_work_gets_503_and_probes_say_so(service: Service) ->
     assert service.http.get("/healthz").status_code == 200  # alive: it is finishing work, not stuck
     assert service.upstream.requests == []
     assert service.metric("extraction_requests_total", task="-", backend="-", outcome="rejected") == 1
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [(True, "`true` allows any JSON value"), (False, "`false` allows no value at all"),
+     ({"not": {}}, "no answer can satisfy this schema"),
+     ({"type": "object", "allOf": [{"not": True}]}, "no answer can satisfy this schema"),
+     ({"type": "object", "allOf": [False]}, "no answer can satisfy this schema")],
+)  # fmt: skip
+def test_a_schema_no_extraction_can_answer_is_400_invalid_schema_before_any_call(
+    service: Service, schema: object, says: str
+) -> None:
+    r = service.post("/v1/extract", {"schema": schema, "text": "x"})  # was: 3 billed attempts, or a bad_request
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_schema", r.text
+    assert says in r.json()["error"]["message"] and service.upstream.requests == []
+    for not_boolean in ("true", 1):  # no coercion of strings or numbers into a boolean schema
+        r = service.post("/v1/extract", {"schema": not_boolean, "text": "x"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
