@@ -189,6 +189,13 @@ class LlamaCppProcess(ManagedServer):
         leaves the server as it was), then the server restarts with it: about a second for a small model,
         during which requests get connection errors (the service retries those). Kept until `down`; add it
         to llamacpp.adapters to keep it for good."""
+        path = self.check_adapter(name, path)
+        adapter_gguf(name, path)
+        return self._restart_with({**self.loaded(), name: str(path)}, log)
+
+    def check_adapter(self, name: str, path: Path) -> Path:
+        """The adapter's resolved path, or LlamaCppError for what `load_adapter` would refuse: checked before
+        the slow steps (preparing the base model, converting)."""
         if not name or "/" in name or name != name.strip():
             raise LlamaCppError(f"adapter name {name!r}: use a plain name such as receipt-v2")
         if name in self.cfg.adapters:
@@ -198,8 +205,7 @@ class LlamaCppProcess(ManagedServer):
         path = path.expanduser().resolve()
         if not (path.is_file() and path.suffix == ".gguf") and not (path / "adapter_config.json").is_file():
             raise LlamaCppError(f"{path} is neither a GGUF LoRA file nor a peft adapter folder")
-        adapter_gguf(name, path)
-        return self._restart_with({**self.loaded(), name: str(path)}, log)
+        return path
 
     def unload_adapter(self, name: str, log: Callable[[str], None] = print) -> float:
         """Stop serving an adapter added by `load-adapter` (a restart, as for loading)."""

@@ -210,6 +210,7 @@ def llamacpp_load_adapter(
 
     _, server = _llamacpp(config)
     try:
+        server.check_adapter(name, path)  # before the base model is prepared (half a minute the first time)
         prepare()  # the converter reads the base model's config
         seconds = server.load_adapter(name, path, log=err.print)
     except (LlamaCppError, ModelPrepareError) as e:

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -44,6 +45,30 @@ def test_cost_json_for_machines() -> None:
 def test_cost_rejects_negative_numbers() -> None:
     result = CliRunner().invoke(app, [*SEED[:2], "-5", *SEED[3:]])
     assert result.exit_code == 2
+    price_in = SEED.index("--price-in") + 1
+    result = CliRunner().invoke(app, [*SEED[:price_in], "inf", *SEED[price_in + 1 :], "--json"])
+    assert result.exit_code == 2 and "--price-in: a finite number" in result.output  # was `Infinity` in the JSON
+
+
+def test_load_adapter_says_what_is_wrong_before_preparing_the_base_model(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backends.local.base_model as base_model
+
+    prepared: list[str] = []
+    monkeypatch.setattr(base_model, "prepare", lambda *a, **k: prepared.append("prepare"))
+    from service.config import DEFAULT_CONFIG
+
+    config = tmp_path / "c.yaml"  # type: ignore[operator]
+    shipped = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    shipped["tasks_dir"] = str(DEFAULT_CONFIG.parent / "tasks")
+    shipped["llamacpp"] = {**(shipped.get("llamacpp") or {}), "port": 9}  # nothing listens on the discard port
+    config.write_text(yaml.safe_dump(shipped))
+    for args in (["bad/name", "/nonexistent"], ["fine", "/nonexistent"]):
+        result = CliRunner().invoke(app, ["llamacpp", "load-adapter", *args, "--config", str(config)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "use a plain name" in result.output or "is not running" in result.output
+    assert prepared == []  # was: ~28 s of CPU on the base model first, then the refusal
 
 
 def test_engine_install_builds_the_chosen_engine_and_prepares_the_model_unless_told_not_to(
