@@ -270,6 +270,14 @@ def write_sroie(
     byte-identical files; a different frozen split already there is kept unless `force`."""
     if not imported.records:
         raise ValueError(f"{imported.source}: no receipt could be imported")
+    others = [n for n in (("train", "val") if as_test else ("test",)) if (out_dir / f"{n}.jsonl").exists()]
+    if others and not force:
+        # the manifest would be replaced without them: their hashes lost, and receipts trained on evaluated
+        kind = "a train/val split" if as_test else "a frozen test set"
+        raise FrozenTestError(
+            f"{out_dir} already holds {kind} ({', '.join(f'{n}.jsonl' for n in others)}); write "
+            f"{'the held-out test set' if as_test else 'the train/val split'} to a folder of its own, or pass --force"
+        )
     if as_test:
         parts = {"test": imported.records}
     else:

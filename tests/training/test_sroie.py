@@ -233,6 +233,19 @@ def test_held_out_receipts_become_a_frozen_test_set(tmp_path: Path) -> None:
         write_sroie(imported, tmp_path / "t", val=0.15, seed=0, as_test=True)
 
 
+def test_a_test_set_and_a_train_val_split_do_not_share_a_folder(tmp_path: Path) -> None:
+    imported = import_sroie(_sroie_file(tmp_path / "sroie.jsonl"), RECEIPT)
+    split = write_sroie(imported, tmp_path / "s", val=0.25, seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    # was: test.jsonl = the receipts trained on, and a manifest without train/val's hashes
+    with pytest.raises(FrozenTestError, match="already holds a train/val split"):
+        write_sroie(imported, tmp_path / "s", val=0.15, seed=0, as_test=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before and "test" not in split["files"]
+    write_sroie(imported, tmp_path / "t", val=0.15, seed=0, as_test=True)
+    with pytest.raises(FrozenTestError, match="already holds a frozen test set"):
+        write_sroie(imported, tmp_path / "t", val=0.25, seed=0)
+
+
 @pytest.mark.skipif(not (SHARED / "sroie").is_dir(), reason="shared/data not beside the checkout")
 def test_real_sroie_receipts_import_into_valid_records(tmp_path: Path) -> None:
     src = SHARED / "sroie" / "train.jsonl"
