@@ -28,6 +28,9 @@ def _task(name: str, tasks_dir: Path | None):  # type: ignore[no-untyped-def]
     except TaskLoadError as e:
         err.print(f"[red]error[/red] {e}")
         raise typer.Exit(2) from None
+    if not tasks:
+        err.print(f"[red]error[/red] no task YAML (*.yaml, *.yml) in {tasks_dir}")
+        raise typer.Exit(2)
     if name not in tasks:
         err.print(f"[red]error[/red] unknown task {name!r}; available: {', '.join(sorted(tasks))}")
         raise typer.Exit(2)
@@ -104,7 +107,9 @@ def synth(
     from training.synthetic import generate
 
     try:
-        weights = {k: float(v) for k, v in (p.split("=") for p in mix.split(","))} if mix else None
+        if mix and (bad := [p for p in mix.split(",") if p.count("=") != 1]):
+            raise ValueError(f"--mix takes LEVEL=WEIGHT pairs, comma-separated (easy=0.5,hard=0.5), not {bad[0]!r}")
+        weights = {k.strip(): float(v) for k, v in (p.split("=") for p in mix.split(","))} if mix else None
         records = generate(task, n, seed, weights)
     except ValueError as e:
         raise _fail(e, 2) from None

@@ -41,6 +41,17 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     mix = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(tmp_path / "x"),
                               "--mix", "weird=1"])  # fmt: skip
     assert mix.exit_code == 2 and not (tmp_path / "x").exists()
+    mix = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(tmp_path / "x"),
+                              "--mix", "easy"])  # fmt: skip
+    assert mix.exit_code == 2 and "--mix takes LEVEL=WEIGHT pairs" in mix.output  # was "not enough values to unpack"
+    (tmp_path / "no-tasks").mkdir()
+    empty = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(tmp_path / "x"),
+                                "--tasks-dir", str(tmp_path / "no-tasks")])  # fmt: skip
+    assert empty.exit_code == 2 and "no task YAML" in empty.output
+    for out in (tmp_path, Path("/proc/x.jsonl")):  # a folder, or nowhere: one line, no traceback, nothing written
+        bad = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(out)])
+        assert bad.exit_code == 1, bad.output
+        assert "Traceback" not in bad.output and ("is a folder" in bad.output or "cannot write" in bad.output)
 
 
 @pytest.mark.integration
