@@ -94,7 +94,8 @@ class BodySizeLimit:
         counted = scope["path"].startswith(COUNTED)
         headers = Headers(scope=scope)
         encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if has_body and encoding not in ("", "identity"):
             # a gzip body would otherwise reach the UTF-8 check below and be called UTF-16
             if counted:
                 self.count("rejected")

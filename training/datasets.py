@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -181,14 +182,14 @@ def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
         return [part.strip() for part in text.split(";") if part.strip()]
     if "integer" in types or "number" in types:
         try:
-            number = _finite(text.replace(",", ""))
+            number = _number_cell(text)
         except ValueError:
             if "string" in types:
                 return text
             raise ValueError(f"{clip(text, 40)!r} is not a finite number") from None
-        if "number" in types:
-            return number
-        if number.is_integer():
+        if isinstance(number, int) or "number" in types:
+            return number  # an int is valid for both
+        if number.is_integer():  # `4.0` for an integer
             return int(number)
         if "string" in types:
             return text
@@ -200,6 +201,20 @@ def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
             return text
         raise ValueError(f"{clip(text, 40)!r} is not a boolean (true/false, yes/no, 1/0)")
     return text
+
+
+_GROUPED = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")  # 1,234,567.5: commas that group thousands
+
+
+def _number_cell(text: str) -> int | float:
+    """A CSV number: an integer exactly (no float rounding of 9007199254740993), else a finite float. Commas
+    only where they group thousands; `1,5` (a decimal comma) is no number here rather than 15."""
+    if _GROUPED.fullmatch(text):
+        text = text.replace(",", "")
+    try:
+        return int(text)
+    except ValueError:
+        return _finite(text)
 
 
 TRUE_CELLS, FALSE_CELLS = frozenset({"1", "true", "yes", "y", "t"}), frozenset({"0", "false", "no", "n", "f"})
@@ -244,7 +259,7 @@ def read_csv(source: Path) -> list[tuple[int, Any]]:
     """(line number, row mapping or Problem) per CSV record. Strict quoting: a quote left open would otherwise
     swallow the rows after it into one cell and the file would import "fine" with rows lost. A row with more
     or fewer cells than the header is a Problem, not cells dropped or made null."""
-    with source.open(newline="", encoding="utf-8") as f:
+    with source.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.reader(f, strict=True)
         start = 1
         try:
@@ -254,9 +269,11 @@ def read_csv(source: Path) -> list[tuple[int, Any]]:
             numbered: list[tuple[int, Any]] = []
             start = reader.line_num + 1
             for cells in reader:
-                if not cells:  # a blank line
+                if not any(c.strip() for c in cells):  # a blank (or whitespace-only) line
                     start = reader.line_num + 1
                     continue
+                while len(cells) > len(header) and not cells[-1].strip():
+                    cells.pop()  # trailing commas: empty cells past the header lose nothing
                 if len(cells) != len(header):
                     problem = Problem(f"{len(cells)} cells where the header has {len(header)}")
                     numbered.append((start, problem))
@@ -266,7 +283,8 @@ def read_csv(source: Path) -> list[tuple[int, Any]]:
         except csv.Error as e:
             where = f"line {start}" + (f" (to line {reader.line_num})" if reader.line_num > start else "")
             raise DatasetError(
-                source, [f"{where}: malformed CSV ({e}); a quote left open? Nothing was imported"]
+                source,
+                [f"{where}: malformed CSV ({e}); a quote left open, or text after a closing quote? Nothing imported"],
             ) from None
     return numbered
 

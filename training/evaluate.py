@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -200,12 +201,11 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
     frozen = check_frozen(args.data, args.allow_changed_test)
     if args.out:
         check_writable(args.out)  # before anything is sent (and billed), not after the run
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"--url {args.url!r}: give the service's http:// or https:// URL, e.g. http://127.0.0.1:8080")
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    try:
-        client = httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers)
-    except httpx.HTTPError as e:  # e.g. a URL without a scheme
-        raise ValueError(f"--url {args.url!r}: {e}") from None
-    async with client:
+    async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers) as client:
         detail = await _get(client, f"/v1/tasks/{args.task}", args)
         backends = {b["name"]: b for b in await _get(client, "/v1/backends", args)}
         if args.backend not in backends:
@@ -284,7 +284,12 @@ async def _get(client: httpx.AsyncClient, path: str, args: EvalArgs) -> Any:
         reason = f"{type(e).__name__}: {e}"
         raise ValueError(f"cannot reach the service at {args.url} ({reason}); is `extraction serve` running?") from None
     if r.status_code == 404 and path.startswith("/v1/tasks/"):
-        names = ", ".join(t["name"] for t in (await client.get("/v1/tasks")).json())
+        try:
+            listed = (await client.get("/v1/tasks")).json()
+            names = ", ".join(str(t["name"]) for t in listed)
+        except (httpx.HTTPError, ValueError, TypeError, KeyError):  # not an extraction-service's catalogue
+            raise ValueError(f"{args.url} has no /v1/tasks catalogue: is it an extraction-service (give its root "
+                             "URL, without /v1)?") from None  # fmt: skip
         raise ValueError(f"unknown task {args.task!r}; the service has: {names}")
     if r.status_code in (401, 403):
         raise ValueError(f"{path}: HTTP {r.status_code}: give an API key (--api-key or EXTRACTION_API_KEY)")
@@ -297,17 +302,20 @@ async def _get(client: httpx.AsyncClient, path: str, args: EvalArgs) -> Any:
 
 
 def check_writable(out: Path) -> None:
-    """`out` can be written: not a folder, its folder can be made and written to (ValueError otherwise)."""
-    import tempfile
-
+    """`out` can be written: not a folder, and a file can be made in its nearest existing folder (ValueError
+    otherwise). Nothing is created: a run refused later leaves no folders behind."""
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file path")
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so the folder cannot be made")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{out.name}.", suffix=".check"):
             pass
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot write there ({e.strerror})") from None
+        raise ValueError(f"--out {out}: cannot write in {existing} ({e.strerror})") from None
 
 
 def write_run(run: dict[str, Any], out: Path) -> None:

@@ -95,9 +95,8 @@ def compile_schema(schema: Any, limits: SchemaLimits | None = None, *, raw: byte
         check_shape(shape, limits)
     try:
         _check_meta(schema, draft)
-        if _unsatisfiable(schema):
-            raise SchemaProblem("no answer can satisfy this schema (`not` of a schema that allows everything)",
-                                at="(root)")  # fmt: skip
+        if why := _unsatisfiable(schema, draft):
+            raise SchemaProblem(f"no answer can satisfy this schema ({why})", at="(root)")
         budget.check()
         nodes = list(subschemas(schema, draft))
         _check_patterns(nodes)
@@ -109,11 +108,19 @@ def compile_schema(schema: Any, limits: SchemaLimits | None = None, *, raw: byte
     return CompiledSchema(schema, draft, shape, schema_key(raw), validator, cheap)
 
 
-def _unsatisfiable(schema: dict[str, Any]) -> bool:
-    """The obvious cases of a schema no value passes, at the root or in a root `allOf`: `not: {}` / `not: true`
-    (each answer would be billed and re-asked for nothing). Unsatisfiability in general is not decidable here."""
-    parts = [schema, *(p for p in schema.get("allOf", []) if isinstance(p, dict))]
-    return any(p.get("not") is True or p.get("not") == {} for p in parts) or False in schema.get("allOf", [])
+def _unsatisfiable(schema: dict[str, Any], draft: Draft) -> str | None:
+    """Why no value can pass, for the obvious cases at the root or in a root `allOf`: `not: {}` / `not: true`,
+    or a `false` member (each answer would be billed and re-asked for nothing); None otherwise. Where `$ref`
+    overrides its siblings (draft-04..07) they are not looked at. Unsatisfiability in general is not decided."""
+    if "$ref" in schema and draft.name in ("draft-04", "draft-06", "draft-07"):
+        return None
+    members = schema.get("allOf", [])
+    members = members if isinstance(members, list) else []
+    if any(p.get("not") is True or p.get("not") == {} for p in [schema, *members] if isinstance(p, dict)):
+        return "`not` of a schema that allows everything"
+    if any(p is False for p in members):
+        return "`allOf` holds `false`"
+    return None
 
 
 def _cheap(node: dict[str, Any]) -> bool:

@@ -136,6 +136,8 @@ def test_csv_rows_with_a_quote_left_open_or_the_wrong_cell_count_are_bad_lines_n
     src.write_text(header + 'r1,"two\nlines, quoted",ACME,,1,EUR\n\nr2,x,B,,2,USD\n')  # a quoted newline is fine
     records = import_records(src, INVOICE, mapping)
     assert [r.text for r in records] == ["two\nlines, quoted", "x"]
+    src.write_bytes(("\ufeff" + header + "r1,t,ACME,,1,EUR,,\n   \nr2,u,B,,2,USD\n").encode())  # BOM, trailing commas
+    assert [r.id for r in import_records(src, INVOICE, mapping)] == ["r1", "r2"]
     src.write_text(header + "r1,t,S,,1,EUR,EXTRA\n")
     with pytest.raises(DatasetError, match="line 2: 7 cells"):  # was a TypeError (sorting a None key)
         import_records(src, INVOICE, ColumnMap(text="body", id="nope"))
@@ -151,7 +153,10 @@ def test_cells_are_coerced_to_the_schema_type_or_refused(tmp_path: Path) -> None
     src.write_text('text,n,flag,score\na,3,yes,"1,234.5"\nb,4.0,F,2\n')
     assert [r.output for r in import_records(src, task, mapping)] == [
         {"n": 3, "flag": True, "score": 1234.5}, {"n": 4, "flag": False, "score": 2.0}]  # fmt: skip
-    refused = [("a,1.9,yes,1", "'1.9' is not an integer"), ("a,1,maybe,1", "'maybe' is not a boolean"),
+    src.write_text('text,n,flag,score\na,9007199254740993,1,"1,234,567"\n')
+    assert import_records(src, task, mapping)[0].output == {"n": 9007199254740993, "flag": True, "score": 1234567}
+    refused = [("a,\"1,5\",yes,1", "'1,5' is not a finite number"),
+               ("a,1.9,yes,1", "'1.9' is not an integer"), ("a,1,maybe,1", "'maybe' is not a boolean"),
                ("a,1,yes,1e400", "'1e400' is not a finite number"), ("a,1,yes,NaN", "is not a finite")]  # fmt: skip
     for row, message in refused:
         src.write_text("text,n,flag,score\n" + row + "\n")

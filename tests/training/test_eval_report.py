@@ -91,12 +91,14 @@ def test_eval_refuses_what_would_fail_before_sending_anything(
             (EvalArgs("invoice", data, "mock", api.url, limit=-3), "--limit must be at least 1"),
             (EvalArgs("nope", data, "mock", api.url), "unknown task 'nope'; the service has: "),
             (EvalArgs("invoice", tmp_path / "missing.jsonl", "mock", api.url), "no such file"),
+            (EvalArgs("invoice", data, "mock", "localhost:8080"), "give the service's http:// or https:// URL"),
+            (EvalArgs("nope", data, "mock", api.url + "/v1"), "has no /v1/tasks catalogue"),  # was a TypeError
         ]
         for args, message in cases:
             with pytest.raises((ValueError, FrozenTestError), match=re.escape(message)):
                 asyncio.run(run_eval(args))
     assert upstream.requests == []  # type: ignore[attr-defined]
-    assert not (tmp_path / "f" / "x.json").exists() and list(folder.iterdir()) == []
+    assert not (tmp_path / "f").exists() and list(folder.iterdir()) == []  # no folder made for a refused run
     (tmp_path / "data" / "manifest.json").write_text("[]")
     with pytest.raises(FrozenTestError, match="not a split manifest"):
         asyncio.run(run_eval(EvalArgs("invoice", data, "mock", api.url)))
