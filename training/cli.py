@@ -376,7 +376,7 @@ def report_command(
     seed: Annotated[int, typer.Option(help="Bootstrap seed (the same seed gives the same intervals).")] = 0,
 ) -> None:
     """Prompting vs fine-tuning on the items both runs share: table with 95% intervals, break-even, plots, verdict."""
-    from training.report import build_report, load_run
+    from training.report import build_report, headline, load_run
 
     if len(runs) < 2:
         raise _fail(ValueError("give two or more run files"), 2)
@@ -390,7 +390,7 @@ def report_command(
     sys.stdout.write((out / "report.md").read_text())
     if report["roles_assumed"]:
         err.print(f"[yellow]warning[/yellow] {report['factors'][0]}")
-    console.print(f"\nrecommendation: [bold]{report['recommendation']}[/bold]  ({out}/report.html)")
+    console.print(f"\nrecommendation: [bold]{headline(report)}[/bold]  ({out}/report.html)")
 
 
 def register(app: typer.Typer) -> None:

@@ -109,7 +109,9 @@ def decide(prompted: dict[str, Any], finetuned: dict[str, Any], saving_per_day: 
     if difference is not None:
         factors.insert(1, difference_factor(difference, items))
     # Quality may outweigh cost only when the test set can tell the two apart.
-    clearly_better = gap > HYBRID_BAND and (difference is None or difference.significant)
+    significant = difference is None or difference.significant
+    # ... and a significant gain that costs nothing more per request needs no payback to be worth taking
+    clearly_better = significant and (gap > HYBRID_BAND or (gap > 0 and difference is not None and saving_per_day >= 0))
     pays_back = payback_days is not None and payback_days <= horizon_days
     factors.append(
         f"training pays back in {payback_days:.2f} days (horizon {horizon_days})" if payback_days is not None
@@ -153,6 +155,12 @@ def _pair(rows: list[dict[str, Any]]) -> tuple[int, int]:
     if a == b:  # e.g. two adapters, the first the best: compare it with the best of the others
         b = best([k for k in range(len(rows)) if k != a])
     return a, b
+
+
+def headline(report: dict[str, Any]) -> str:
+    """The recommendation as a word (prompting / fine-tuning / hybrid), or, where both runs are of one prompt
+    style and "fine-tuning" would name the wrong thing, the run it points at."""
+    return str(report["recommended_run"] if report.get("roles_assumed") else report["recommendation"])
 
 
 def build_report(
@@ -224,6 +232,9 @@ def build_report(
         "recommendation": recommendation,
         "factors": factors,
         "roles_assumed": roles_assumed,
+        "recommended_run": {"fine-tuning": finetuned["backend"], "prompting": prompted["backend"]}.get(
+            recommendation, f"{finetuned['backend']}, falling back to {prompted['backend']}"
+        ),
     }
     if roles_assumed:  # two prompted runs (or two adapters): the decision's words would name the wrong thing
         factors.insert(0, f"no prompted vs fine-tuned pair: {prompted['backend']} ({prompted['prompt_style']}) plays "
@@ -326,7 +337,7 @@ Traffic {report["requests_per_day"]:,} requests/day, training cost ${report["tra
 - payback of the ${report["training_cost_usd"]:,.2f} training: **{payback}**
 - input tokens per request, prompted / fine-tuned: {report["input_token_ratio"]}x
 
-## Recommendation: **{report["recommendation"]}** ({report["verdict"]})
+## Recommendation: **{headline(report)}** ({report["verdict"]})
 
 {factors}
 
@@ -361,7 +372,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 <ul><li>saving: <b>${report["saving_per_day_usd"]:,.2f}/day</b></li>
 <li>break-even training budget: <b>${report["break_even_training_budget_usd"]:,.2f}</b></li>
 <li>payback: <b>{payback}</b></li></ul>
-<h2>Recommendation: {html.escape(report["recommendation"])} ({html.escape(report["verdict"])})</h2><ul>{factors}</ul>
+<h2>Recommendation: {html.escape(headline(report))} ({html.escape(report["verdict"])})</h2><ul>{factors}</ul>
 <h2>With {report["pairing"]["confidence"]:.0%} intervals</h2>{intervals}
 <img src="intervals.png" alt="intervals"><img src="cost_vs_accuracy.png" alt="cost vs accuracy"><img src="latency.png" alt="latency"></body></html>
 """

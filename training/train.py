@@ -526,7 +526,12 @@ def parse_argv(argv: list[str], prog: str = "extraction train") -> TrainArgs:
     """TrainArgs from command-line arguments; a usage error (exit 2) for unknown or malformed ones."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(TrainArgs, prog=prog)
+    parser = HfArgumentParser(
+        TrainArgs,
+        prog=prog,
+        description="LoRA fine-tuning of a task's adapter. Or: extraction train --config_file "
+        "FILE.yaml, the same arguments by name (task: receipt, train: data/train.jsonl, ...).",
+    )
     try:
         (args,) = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:  # HfArgumentParser's "Some specified arguments are not used ..."

@@ -112,6 +112,8 @@ def test_report_of_two_prompted_runs_says_whose_roles_it_assumed_and_refuses_a_r
     report = build_report([big, small], requests_per_day=1000, training_cost=0.0, horizon_days=30, out=tmp_path)
     assert report["roles_assumed"] and report["factors"][0].startswith("no prompted vs fine-tuned pair")
     assert "gpt-small (few_shot) the fine-tuned side" in (tmp_path / "report.md").read_text()
+    assert report["recommended_run"] in ("gpt-big", "gpt-small", "gpt-small, falling back to gpt-big")
+    assert f"## Recommendation: **{report['recommended_run']}**" in (tmp_path / "report.md").read_text()
     ft = run_file("local-ft", "finetuned", 0.91, 0.0007, 120)
     assert not build_report([big, ft], 1000, 0.0, 30, tmp_path / "r2")["roles_assumed"]
     with pytest.raises(ValueError, match="the same run is given twice"):
@@ -154,6 +156,19 @@ def test_decision_rules(ft_f1: float, ft_cost: float, training_cost: float, expe
     saving = (0.003 - ft_cost) * 10_000
     payback = training_cost / saving if saving > 0 else None
     assert decide(prompted, finetuned, saving, payback, 30)[0] == expected
+
+
+def test_a_significant_gain_at_no_extra_cost_needs_no_payback() -> None:
+    from training.stats import Difference
+
+    prompted = {"field_f1": 0.82, "cost_per_request": 0.0001, "p95_ms": 1000, "schema_valid": 1.0}
+    better = {**prompted, "field_f1": 0.845}  # +0.025: under the 0.05 that outweighs a higher cost
+    significant = Difference(0.025, 0.001, 0.05, True, 100)
+    assert decide(prompted, better, 0.0, None, 30, significant, 94)[0] == "fine-tuning"  # was "prompting"
+    noise = Difference(0.025, -0.01, 0.06, False, 400)
+    assert decide(prompted, better, 0.0, None, 30, noise, 94)[0] == "prompting"
+    dearer = {**better, "cost_per_request": 0.0002}
+    assert decide(prompted, dearer, -1.0, None, 30, significant, 94)[0] == "prompting"
 
 
 def test_report_refuses_runs_of_different_tasks(tmp_path: Path) -> None:
