@@ -213,6 +213,9 @@ class Extractor:
                     if tried:
                         e.add_spend(carried)
                         e.details["tried"] = [*tried, {"backend": cfg.name, "error": e.code}]
+                        # the message counted the last backend's attempts; `details.attempts` counts them all
+                        e.message = f"{e.message} on {cfg.name}, the last of {len(tried) + 1} backends tried"
+                        e.args = (e.message,)
                     raise
                 self.metrics.fallbacks.labels(cfg.name, chain[index + 1].name, e.code).inc()
                 log.warning("fallback", backend=cfg.name, to=chain[index + 1].name, reason=e.code)

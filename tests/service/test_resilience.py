@@ -216,6 +216,7 @@ def test_a_failing_chain_answers_once_with_every_backend_tried(make_service: Cal
     # 3 calls: the first of each backend, and one retry (the first failed call of an attempt is no retry)
     assert details["retries"] == 1 and len(svc.upstream.requests) == 3
     assert svc.requests_total() == 1
+    assert r.json()["error"]["message"].endswith("on secondary, the last of 2 backends tried")
 
 
 def test_bad_input_never_falls_back(make_service: Callable[..., Service]) -> None:
