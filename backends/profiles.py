@@ -158,3 +158,45 @@ def dialect_gaps(schema: dict[str, Any], dialect: str) -> list[str]:
                 label = {"nesting": "object levels", "enum": "enum values"}.get(what, what)
                 gaps.append(f"{totals[what]} {label} over OpenAI's {limit}")
     return gaps
+
+
+# Keywords whose absence only widens what a schema accepts. A grammar engine that cannot enforce one can still
+# enforce the rest (the structure: keys, types, enums, required); validation and re-ask enforce the dropped
+# ones. Not `patternProperties` (beside `additionalProperties: false`, dropping it narrows) nor `$dynamicRef`.
+WIDENING = frozenset({
+    "multipleOf", "uniqueItems", "contains", "minContains", "maxContains", "propertyNames", "not", "if", "then",
+    "else", "dependentRequired", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems",
+})  # fmt: skip
+GRAMMAR_DIALECTS = frozenset({"vllm", "llamacpp"})
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def relaxed(schema: dict[str, Any], dialect: str) -> tuple[dict[str, Any], list[str]]:
+    """`schema` without the widening keywords (and string formats) `dialect`'s grammar engine cannot enforce,
+    and what was dropped ("/path: keyword"). The result accepts everything `schema` accepts."""
+    if dialect not in GRAMMAR_DIALECTS:
+        return schema, []
+    drop = WIDENING & UNSUPPORTED.get(dialect, frozenset())
+    formats = FORMATS.get(dialect)
+    dropped: list[str] = []
+
+    def strip(node: Any, path: str) -> Any:
+        if isinstance(node, list):
+            return [strip(item, f"{path}/{i}") for i, item in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in drop:
+                dropped.append(f"{path or '/'}: {key}")
+            elif key == "format" and formats is not None and isinstance(value, str) and value not in formats:
+                dropped.append(f"{path or '/'}: format {value[:40]!r}")
+            elif key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {name: strip(sub, f"{path}/{key}/{name}") for name, sub in value.items()}
+            elif key in ("enum", "const", "examples", "default"):
+                out[key] = value
+            else:
+                out[key] = strip(value, f"{path}/{key}")
+        return out
+
+    return strip(schema, ""), dropped

@@ -143,7 +143,7 @@ class Attempts:
         deadline_at: float,
         tally: _Tally,
     ) -> Answer:
-        mode, strict = await self.modes.mode(cfg, task, backend.inner)
+        mode, strict, sent_schema = await self.modes.mode(cfg, task, backend.inner)
         compiled = task.compiled
         last_text, last_issues = "", list[Issue]()
         temperature = cfg.temperature if options.temperature is None else options.temperature
@@ -152,7 +152,7 @@ class Attempts:
             self._check_budget(options, cfg, messages, max_tokens, tally, last_issues, last_text)
             request = BackendRequest(
                 messages=messages,
-                schema=task.json_schema,
+                schema=sent_schema,
                 schema_name=task.name,
                 mode=mode,
                 strict=strict,

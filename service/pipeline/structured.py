@@ -30,12 +30,13 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from backends.base import Backend, BackendRequest, StructuredMode
 from backends.errors import BackendError, UpstreamTimeout
-from backends.profiles import dialect_gaps
+from backends.profiles import dialect_gaps, relaxed
 from service.config import BackendConfig
 from service.metrics import Metrics
 from service.schemas.compiled import CompiledSchema
@@ -55,6 +56,8 @@ class Decision:
     reason: str | None = None  # why it degraded: "draft", "engine", "size", "error", "compile_time", "rejected"
     gaps: tuple[str, ...] = ()
     until: float = math.inf  # monotonic time up to which a probe's verdict holds
+    send: dict[str, Any] | None = None  # the schema the engine gets, when not the task's own (relaxed)
+    relaxed: tuple[str, ...] = ()  # what the engine is not asked to enforce (validation and re-ask do)
 
 
 def decide(cfg: BackendConfig, compiled: CompiledSchema) -> Decision:
@@ -65,10 +68,16 @@ def decide(cfg: BackendConfig, compiled: CompiledSchema) -> Decision:
     for reason, gaps in (
         ("size", _size_gaps(cfg, compiled)),
         ("draft", meaning_changes(subschemas(compiled.schema, compiled.draft), compiled.draft)),
-        ("engine", dialect_gaps(compiled.schema, dialect)),
     ):
         if gaps:
             return Decision("json_object", False, reason, tuple(clip(g) for g in gaps[:MAX_GAPS]))
+    if gaps := dialect_gaps(compiled.schema, dialect):
+        # a grammar can still hold the structure when only value rules it lacks (multipleOf, uniqueItems, a
+        # format) are in the way: those are left to validation and re-ask rather than the whole schema
+        loose, dropped = relaxed(compiled.schema, dialect)
+        if not dropped or dialect_gaps(loose, dialect):
+            return Decision("json_object", False, "engine", tuple(clip(g) for g in gaps[:MAX_GAPS]))
+        return Decision("json_schema", False, send=loose, relaxed=tuple(clip(d) for d in dropped[:MAX_GAPS]))
     return Decision("json_schema", dialect == "openai_strict")
 
 
@@ -98,16 +107,19 @@ class StructuredModes:
         for cfg in self.backends.values():
             self._decision(cfg, compiled, task)
 
-    async def mode(self, cfg: BackendConfig, task: Task, backend: Backend | None = None) -> tuple[StructuredMode, bool]:
-        """(mode, strict) for this backend and task's schema; with `backend`, a schema new to it is probed first
-        (see the module's docstring)."""
+    async def mode(
+        self, cfg: BackendConfig, task: Task, backend: Backend | None = None
+    ) -> tuple[StructuredMode, bool, dict[str, Any]]:
+        """(mode, strict, the schema to send) for this backend and task's schema: the task's own, or relaxed
+        where the grammar lacks a value rule; with `backend`, a schema new to it is probed first (see the
+        module's docstring)."""
         decision = self._decision(cfg, task.compiled, task.name)
         budget = cfg.structured_limits.probe_budget(cfg.kind)
         if decision.mode == "json_schema" and backend is not None and budget > 0:
             decision = await self._probed(cfg, task, backend, budget, decision)
         if decision.reason is not None:
             self.metrics.structured_degraded.labels(cfg.name, task.name).inc()
-        return decision.mode, decision.strict
+        return decision.mode, decision.strict, decision.send if decision.send is not None else task.json_schema
 
     def _decision(self, cfg: BackendConfig, compiled: CompiledSchema, task: str) -> Decision:
         key = f"structured:{cfg.name}"
@@ -119,6 +131,9 @@ class StructuredModes:
                 log.exception("structured_output_check_failed", backend=cfg.name, task=task)
                 decision = Decision("json_object", False, "error", (f"{type(e).__name__} while checking",))
             compiled.memo[key] = decision
+            if decision.relaxed:
+                log.info("structured_output_relaxed", backend=cfg.name, task=task,
+                         not_in_grammar=list(decision.relaxed[:5]), enforced_by="validation + re-ask")  # fmt: skip
             if decision.reason is not None:
                 log.warning(
                     "structured_output_degraded",
@@ -160,7 +175,7 @@ class StructuredModes:
     ) -> Decision | None:
         request = BackendRequest(
             messages=[{"role": "user", "content": "{}"}],
-            schema=task.json_schema,
+            schema=static.send if static.send is not None else task.json_schema,
             schema_name=task.name,
             mode="json_schema",
             strict=static.strict,

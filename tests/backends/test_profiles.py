@@ -83,3 +83,33 @@ def test_unknown_keywords_holding_schema_like_values_do_not_break_the_check() ->
     for dialect in ("openai_strict", "vllm", "full"):
         assert isinstance(dialect_gaps(odd, dialect), list)
     assert any("every property must be required" in g for g in dialect_gaps(odd, "openai_strict"))
+
+
+def test_relaxed_drops_only_the_widening_rules_a_grammar_lacks_and_accepts_a_superset() -> None:
+    from jsonschema import Draft202012Validator
+
+    from backends.profiles import relaxed
+
+    schema = {
+        "type": "object", "required": ["price", "tags", "not"],
+        "properties": {
+            "price": {"type": "number", "multipleOf": 0.01},
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "not": {"type": "string", "format": "email", "enum": ["a@b.c", "multipleOf"]},  # a property named `not`
+        },
+        "additionalProperties": False,
+    }  # fmt: skip
+    loose, dropped = relaxed(schema, "llamacpp")
+    assert dropped == ["/properties/price: multipleOf", "/properties/tags: uniqueItems",
+                       "/properties/not: format 'email'"]  # fmt: skip
+    assert loose["properties"]["not"] == {"type": "string", "enum": ["a@b.c", "multipleOf"]}
+    assert loose["required"] == ["price", "tags", "not"] and loose["additionalProperties"] is False
+    assert dialect_gaps(loose, "llamacpp") == [] and dialect_gaps(schema, "llamacpp") != []
+    for answer in ({"price": 19.999, "tags": ["a", "a"], "not": "a@b.c"}, {"price": 1, "tags": [], "not": "a@b.c"}):
+        if Draft202012Validator(schema).is_valid(answer):
+            assert Draft202012Validator(loose).is_valid(answer)  # never narrower
+    assert Draft202012Validator(loose).is_valid({"price": 19.999, "tags": ["a", "a"], "not": "a@b.c"})
+    # not for a hosted API, and not where dropping would narrow (patternProperties beside additionalProperties)
+    assert relaxed(schema, "openai_strict") == (schema, [])
+    pattern = {"type": "object", "patternProperties": {"^x": {"type": "string"}}, "additionalProperties": False}
+    assert relaxed(pattern, "vllm")[1] == [] and dialect_gaps(relaxed(pattern, "vllm")[0], "vllm") != []

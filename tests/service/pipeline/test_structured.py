@@ -201,3 +201,19 @@ def test_budget_defaults_by_kind() -> None:
 def test_pattern_size_multiplies_nested_bounds(pattern: str, size: int) -> None:
     schema = {"type": "string", "pattern": pattern}
     assert measure(schema, 10).max_repeat == size
+
+
+async def test_a_value_rule_the_grammar_lacks_is_left_to_validation_not_the_whole_schema(make_settings: Any) -> None:
+    # was: `multipleOf` anywhere sent the whole request in JSON mode, and a small model then lost the structure
+    money = {"type": "object", "required": ["price"], "additionalProperties": False,
+             "properties": {"price": {"type": "number", "multipleOf": 0.01}}}  # fmt: skip
+    state = build(make_settings)
+    backend = fake(state)
+    backend.enqueue('{"price": 19.999}', '{"price": 19.99}')  # the grammar cannot stop the first: re-asked
+    result = await state.extractor.extract("The coffee costs 19.99 EUR.", schema=money)
+    assert result.data == {"price": 19.99} and result.attempts == 2
+    sent = {"type": "object", "required": ["price"], "additionalProperties": False,
+            "properties": {"price": {"type": "number"}}}  # fmt: skip
+    assert [(r.mode, r.schema) for r in backend.requests] == [("json_schema", sent), ("json_schema", sent)]
+    assert backend.probes[0].schema == sent
+    assert count(state.metrics, "extraction_structured_output_degraded_total", backend="main", task="adhoc") == 0
