@@ -100,13 +100,25 @@ def test_a_shipped_adapter_is_applied_per_request_by_name(llama: Llama) -> None:
 
 
 def test_what_the_grammar_cannot_express_degrades_to_json_mode_counted(llama: Llama) -> None:
-    schema = {"type": "object", "properties": {"contact": {"type": "string", "format": "email"}},
-              "required": ["contact"]}  # fmt: skip
+    # patternProperties beside additionalProperties: false cannot be left out (that would narrow the schema)
+    schema = {"type": "object", "properties": {"contact": {"type": "string"}}, "required": ["contact"],
+              "patternProperties": {"^x-": {"type": "string"}}, "additionalProperties": False}  # fmt: skip
     response = post(llama, {"schema": schema, "text": "Write to ops@example.com", "options": {"max_attempts": 2}})
     assert response.status_code in (200, 422), response.text
     if response.status_code == 200:
         assert response.json()["structured_output"] == "json_object"
     assert count(llama, "extraction_structured_output_degraded_total", backend="llama-prompted", task="adhoc") == 1
+
+
+def test_a_value_rule_the_grammar_lacks_keeps_the_grammar_for_the_rest(llama: Llama) -> None:
+    # llama.cpp's grammar has no `email` format: it holds the structure, validation holds the format
+    schema = {"type": "object", "properties": {"contact": {"type": "string", "format": "email"}},
+              "required": ["contact"]}  # fmt: skip
+    response = post(llama, {"schema": schema, "text": "Write to ops@example.com", "options": {"max_attempts": 2}})
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 200:
+        body = response.json()
+        assert body["structured_output"] == "json_schema" and "@" in body["data"]["contact"]
 
 
 def test_load_adapter_serves_a_new_adapter_by_name_and_unload_takes_it_away(llama: Llama) -> None:
