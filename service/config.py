@@ -193,6 +193,11 @@ class Limits(BaseModel):
     )
     max_batch_items: int = Field(64, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Larger bodies get 413.")
+    max_header_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="A request line and headers larger than this get 431 headers_too_large (`extraction serve`).",
+    )
     max_inflight: int = Field(512, ge=1, description="Extractions running at once in one worker process.")
     max_queue: int = Field(1024, ge=0, description="Extractions waiting for a slot; more get 503 overloaded.")
     # Ad-hoc schemas (task files are trusted configuration: only the checks of their meaning apply to them).

@@ -10,6 +10,8 @@ ExtractionError
  ├── Unauthorized             401 unauthorized       (no key, or an unknown one; WWW-Authenticate)
  ├── Forbidden                403 forbidden          (the key may not use this task or backend)
  ├── PayloadTooLarge          413 payload_too_large
+ ├── HeadersTooLarge          431 headers_too_large  (request line + headers over limits.max_header_bytes; the server
+ │                                                     answers it before the app runs: service.http_server)
  ├── ClientClosedRequest      499 client_closed_request  (the caller went away: work cancelled, outcome cancelled)
  ├── SchemaValidationFailed   422 schema_validation_failed   (after the last attempt)
  │    ├── BudgetExceeded      422 budget_exceeded            (the next attempt would pass max_cost_usd)
@@ -110,6 +112,10 @@ class QuotaExceeded(RateLimited):
 
 class PayloadTooLarge(ExtractionError):
     status, code, outcome = 413, "payload_too_large", "rejected"
+
+
+class HeadersTooLarge(ExtractionError):
+    status, code, outcome = 431, "headers_too_large", "rejected"
 
 
 class ClientClosedRequest(ExtractionError):

@@ -47,6 +47,8 @@ def serve(
     """Start the HTTP API under uvicorn."""
     import uvicorn
 
+    from service.http_server import protocol_options
+
     use_config(config)
     settings = load_settings_or_exit()
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -65,6 +67,7 @@ def serve(
         log_level=log_level.value,
         timeout_graceful_shutdown=30,
         access_log=False,
+        **protocol_options(settings.limits.max_header_bytes),
     )
 
 

@@ -21,27 +21,34 @@ from tests.conftest import backend_entry, free_port, write_config
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def served(upstream: MockUpstream, tmp_path: Path) -> Iterator[str]:
-    config = write_config(tmp_path / "c.yaml", {"mock": backend_entry(f"{upstream.url}/v1")})  # type: ignore[attr-defined]
+def start_serve(
+    config: Path, workers: int = 1, env: dict[str, str] | None = None, stderr: int = subprocess.DEVNULL
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """`extraction serve` as a process, once its health endpoint answers (a child process gives no other
+    readiness signal)."""
     port = free_port()
-    env = {**os.environ, "MOCK_UPSTREAM_KEY": "k", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
-    (tmp_path / "prom").mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", str(port),
+         "--workers", str(workers)],
+        env={**os.environ, "MOCK_UPSTREAM_KEY": "k", **(env or {})}, stdout=subprocess.DEVNULL, stderr=stderr,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while True:  # a child process gives no readiness signal but its health endpoint
+    while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+                return url, process
         except httpx.HTTPError:
             pass
-        assert process.poll() is None, "extraction serve exited"
-        assert time.monotonic() < deadline, "extraction serve did not come up"
+        assert process.poll() is None and time.monotonic() < deadline, "extraction serve did not come up"
         time.sleep(0.2)
+
+
+@pytest.fixture
+def served(upstream: MockUpstream, tmp_path: Path) -> Iterator[str]:
+    config = write_config(tmp_path / "c.yaml", {"mock": backend_entry(f"{upstream.url}/v1")})  # type: ignore[attr-defined]
+    (tmp_path / "prom").mkdir()
+    url, process = start_serve(config, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")})
     try:
         yield url
     finally:
@@ -64,23 +71,7 @@ def single(
     upstream: MockUpstream, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     config = write_config(tmp_path / "c.yaml", {"mock": backend_entry(f"{upstream.url}/v1")})  # type: ignore[attr-defined]
-    port = free_port()
-    workers = str(getattr(request, "param", 1))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", str(port),
-         "--workers", workers],
-        env={**os.environ, "MOCK_UPSTREAM_KEY": "k"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "extraction serve did not come up"
-        time.sleep(0.2)
+    url, process = start_serve(config, workers=getattr(request, "param", 1), stderr=subprocess.PIPE)
     yield url, process
     if process.poll() is None:
         process.kill()
