@@ -198,6 +198,10 @@ class Limits(BaseModel):
         ge=1024,
         description="A request line and headers larger than this get 431 headers_too_large (`extraction serve`).",
     )
+    header_timeout_s: float = Field(
+        30.0, gt=0, description="A request line and headers not complete this long after they began: 408."
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body that sends nothing this long: 408.")
     max_inflight: int = Field(512, ge=1, description="Extractions running at once in one worker process.")
     max_queue: int = Field(1024, ge=0, description="Extractions waiting for a slot; more get 503 overloaded.")
     # Ad-hoc schemas (task files are trusted configuration: only the checks of their meaning apply to them).

@@ -10,6 +10,7 @@ ExtractionError
  ├── Unauthorized             401 unauthorized       (no key, or an unknown one; WWW-Authenticate)
  ├── Forbidden                403 forbidden          (the key may not use this task or backend)
  ├── PayloadTooLarge          413 payload_too_large
+ ├── RequestTimeout           408 request_timeout    (a head or body too slow to arrive: service.http_server)
  ├── HeadersTooLarge          431 headers_too_large  (request line + headers over limits.max_header_bytes; the server
  │                                                     answers it before the app runs: service.http_server)
  ├── ClientClosedRequest      499 client_closed_request  (the caller went away: work cancelled, outcome cancelled)
@@ -112,6 +113,10 @@ class QuotaExceeded(RateLimited):
 
 class PayloadTooLarge(ExtractionError):
     status, code, outcome = 413, "payload_too_large", "rejected"
+
+
+class RequestTimeout(ExtractionError):
+    status, code, outcome = 408, "request_timeout", "rejected"
 
 
 class HeadersTooLarge(ExtractionError):

@@ -58,6 +58,7 @@ def serve(
         f"extraction-service on http://{host}:{port}  (docs: /docs, metrics: /metrics, "
         f"default backend: {settings.default_backend}, config: {settings.config})"
     )
+    limits = settings.limits
     uvicorn.run(
         "service.app:app_factory",
         factory=True,
@@ -67,7 +68,7 @@ def serve(
         log_level=log_level.value,
         timeout_graceful_shutdown=30,
         access_log=False,
-        **protocol_options(settings.limits.max_header_bytes),
+        **protocol_options(limits.max_header_bytes, limits.header_timeout_s, limits.body_timeout_s),
     )
 
 

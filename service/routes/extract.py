@@ -36,6 +36,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     },
     401: {"model": ErrorResponse, "description": "unauthorized: no API key, or an unknown one (when keys are on)"},
     403: {"model": ErrorResponse, "description": "forbidden: the key may not use this task or backend"},
+    408: {"model": ErrorResponse, "description": "request_timeout (answered by `extraction serve` before the app)"},
     413: {"model": ErrorResponse, "description": "payload_too_large"},
     431: {"model": ErrorResponse, "description": "headers_too_large (answered by `extraction serve` before the app)"},
     422: {

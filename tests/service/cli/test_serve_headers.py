@@ -1,5 +1,6 @@
 """`extraction serve` bounds a request's head: 431 `headers_too_large` past `limits.max_header_bytes`, before
-the app runs, whatever the headers' size or number; a head within the limit passes whatever its body."""
+the app runs, whatever the headers' size or number; a head within the limit passes whatever its body. And 408
+`request_timeout` for a head or a body too slow to arrive, never for an answer the app takes long over."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtest.mock_upstream import MockUpstream, ServerThread
+from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
 from tests.conftest import backend_entry, write_config
 from tests.service.cli.test_serve_workers import start_serve
 
 pytestmark = pytest.mark.integration
 
 LIMIT = 4096
+TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
         config = write_config(
             tmp_path_factory.mktemp("headers") / "c.yaml",
             {"mock": backend_entry(f"{upstream.url}/v1")},
-            limits={"max_header_bytes": LIMIT},
+            limits={"max_header_bytes": LIMIT, "header_timeout_s": TIMEOUT_S, "body_timeout_s": TIMEOUT_S},
         )
         url, process = start_serve(config)
         host, port = url.removeprefix("http://").split(":")
@@ -74,6 +76,7 @@ def pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
+ANSWER = {"company": "ACME", "invoice_date": "2024-01-01", "total_amount": 10.0, "currency": "EUR"}
 BODY = json.dumps({"task": "invoice", "text": "Invoice from ACME, total 10 EUR"}).encode()
 
 
@@ -123,6 +126,64 @@ def test_pipelined_requests_within_the_limit_are_all_answered(server: tuple[str,
 def test_without_httptools_the_server_runs_h11_with_the_same_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     import service.http_server as http_server
 
-    assert http_server.protocol_options(LIMIT)["http"].keywords == {"max_header_bytes": LIMIT}
+    options = http_server.protocol_options(LIMIT, 2.0, 3.0)
+    assert options["http"].keywords == {"max_header_bytes": LIMIT, "header_timeout_s": 2.0, "body_timeout_s": 3.0}
     monkeypatch.setattr(http_server, "HttpToolsProtocol", None)
-    assert http_server.protocol_options(LIMIT) == {"http": "h11", "h11_max_incomplete_event_size": LIMIT}
+    assert http_server.protocol_options(LIMIT, 2.0, 3.0) == {"http": "h11", "h11_max_incomplete_event_size": LIMIT}
+
+
+def test_a_head_exactly_at_the_limit_passes_and_one_byte_more_is_refused(
+    server: tuple[str, int, MockUpstream],
+) -> None:
+    """The count is exact, wherever the reads split the head: here one send(), so one read on loopback."""
+    host, port, _ = server
+    base = request([("X-Pad", "")], BODY)
+    head_len = base.index(b"\r\n\r\n") + 4
+    fits = request([("X-Pad", "p" * (LIMIT - head_len))], BODY)
+    assert fits.index(b"\r\n\r\n") + 4 == LIMIT
+    assert exchange((host, port), [fits])[0] == 200
+    over = request([("X-Pad", "p" * (LIMIT - head_len + 1))], BODY)
+    assert exchange((host, port), [over])[0] == 431
+    assert exchange((host, port), pieces(over, 100))[0] == 431
+
+
+def test_a_large_head_pipelined_behind_a_small_request_is_refused(server: tuple[str, int, MockUpstream]) -> None:
+    host, port, _ = server
+    small = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+    big = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"b" * (3 * LIMIT) + b"\r\n\r\n"
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(small + big)
+        data = b""
+        while chunk := sock.recv(65536):  # the server closes after the 431
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 431" in data
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /v1/extract HTTP/1.1\r\nHost: test\r\nX-Slow: 1", request([], BODY)[:-10]],
+    ids=["nothing", "half-a-head", "half-a-body"],
+)
+def test_a_client_too_slow_to_send_its_request_gets_408_and_is_closed(
+    server: tuple[str, int, MockUpstream], sent: bytes
+) -> None:
+    host, port, mock = server
+    before = len(mock.requests)
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(sent)
+        data = b""
+        while chunk := sock.recv(65536):  # blocks until the server gives up on the request and closes
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), data[:200]
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and error["details"]["timeout_s"] == TIMEOUT_S
+    assert len(mock.requests) == before
+
+
+def test_an_answer_that_takes_longer_than_the_read_timeouts_is_not_cut(server: tuple[str, int, MockUpstream]) -> None:
+    """Only reading the request is timed: the upstream here takes 3x the timeouts to answer."""
+    host, port, mock = server
+    mock.enqueue(Reply(content=json.dumps(ANSWER), delay_s=3 * TIMEOUT_S))
+    status, _, body = exchange((host, port), [request([], BODY)])
+    assert status == 200 and json.loads(body)["data"] == ANSWER
