@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from service.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
+from service.errors import BadRequest, Forbidden, QuotaExceeded, RateLimited, Unauthorized
 from service.tasks import ADHOC  # a key that lists tasks may send ad-hoc schemas when it lists this name
 
 KEY_PREFIX = "sk-ex-"
@@ -145,6 +145,15 @@ class Principal:
                 details={"key": c.name, "daily_budget_usd": c.daily_budget_usd, "spent_usd": round(self.spent_usd, 6)},
                 headers={"Retry-After": str(max(1, math.ceil((midnight - now).total_seconds())))},
             )
+        if self.requests is not None and items > self.requests.capacity:
+            # no wait would admit it: a Retry-After would send a well-behaved client round for ever
+            raise BadRequest(
+                f"a batch of {items} items is more than key {c.name!r} may ever send at once (its requests per "
+                f"minute limit is {c.requests_per_minute:g}); send at most {math.floor(self.requests.capacity)} "
+                "items per batch",
+                details={"reason": "batch_over_rate_limit", "items": items, "key": c.name,
+                         "max_items": math.floor(self.requests.capacity)},
+            )  # fmt: skip
         waits = {}
         if self.requests is not None:
             waits["requests_per_minute"] = self.requests.wait_for(items)

@@ -19,7 +19,7 @@ from service.app import create_app
 from service.auth import ApiKeyConfig, Authenticator, Principal, hash_key
 from service.cli import app as cli
 from service.config import ConfigError, Settings
-from service.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
+from service.errors import BadRequest, Forbidden, QuotaExceeded, RateLimited, Unauthorized
 from service.metrics import sample
 from service.state import AppState
 from tests.conftest import backend_entry
@@ -59,9 +59,24 @@ def test_requests_per_minute_refill_continuously() -> None:
 def test_a_batch_needs_room_for_all_its_items() -> None:
     clock = Clock()
     p = principal(clock, requests_per_minute=3)
-    with pytest.raises(RateLimited):
-        p.admit(4)
+    p.admit(1)
+    with pytest.raises(RateLimited) as e:
+        p.admit(3)
+    assert e.value.headers["Retry-After"] == "20"
+    clock.t += 20
     p.admit(3)
+
+
+def test_a_batch_larger_than_the_rate_is_refused_without_a_retry_after() -> None:
+    """No wait would ever admit it: a 429 with Retry-After would send a client that honours it round for ever."""
+    clock = Clock()
+    p = principal(clock, requests_per_minute=5)
+    with pytest.raises(BadRequest) as e:
+        p.admit(6)
+    assert e.value.status == 400 and "Retry-After" not in e.value.headers
+    assert e.value.details == {"reason": "batch_over_rate_limit", "items": 6, "key": "k", "max_items": 5}
+    assert "at most 5 items" in e.value.message
+    p.admit(5)  # nothing was taken by the refusal
 
 
 def test_tokens_per_minute_are_charged_after_the_call() -> None:
