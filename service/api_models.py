@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
 from backends.config import Pricing
 from service.grounding import GroundingKind, check_rules
@@ -162,10 +175,34 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+def problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """pydantic's validation errors as the API lists them in `details.errors`."""
+    return [{"loc": [str(p) for p in e.get("loc", ())], "message": e.get("msg", ""), "type": e.get("type", "")}
+            for e in errors]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InvalidItem:
+    """A batch item that is no valid request: it gets its own 400 in the results while the others run."""
+
+    errors: list[dict[str, Any]]
+
+
+def _item_or_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as e:
+        return InvalidItem(problems(e.errors()))
+
+
+# At run time an item is an ExtractRequest or an InvalidItem (the route answers those); /docs shows the request.
+BatchItem = Annotated[ExtractRequest, WrapValidator(_item_or_invalid)]
+
+
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ExtractRequest] = Field(min_length=1, description="Independent extractions.")
+    items: list[BatchItem] = Field(min_length=1, description="Independent extractions.")
     backend: str | None = Field(None, description="Default backend for items that name none.")
 
     @model_validator(mode="before")

@@ -20,6 +20,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from backends import create_backend
+from service.api_models import problems
 from service.config import Settings, get_settings
 from service.errors import BadRequest, ExtractionError
 from service.lifecycle import DrainGuard, install_signal_handler
@@ -118,16 +119,13 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default is 422; ours keeps 422 for schema-validation failures of model output.
-        problems = [
-            {"loc": [str(p) for p in err.get("loc", ())], "message": err.get("msg", ""), "type": err.get("type", "")}
-            for err in exc.errors()
-        ]
+        found = problems(exc.errors())
         if request.url.path.startswith(COUNTED):
             state.metrics.rejected_before_pipeline()
-        first: dict[str, Any] = problems[0] if problems else {"loc": [], "message": "invalid request"}
+        first: dict[str, Any] = found[0] if found else {"loc": [], "message": "invalid request"}
         where = ".".join(first["loc"][1:]) or "body"
         message = f"invalid request: {where}: {first['message']}"
-        details: dict[str, Any] = {"errors": problems}
+        details: dict[str, Any] = {"errors": found}
         content_type = request.headers.get("content-type", "")
         if first.get("type") == "json_invalid":
             details["reason"] = "malformed_json"

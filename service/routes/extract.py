@@ -17,6 +17,7 @@ from service.api_models import (
     ErrorResponse,
     ExtractRequest,
     ExtractResponse,
+    InvalidItem,
     TokenUsage,
 )
 from service.auth import Principal
@@ -174,8 +175,12 @@ async def extract_batch(
         )
     _admit(state, principal, len(body.items))  # each item is a request for the key's rate
 
-    async def one(index: int, item: ExtractRequest) -> tuple[BatchItemResult, Spend]:
+    async def one(index: int, item: ExtractRequest | InvalidItem) -> tuple[BatchItemResult, Spend]:
         try:
+            if isinstance(item, InvalidItem):
+                first = item.errors[0] if item.errors else {"loc": [], "message": "invalid request"}
+                where = ".".join(first["loc"]) or "item"
+                raise BadRequest(f"invalid item: {where}: {first['message']}", details={"errors": item.errors})
             _authorize(state, principal, item, body.backend or x_backend)
             result = await _run(state, item, body.backend or x_backend, request_id, principal)
         except ExtractionError as e:

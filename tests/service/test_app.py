@@ -411,6 +411,25 @@ def test_batch_returns_per_item_results(service: Service) -> None:
     assert body["usage"] == {"input_tokens": 20, "output_tokens": 10}
 
 
+def test_a_malformed_batch_item_is_its_own_400_and_the_others_run(service: Service) -> None:
+    service.upstream.enqueue(ok(GOOD))
+    items = [{"task": "invoice"}, 5, {"task": "invoice", "text": "c", "x": 1}, {"task": "invoice", "text": "d"}]
+    r = service.post("/v1/extract/batch", {"items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["succeeded"], body["failed"]) == (1, 3)
+    by_index = {item["index"]: item for item in body["results"]}
+    assert by_index[3]["ok"] and by_index[3]["result"]["data"] == GOOD
+    for index, where in ((0, "text"), (1, "item"), (2, "x")):
+        error = by_index[index]["error"]
+        assert by_index[index]["status"] == 400 and error["code"] == "bad_request", error
+        assert error["message"].startswith(f"invalid item: {where}"), error["message"]
+        assert error["details"]["errors"]
+    assert len(service.upstream.requests) == 1
+    schema = service.http.get("/openapi.json").json()["components"]["schemas"]["BatchRequest"]
+    assert schema["properties"]["items"]["items"] == {"$ref": "#/components/schemas/ExtractRequest"}
+
+
 def test_batch_over_the_limit_is_400(service: Service) -> None:
     r = service.post("/v1/extract/batch", {"items": [{"task": "invoice", "text": "a"}] * 5})
     assert r.status_code == 400 and "limit is 4" in r.json()["error"]["message"]
