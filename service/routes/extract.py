@@ -178,9 +178,11 @@ async def extract_batch(
     async def one(index: int, item: ExtractRequest | InvalidItem) -> tuple[BatchItemResult, Spend]:
         try:
             if isinstance(item, InvalidItem):
+                state.metrics.rejected_before_pipeline()  # counted once, as a malformed single request is
                 first = item.errors[0] if item.errors else {"loc": [], "message": "invalid request"}
-                where = ".".join(first["loc"]) or "item"
-                raise BadRequest(f"invalid item: {where}: {first['message']}", details={"errors": item.errors})
+                where = ".".join(str(part) for part in first["loc"])
+                said = f"{where}: {first['message']}" if where else first["message"]
+                raise BadRequest(f"invalid item: {said}", details={"errors": item.errors})
             _authorize(state, principal, item, body.backend or x_backend)
             result = await _run(state, item, body.backend or x_backend, request_id, principal)
         except ExtractionError as e:

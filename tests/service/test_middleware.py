@@ -126,15 +126,28 @@ def test_bodies_python_cannot_parse_are_400_bad_request(api: Api, body: bytes, r
         (b'{"schema": {"type": "object", "\\ud800": 1}, "text": "x"}', "lone surrogate"),
         (b'{"schema": {"type": "string", "maxLength": 1' + b"0" * 30 + b'}, "text": "x"}', "64-bit"),
         (b'{"schema": {"type": "object", "x": ' + b"[" * 300 + b"]" * 300 + b'}, "text": "x"}', "254 levels"),
-        (b'{"items": [{"task": "\\ud800", "text": "x"}]}', "lone surrogate"),
     ],
 )
 def test_json_that_could_not_be_sent_upstream_is_400_not_500(api: Api, body: bytes, says: str) -> None:
-    path = "/v1/extract/batch" if body.startswith(b'{"items"') else "/v1/extract"
-    r = api.post(body, path)
+    r = api.post(body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "bad_request" and says in r.json()["error"]["message"]
     assert api.counts()["rejected"] == 1
+
+
+def test_a_batch_item_that_could_not_be_sent_upstream_is_its_own_400_and_the_other_runs(
+    api: Api, upstream: MockUpstream
+) -> None:
+    upstream.enqueue(Reply(content=json.dumps(GOOD)))
+    r = api.post(
+        b'{"items": [{"task": "\\ud800", "text": "x"}, {"task": "invoice", "text": "ACME"}]}', "/v1/extract/batch"
+    )
+    assert r.status_code == 200, r.text
+    bad, good = r.json()["results"]
+    assert bad["status"] == 400 and bad["error"]["code"] == "bad_request"
+    assert bad["error"]["message"].startswith("invalid item: ") and "lone surrogate" in bad["error"]["message"]
+    assert good["ok"] and good["result"]["data"] == GOOD
+    assert api.counts()["rejected"] == 1 and api.counts()["invoice_ok"] == 1
 
 
 def test_every_bad_body_counts_once_and_none_is_http_error(api: Api, upstream: MockUpstream) -> None:
