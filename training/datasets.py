@@ -10,9 +10,7 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 from jsonschema.protocols import Validator
 
+from service.files import WriteError, atomic_write, same_file
 from service.schemas.problems import clip
 from service.tasks import Task
 
@@ -97,6 +96,8 @@ def json_lines(text: str) -> Iterator[tuple[int, Any]]:
         if line.strip():
             try:
                 yield number, strict_json(line)
+            except TooDeep as e:
+                yield number, Problem(str(e))
             except ValueError as e:
                 yield number, Problem(f"not JSON ({getattr(e, 'msg', e)})")
 
@@ -112,10 +113,41 @@ def _finite(text: str) -> float:
     return value
 
 
+MAX_DEPTH = 100  # nested objects and arrays in one line; real records need a handful
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than MAX_DEPTH (or than Python's parser can recurse)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested too deeply (more than {MAX_DEPTH} levels of objects and arrays)")
+
+
+def depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a parsed value (0 for a scalar); without recursion, so any depth the
+    parser returned can be measured."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
 def strict_json(line: str) -> Any:
     """JSON as RFC 8259 has it: NaN / Infinity, and numbers that overflow to infinity (1e400), refused; Python's
-    parser takes them and every strict reader downstream of a dataset would then choke on what we wrote."""
-    return json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    parser takes them and every strict reader downstream of a dataset would then choke on what we wrote. Nesting
+    beyond MAX_DEPTH is TooDeep (a ValueError): the parser, schema validation, anonymisation and scoring all
+    recurse, and a RecursionError there would be a traceback instead of a bad line."""
+    try:
+        value = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise TooDeep() from None
+    if depth(value) > MAX_DEPTH:
+        raise TooDeep()
+    return value
 
 
 def check_all(source: Path | str, rows: Iterable[tuple[int, Any]], task: Task) -> list[Record]:
@@ -151,22 +183,18 @@ def write_dataset(path: Path, records: Iterable[Record]) -> str:
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give the dataset file's path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(record.as_json() + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {e.strerror}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return file_sha256(path)
+        written = atomic_write(path, (record.as_json() + "\n" for record in records), make_parents=True)
+    except WriteError as e:
+        raise OutputError(str(e)) from None
+    return file_sha256(written)
+
+
+def refuse_overwriting_inputs(out: Path, *inputs: Path) -> None:
+    """OutputError where `out` is one of the `inputs` (the same file by any path, symlinks and hard links
+    included): writing it would destroy what is being read."""
+    for source in inputs:
+        if same_file(out, source):
+            raise OutputError(f"--out {out} is the input file {source}; give another path (nothing written)")
 
 
 def _coerce(value: str, schema: Mapping[str, Any]) -> Any:

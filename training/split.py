@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.datasets import Record, file_sha256, write_dataset
+from service.files import atomic_write
+from training.datasets import Record, file_sha256, refuse_overwriting_inputs, write_dataset
 
 MANIFEST = "manifest.json"
 
@@ -30,6 +32,14 @@ def split_records(
         raise ValueError("val and test are fractions with val + test < 1")
     ordered = sorted(records, key=lambda r: _rank(seed, r.id))
     n_test, n_val = round(len(ordered) * test), round(len(ordered) * val)
+    if test > 0 and n_test == 0:  # no test.jsonl, no manifest entry: the frozen test set would be silently missing
+        needed = max(1, math.ceil(0.5 / test))
+        while round(needed * test) < 1:  # round() halves to even: 0.5 is 0
+            needed += 1
+        raise ValueError(
+            f"--test {test:g} of {len(ordered)} record(s) is no test record: a frozen test set at --test {test:g} "
+            f"needs at least {needed} records (or pass --test 0 for none); nothing written"
+        )
     return ordered[n_test + n_val :], ordered[n_test : n_test + n_val], ordered[:n_test]
 
 
@@ -40,11 +50,15 @@ def write_split(
     meta: dict[str, Any],
     force: bool = False,
     stamp: bool = True,
+    inputs: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Write train/val/test JSONL and a manifest with their hashes. A frozen test set is written once.
-    `stamp=False` leaves out the creation time, so that re-running writes a byte-identical manifest."""
+    `stamp=False` leaves out the creation time, so that re-running writes a byte-identical manifest. A file to
+    write that is one of `inputs` (the files the parts were read from) is refused before anything is written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file; give a folder")
+    for target in [out_dir / f"{name}.jsonl" for name, records in parts.items() if records] + [out_dir / MANIFEST]:
+        refuse_overwriting_inputs(target, *inputs)
     test_path = out_dir / "test.jsonl"
     if test_path.exists() and not force:
         raise FrozenTestError(
@@ -62,14 +76,19 @@ def write_split(
             files[name] = {"file": f"{name}.jsonl", "records": len(records), "sha256": sha}
     created = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} if stamp else {}
     manifest = {**created, **meta, "files": files}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
 def check_frozen(test_file: Path, allow_changed: bool = False) -> dict[str, Any]:
     """The test file's hash, checked against the manifest beside it; FrozenTestError if it changed."""
-    if not test_file.is_file():
+    if test_file.is_dir():
+        example = test_file / "test.jsonl"
+        raise FrozenTestError(f"{test_file} is a folder; give the test JSONL file in it (e.g. {example})")
+    if not test_file.exists():
         raise FrozenTestError(f"{test_file}: no such file")
+    if not test_file.is_file():
+        raise FrozenTestError(f"{test_file} is not a regular file; give the test JSONL file")
     sha = file_sha256(test_file)
     manifest_path = test_file.parent / MANIFEST
     recorded = None

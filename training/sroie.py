@@ -294,4 +294,4 @@ def write_sroie(
     meta = {"task": "receipt", "importer": "sroie", "source": imported.source,
             "source_sha256": file_sha256(Path(imported.source)), "seed": seed,
             "val": None if as_test else val, "report": imported.report()}  # fmt: skip
-    return write_split(parts, out_dir, meta=meta, force=force or as_test, stamp=False)
+    return write_split(parts, out_dir, meta=meta, force=force or as_test, stamp=False, inputs=(Path(imported.source),))

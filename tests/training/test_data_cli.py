@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,3 +97,70 @@ def test_request_log_redacts_pii_unless_told_otherwise(
     (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert entry["text"] == "Jane Miller ([EMAIL], [PHONE]) works at ACME."
     assert entry["output"]["organizations"] == ["[EMAIL]"]
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path: Path) -> None:
+    source = tmp_path / "ok.csv"
+    source.write_text("text,company,invoice_date,total_amount,currency\nInvoice ACME,ACME,2024-01-02,10.5,EUR\n")
+    before = source.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(source.name)
+    for out in (source, tmp_path / "link.jsonl", tmp_path / "." / "ok.csv"):
+        r = runner.invoke(app, ["data", "import", str(source), "--task", "invoice", "--out", str(out)])
+        assert r.exit_code == 1 and "is the input file" in r.output and "Traceback" not in r.output, r.output
+    assert source.read_bytes() == before  # was: "wrote 1 records to ok.csv", the CSV gone
+    log = tmp_path / "requests.jsonl"
+    log.write_text(json.dumps({"task": "invoice", "outcome": "ok", "text": "x", "output": {}}) + "\n")
+    r = runner.invoke(app, ["data", "from-logs", str(log), "--task", "invoice", "--out", str(log)])
+    assert r.exit_code == 1 and "is the input file" in r.output and json.loads(log.read_text())["text"] == "x"
+    data = tmp_path / "s" / "train.jsonl"
+    assert runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "20", "--out", str(data)]).exit_code == 0
+    before = data.read_bytes()
+    r = runner.invoke(app, ["data", "split", str(data), "--task", "invoice", "--out-dir", str(data.parent), "--force"])
+    assert r.exit_code == 1 and "is the input file" in r.output and data.read_bytes() == before, r.output
+    assert sorted(p.name for p in data.parent.iterdir()) == ["train.jsonl"]
+
+
+def test_bad_lines_that_were_tracebacks_are_reported_with_their_numbers(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "\n")
+    for command in (["validate", str(deep)], ["split", str(deep), "--out-dir", str(tmp_path / "s")],
+                    ["import", str(deep), "--out", str(tmp_path / "x.jsonl")]):  # fmt: skip
+        r = runner.invoke(app, ["data", *command, "--task", "invoice"])
+        assert r.exit_code == 1 and "line 1: nested too deeply" in r.output, r.output  # was a RecursionError
+    log = tmp_path / "requests.jsonl"
+    deep_output = '{"task": "invoice", "outcome": "ok", "text": "x", "output": ' + "[" * 3000 + "]" * 3000 + "}"
+    log.write_text(json.dumps({"task": "invoice", "outcome": "ok", "text": 5, "output": {}}) + "\n" + deep_output)
+    r = runner.invoke(app, ["data", "from-logs", str(log), "--task", "invoice", "--out", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 1 and "line 1: `text` must be a string, not int" in r.output, r.output  # was a TypeError
+    assert "line 2: nested too deeply" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "x.jsonl").exists()
+
+
+def test_synth_says_what_is_wrong_with_the_mix_and_bounds_n(tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    zero = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(out), "--mix", "easy=0"])
+    assert zero.exit_code == 2 and "must not all be zero" in zero.output, zero.output  # was "must be non-negative"
+    nan = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(out), "--mix", "easy=nan"])
+    assert nan.exit_code == 2 and "finite" in nan.output
+    huge = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "99999999999999999999", "--out", str(out)])
+    assert huge.exit_code == 2 and "between 1 and 1,000,000 records" in huge.output  # ran for ever
+    assert not out.exists()
+
+
+def test_synth_onto_a_fifo_is_refused_in_one_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "null"  # a FIFO stands in for /dev/null, which a root run turned into a regular file
+    os.mkfifo(fifo)
+    r = runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "2", "--out", str(fifo)])
+    assert r.exit_code == 1 and "it is a FIFO (named pipe)" in r.output and "Traceback" not in r.output, r.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_split_of_too_few_records_for_a_test_set_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "one.jsonl"
+    assert runner.invoke(app, ["data", "synth", "--task", "invoice", "--n", "1", "--out", str(data)]).exit_code == 0
+    r = runner.invoke(app, ["data", "split", str(data), "--task", "invoice", "--out-dir", str(tmp_path / "s")])
+    assert r.exit_code == 1 and "needs at least 3 records" in r.output, r.output  # was exit 0 with no test.jsonl
+    assert not (tmp_path / "s").exists()
+    r = runner.invoke(app, ["data", "split", str(data), "--task", "invoice", "--out-dir", str(tmp_path / "s"),
+                            "--test", "0", "--val", "0"])  # fmt: skip
+    assert r.exit_code == 0 and sorted(p.name for p in (tmp_path / "s").iterdir()) == ["manifest.json", "train.jsonl"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,61 @@ def test_writing_a_dataset_to_a_folder_or_nowhere_is_an_output_error(tmp_path: P
     with pytest.raises(OutputError, match="cannot write"):
         write_dataset(tmp_path / "file" / "d.jsonl", [Record("a", "x", GOOD)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_writing_a_dataset_onto_a_fifo_is_refused_a_symlink_followed_and_a_mode_kept(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"  # stands in for /dev/null: renaming over it replaced the device node, as root
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match=r"cannot write .*fifo: it is a FIFO") as info:
+        write_dataset(fifo, [Record("a", "x", GOOD)])
+    assert "\n" not in str(info.value) and stat.S_ISFIFO(fifo.stat().st_mode)
+    target = tmp_path / "target.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    (tmp_path / "link.jsonl").symlink_to(target.name)
+    sha = write_dataset(tmp_path / "link.jsonl", [Record("a", "x", GOOD)])
+    assert (tmp_path / "link.jsonl").is_symlink() and load_dataset(target, INVOICE) == [Record("a", "x", GOOD)]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644 and sha == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.jsonl", "target.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["[" * 100_000, '{"id": "a", "text": "x", "output": {"company": ' + "[" * 3000 + "]" * 3000 + "}}"],
+    ids=["unclosed-100000", "3000-inside-output"],
+)
+def test_a_line_nested_too_deeply_is_a_bad_line_not_a_recursion_error(tmp_path: Path, line: str) -> None:
+    path = lines(tmp_path / "d.jsonl", {"id": "ok", "text": "x", "output": GOOD}, line)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(path, INVOICE)
+    assert info.value.problems == ["line 2: nested too deeply (more than 100 levels of objects and arrays)"]
+    csv = tmp_path / "d.csv"
+    csv.write_text('text,output\nx,"' + "[" * 5000 + "]" * 5000 + '"\n')
+    with pytest.raises(DatasetError, match="line 2: nested too deeply"):
+        import_records(csv, INVOICE, ColumnMap(output="output"))
+
+
+def test_a_split_whose_test_share_rounds_to_no_record_is_refused_saying_how_many_it_needs() -> None:
+    one = [Record("a", "x", GOOD)]
+    with pytest.raises(ValueError, match=r"--test 0.2 of 1 record\(s\) is no test record: .* at least 3 records"):
+        split_records(one, 0.1, 0.2, seed=0)
+    assert split_records(one, 0.0, 0.0, seed=0) == (one, [], [])  # no test set asked for: none made
+    three = [Record(str(i), "x", GOOD) for i in range(3)]
+    assert len(split_records(three, 0.0, 0.2, seed=0)[2]) == 1
+    five = [Record(str(i), "x", GOOD) for i in range(5)]
+    with pytest.raises(ValueError, match="at least 6 records"):  # round(5 x 0.1) is 0: halves round to even
+        split_records(five, 0.0, 0.1, seed=0)
+
+
+def test_a_split_never_writes_over_its_source_file(tmp_path: Path) -> None:
+    records = [Record(str(i), f"t{i}", GOOD) for i in range(10)]
+    source = lines(tmp_path / "train.jsonl", *[json.loads(r.as_json()) for r in records])
+    before = source.read_bytes()
+    with pytest.raises(OutputError, match="is the input file"):
+        write_split({"train": records[:8], "test": records[8:]}, tmp_path, meta={}, inputs=[source])
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+def test_eval_data_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FrozenTestError, match="is a folder; give the test JSONL file in it"):
+        check_frozen(tmp_path)
