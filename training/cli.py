@@ -52,6 +52,16 @@ def _write(out: Path, records: list[Any]) -> str:
         raise _fail(e) from None
 
 
+def _not_an_input(out: Path, *inputs: Path) -> None:
+    """One line and exit 1 where `out` is one of the command's input files: writing it would destroy them."""
+    from training.datasets import OutputError, refuse_overwriting_inputs
+
+    try:
+        refuse_overwriting_inputs(out, *inputs)
+    except OutputError as e:
+        raise _fail(e) from None
+
+
 @data_app.command("validate")
 def validate(
     path: Path, task: Annotated[str, typer.Option(help="Task whose schema the outputs must match.")],
@@ -85,6 +95,7 @@ def import_(
     if field and (bad := [f for f in field if "=" not in f]):
         raise _fail(ValueError(f"--field takes FIELD=COLUMN, not {bad[0]!r}"), 2)
     fields = dict(f.split("=", 1) for f in field) if field else None
+    _not_an_input(out, source)
     try:
         records = import_records(source, _task(task, tasks_dir), ColumnMap(text_col, id_col, output_col, fields), fmt)
     except (DatasetError, ValueError, OSError) as e:
@@ -143,7 +154,7 @@ def split(
         manifest = write_split(
             {"train": train, "val": validation, "test": frozen}, out_dir, force=force,
             meta={"task": task, "source": str(source), "source_sha256": file_sha256(source), "seed": seed,
-                  "val": val, "test": test},
+                  "val": val, "test": test}, inputs=(source,),
         )  # fmt: skip
     except (DatasetError, FrozenTestError, ValueError) as e:
         raise _fail(e) from None
@@ -164,6 +175,7 @@ def from_logs(
     from training.anonymize import Anonymizer
     from training.datasets import DatasetError, Problem, check_all, json_lines
 
+    _not_an_input(out, log)
     anonymizer = Anonymizer(seed)
 
     def rows():  # type: ignore[no-untyped-def]
@@ -172,6 +184,9 @@ def from_logs(
                 yield number, entry if isinstance(entry, Problem) else Problem("not a JSON object")
             elif entry.get("task") == task and entry.get("outcome") == "ok":
                 text, output = entry.get("text", ""), entry.get("output")
+                if not isinstance(text, str):  # the anonymiser's regexes need a string: a bad line, not a traceback
+                    yield number, Problem(f"`text` must be a string, not {type(text).__name__}")
+                    continue
                 if anonymize:
                     text, output = anonymizer.record(text, output)
                 yield number, {"id": str(entry.get("request_id") or f"log-{number}"), "text": text, "output": output}
@@ -376,17 +391,27 @@ def report_command(
     seed: Annotated[int, typer.Option(help="Bootstrap seed (the same seed gives the same intervals).")] = 0,
 ) -> None:
     """Prompting vs fine-tuning on the items both runs share: table with 95% intervals, break-even, plots, verdict."""
-    from training.report import build_report, headline, load_run
+    from training.report import REPORT_FILES, build_report, headline, load_run
 
     if len(runs) < 2:
         raise _fail(ValueError("give two or more run files"), 2)
     if len({p.resolve() for p in runs}) < len(runs):
         raise _fail(ValueError("a run file is given twice"), 2)
+    for name in REPORT_FILES:
+        _not_an_input(out / name, *runs)
     try:
-        report = build_report([load_run(p) for p in runs], requests_per_day, training_cost, horizon_days, out,
-                              resamples=resamples, seed=seed)  # fmt: skip
-    except (ValueError, OSError, KeyError) as e:
+        loaded = [load_run(p) for p in runs]
+    except (ValueError, OSError) as e:
         raise _fail(e) from None
+    try:
+        report = build_report(loaded, requests_per_day, training_cost, horizon_days, out, resamples=resamples,
+                              seed=seed)  # fmt: skip
+    except (ValueError, OSError) as e:
+        raise _fail(e) from None
+    except (KeyError, TypeError, AttributeError) as e:  # a field load_run does not check, of the wrong shape
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise _fail(ValueError(f"the run files are not as `extraction eval` writes them ({what}): "
+                               f"{', '.join(map(str, runs))}")) from None  # fmt: skip
     sys.stdout.write((out / "report.md").read_text())
     if report["roles_assumed"]:
         err.print(f"[yellow]warning[/yellow] {report['factors'][0]}")

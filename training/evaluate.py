@@ -23,12 +23,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import ValidationError
 
+from service.files import WriteError, atomic_write, write_target
 from service.grounding import keys_of, replaced
 from service.tasks import Task
-from training.datasets import Record, load_dataset
+from training.datasets import Record, load_dataset, refuse_overwriting_inputs
 from training.metrics import Scores, error_kind, score_field, sroie_item, sroie_summary
-from training.split import check_frozen
+from training.split import MANIFEST, check_frozen
 from training.sroie import SROIE_FIELDS
 
 REQUEST_ERRORS = ("invalid_json", "schema_invalid", "upstream_error", "timeout", "rejected")
@@ -152,12 +154,43 @@ def ungrounded(output: dict[str, Any] | None, changes: list[dict[str, Any]]) -> 
     return output
 
 
+INVALID_RESPONSE = 599  # as a client error: the item is a failed request, not an answer to score
+
+
+def _shown(body: Any, limit: int = 120) -> str:
+    try:
+        text = json.dumps(body, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(type(body))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def checked_answer(status: int, body: Any) -> tuple[int, dict[str, Any]]:
+    """(status, body) of one /v1/extract answer for `_item`. A 200 that is no extraction response (no `data`
+    and `task`: another server, a proxy's page) is not an answer with every field missing but a failed request,
+    `invalid_response`; so is any answer whose JSON is not an object."""
+    if isinstance(body, dict) and (
+        ("data" in body and "task" in body) if status == 200 else isinstance(body.get("error"), dict)
+    ):
+        return status, body
+    message = f"HTTP {status} but not an extraction-service response: {_shown(body)}"
+    return (INVALID_RESPONSE if status == 200 else status), {"error": {"code": "invalid_response", "message": message}}
+
+
+def _not_the_service(args: EvalArgs, path: str, body: Any, what: str) -> ValueError:
+    """A 200 catalogue answer of another shape: one line naming the URL and what came back."""
+    return ValueError(f"{args.url}{path} answered HTTP 200 but not with {what} ({_shown(body)}); is {args.url} an "
+                      "extraction-service (give its root URL, without /v1)?")  # fmt: skip
+
+
 def _item(
     record: Record, status: int, body: dict[str, Any], latency_ms: float, fields: list[str], sroie: bool = False
 ) -> dict[str, Any]:
     error = body.get("error") if status != 200 else None
-    details = (error or {}).get("details", {})
+    details = (error or {}).get("details") or {}
+    details = details if isinstance(details, dict) else {}
     usage = body.get("usage") or details.get("usage") or {}
+    usage = usage if isinstance(usage, dict) else {}
     output = body.get("data") if status == 200 else None
     field_errors, scores = {}, {}
     for name in fields:
@@ -201,18 +234,32 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
     frozen = check_frozen(args.data, args.allow_changed_test)
     if args.out:
         check_writable(args.out)  # before anything is sent (and billed), not after the run
+        for written in (args.out, disagreements_path(args.out)):  # the frozen test set and its manifest stay whole
+            refuse_overwriting_inputs(written, args.data, args.data.parent / MANIFEST)
     url = urlsplit(args.url)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise ValueError(f"--url {args.url!r}: give the service's http:// or https:// URL, e.g. http://127.0.0.1:8080")
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout_s, headers=headers) as client:
         detail = await _get(client, f"/v1/tasks/{args.task}", args)
-        backends = {b["name"]: b for b in await _get(client, "/v1/backends", args)}
+        if not (isinstance(detail, dict) and isinstance(detail.get("schema"), dict)
+                and isinstance(detail.get("instructions"), str)):  # fmt: skip
+            raise _not_the_service(args, f"/v1/tasks/{args.task}", detail, "a task's detail")
+        listed = await _get(client, "/v1/backends", args)
+        if not (isinstance(listed, list) and all(isinstance(b, dict) and isinstance(b.get("name"), str)
+                                                 for b in listed)):  # fmt: skip
+            raise _not_the_service(args, "/v1/backends", listed, "a list of backends")
+        backends = {b["name"]: b for b in listed}
         if args.backend not in backends:
             raise SystemExit(f"unknown backend {args.backend!r}; the service has: {', '.join(sorted(backends))}")
-        task = Task.model_validate(
-            {"name": args.task, "schema": detail["schema"], "instructions": detail["instructions"]}
-        )
+        try:
+            task = Task.model_validate(
+                {"name": args.task, "schema": detail["schema"], "instructions": detail["instructions"]}
+            )
+        except ValidationError as e:
+            problem = e.errors()[0]
+            raise ValueError(f"{args.url}/v1/tasks/{args.task}: the task's schema cannot be used "
+                             f"({'.'.join(str(p) for p in problem['loc'])}: {problem['msg']})") from None  # fmt: skip
         records = load_dataset(args.data, task)[: args.limit]
         properties = list(task.json_schema.get("properties", {}))
         if args.fields and (unknown := [f for f in args.fields if f not in properties]):
@@ -233,8 +280,10 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
                         r = await client.post("/v1/extract", json={"task": args.task, "text": record.text,
                                                                    "backend": args.backend})  # fmt: skip
                         status, body = r.status_code, r.json()
-                    except (httpx.HTTPError, ValueError) as e:
+                    except (httpx.HTTPError, ValueError, RecursionError) as e:
                         status, body = 599, {"error": {"code": "client_error", "message": str(e)}}
+                    else:
+                        status, body = checked_answer(status, body)
                     latency = (time.perf_counter() - started) * 1000
                     if status not in SHED_STATUSES or shed >= args.shed_retries:
                         break
@@ -255,10 +304,10 @@ async def run_eval(args: EvalArgs, progress: Any = None) -> dict[str, Any]:
         "meta": {
             "task": args.task,
             "backend": args.backend,
-            "model": backend["model"],
-            "kind": backend["kind"],
-            "prompt_style": backend["prompt_style"],
-            "pricing": backend["pricing"],
+            "model": backend.get("model"),  # .get: a run already paid for is not lost to a missing catalogue key
+            "kind": backend.get("kind"),
+            "prompt_style": backend.get("prompt_style"),
+            "pricing": backend.get("pricing"),
             "url": args.url,
             "test_file": str(args.data),
             "test_sha256": frozen["sha256"],
@@ -292,13 +341,29 @@ async def _get(client: httpx.AsyncClient, path: str, args: EvalArgs) -> Any:
                              "URL, without /v1)?") from None  # fmt: skip
         raise ValueError(f"unknown task {args.task!r}; the service has: {names}")
     if r.status_code in (401, 403):
-        raise ValueError(f"{path}: HTTP {r.status_code}: give an API key (--api-key or EXTRACTION_API_KEY)")
+        said = _error_message(r)
+        if r.status_code == 401 and not args.api_key:
+            raise ValueError(f"{path}: HTTP 401: give an API key (--api-key or EXTRACTION_API_KEY)")
+        said = said or "no reason given"
+        if r.status_code == 401:  # a key was sent and refused: asking for one would send the user in circles
+            raise ValueError(f"{args.url}{path}: HTTP 401: the service refused the API key ({said}); "
+                             "check --api-key or EXTRACTION_API_KEY")  # fmt: skip
+        raise ValueError(f"{args.url}{path}: HTTP 403: the API key may not do this ({said})")
     if r.status_code != 200:
         raise ValueError(f"{args.url}{path}: HTTP {r.status_code}: {r.text[:200]}")
     try:
         return r.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValueError(f"{args.url}{path}: the answer is not JSON; is {args.url} an extraction-service?") from None
+
+
+def _error_message(r: httpx.Response) -> str | None:
+    """The service's `error.message`, if the body is its error JSON."""
+    try:
+        error = r.json().get("error")
+        return str(error["message"]) if isinstance(error, dict) and error.get("message") else None
+    except (ValueError, AttributeError, RecursionError):
+        return None
 
 
 def check_writable(out: Path) -> None:
@@ -306,7 +371,12 @@ def check_writable(out: Path) -> None:
     otherwise). Nothing is created: a run refused later leaves no folders behind."""
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file path")
-    existing = out.absolute().parent
+    for path in (out, disagreements_path(out)):
+        try:
+            write_target(path)  # a device, FIFO or socket is refused, a symlink followed
+        except WriteError as e:
+            raise ValueError(f"--out {out}: {e}") from None
+    existing = Path(os.path.realpath(out)).parent  # where the file will be made, symlinks followed
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
@@ -319,8 +389,7 @@ def check_writable(out: Path) -> None:
 
 
 def write_run(run: dict[str, Any], out: Path) -> None:
-    """The run JSON and its disagreements file, each written atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """The run JSON and its disagreements file, each written atomically (WriteError, a ValueError, if not)."""
     disagreements = []
     for i in run["items"]:
         # with --metric sroie, also the fields only that metric counts wrong (case, punctuation)
@@ -329,13 +398,11 @@ def write_run(run: dict[str, Any], out: Path) -> None:
             disagreements.append({"id": i["id"], "gold": i["gold"], "output": i["output"],
                                   "field_errors": i["field_errors"], "error": i["error"],
                                   **({"sroie_errors": sroie} if "sroie" in i else {})})  # fmt: skip
-    _atomic_write(out, json.dumps(run, indent=1, ensure_ascii=False))
+    atomic_write(out, json.dumps(run, indent=1, ensure_ascii=False), make_parents=True)
     lines = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in disagreements)
-    _atomic_write(out.with_suffix(".disagreements.jsonl"), lines)
+    atomic_write(disagreements_path(out), lines, make_parents=True)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def disagreements_path(out: Path) -> Path:
+    """The `*.disagreements.jsonl` written beside the run file `out`."""
+    return out.with_suffix(".disagreements.jsonl")

@@ -27,14 +27,60 @@ ACCURACY_TOLERANCE = 0.01  # a fine-tuned model this close to the prompted one c
 HYBRID_BAND = 0.05  # within this accuracy loss, a cheaper fine-tuned model is worth a fallback design
 USEFUL_F1 = 0.5  # below this field F1 neither backend is fit for the task
 HYBRID_KEEPS = 0.9  # "a little lower": the fine-tuned model keeps at least this share of the prompted F1
+# what `build_report` writes into its folder (report_plots.plots the .png files)
+REPORT_FILES = ("report.json", "report.md", "report.html", "cost_vs_accuracy.png", "latency.png", "intervals.png")
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    run: dict[str, Any] = json.loads(path.read_text())
-    if "summary" not in run or "meta" not in run:
-        raise ValueError(f"{path} is not a run file from `extraction eval`")
+    """A run file as `extraction eval` writes it, or a one-line ValueError naming the file and what is wrong
+    (the report reads meta, summary and every item: a wrong type there must not be a traceback)."""
+    refused = f"{path} is not a run file from `extraction eval`"
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{refused}: not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError(f"{refused}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{refused}: not JSON ({getattr(e, 'msg', e)})") from None
+    if problem := run_shape_problem(run):
+        raise ValueError(f"{refused}: {problem}")
     run["meta"]["file"] = str(path)
-    return run
+    return dict(run)
+
+
+def run_shape_problem(run: Any) -> str | None:
+    """What in a parsed run file has the wrong type for the report, or None."""
+    if not isinstance(run, dict):
+        return f"the file holds a JSON {type(run).__name__}, not an object"
+    for key, kind in (("meta", dict), ("summary", dict), ("items", list)):
+        if key not in run:
+            return f"no `{key}`"
+        if not isinstance(run[key], kind):
+            return f"`{key}` is a {type(run[key]).__name__}, not {'an object' if kind is dict else 'a list'}"
+    for key in ("task", "backend"):
+        if not isinstance(run["meta"].get(key), str):
+            return f"`meta.{key}` is not a string"
+    fields = run["summary"].get("fields_scored")
+    if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
+        return "`summary.fields_scored` is not a list of field names"
+    for k, item in enumerate(run["items"]):
+        if not isinstance(item, dict):
+            return f"`items[{k}]` is a {type(item).__name__}, not an object"
+        if not isinstance(item.get("id"), str | int) or isinstance(item.get("id"), bool):
+            return f"`items[{k}].id` is missing or not a string"
+        latency = item.get("latency_ms")
+        if not isinstance(latency, int | float) or isinstance(latency, bool):
+            return f"`items[{k}].latency_ms` is not a number"
+        for key in ("scores", "gold"):
+            if key in item and not isinstance(item[key], dict):
+                return f"`items[{k}].{key}` is not an object"
+        if isinstance(item.get("scores"), dict) and not all(
+            isinstance(s, list) and len(s) == 3 and all(isinstance(x, int | float) for x in s)
+            for s in item["scores"].values()
+        ):
+            return f"`items[{k}].scores` holds something other than [TP, FP, FN] triples"
+    return None
 
 
 def run_names(runs: list[dict[str, Any]]) -> list[str]:

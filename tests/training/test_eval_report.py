@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from typer.testing import CliRunner
 
 from loadtest.mock_upstream import MockUpstream, Reply, ServerThread
 from service.app import create_app
-from service.config import Settings
+from service.auth import hash_key
+from service.cli import app as cli
+from service.config import DEFAULT_CONFIG, Settings
+from service.tasks import load_tasks
 from tests.conftest import backend_entry
 from tests.training.fake_runs import run_file
 from training.datasets import Record
@@ -241,3 +253,110 @@ def test_a_shed_request_is_sent_again_after_its_retry_after_not_scored_as_a_fail
     assert run["summary"]["exact_match"] == 1.0 and run["summary"]["shed_retries"] == 1
     assert run["items"][0]["status"] == 200 and run["items"][0]["shed_retries"] == 1
     assert refused["items"][0]["status"] == 503 and refused["summary"]["shed_retries"] == 0
+
+
+def not_the_service(extract: list[Any], catalogue_ok: bool = True) -> Starlette:
+    """A server that is no extraction-service (or answers /v1/extract in another shape): 200 JSON throughout."""
+    invoice = load_tasks(DEFAULT_CONFIG.parent / "tasks")["invoice"]
+    listing = {"object": "list", "data": [{"id": "gpt-x", "object": "model"}]}  # an OpenAI-style server's answer
+    detail = {"name": "invoice", "schema": invoice.json_schema, "instructions": invoice.instructions}
+    backends = [{"name": "mock", "model": "m", "kind": "openai", "prompt_style": "few_shot", "pricing": {}}]
+    answers = iter(extract)
+
+    async def get(request: Request) -> JSONResponse:
+        if not catalogue_ok:
+            return JSONResponse(listing)
+        return JSONResponse(detail if request.url.path.startswith("/v1/tasks/") else backends)
+
+    async def post(request: Request) -> JSONResponse:
+        return JSONResponse(next(answers))
+
+    return Starlette(routes=[Route("/v1/tasks/invoice", get), Route("/v1/backends", get),
+                             Route("/v1/extract", post, methods=["POST"])])  # fmt: skip
+
+
+def test_eval_against_a_server_of_another_shape_stops_in_one_line_naming_it(tmp_path: Path) -> None:
+    write_split({"test": [Record("a", "invoice a", GOLD[0])]}, tmp_path / "data", meta={})
+    data = tmp_path / "data" / "test.jsonl"
+    with ServerThread(not_the_service([], catalogue_ok=False)) as other:
+        with pytest.raises(ValueError, match=r"/v1/tasks/invoice answered HTTP 200 but not with a task's detail "
+                                             r"\(\{\"object\": \"list\".*is .* an extraction-service"):  # fmt: skip
+            asyncio.run(run_eval(EvalArgs("invoice", data, "mock", other.url, tmp_path / "run.json")))
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_a_200_that_is_no_extraction_response_is_a_failed_item_not_a_traceback(tmp_path: Path) -> None:
+    records = [Record(f"r{i}", f"invoice {i}", gold) for i, gold in enumerate(GOLD)]
+    write_split({"test": records}, tmp_path / "data", meta={})
+    good = {"data": GOLD[2], "task": "invoice", "attempts": 1, "usage": {"input_tokens": 1, "output_tokens": 1}}
+    app = not_the_service([{"object": "list", "data": []}, [1, 2], good])
+    with ServerThread(app) as other:
+        args = EvalArgs("invoice", tmp_path / "data" / "test.jsonl", "mock", other.url, tmp_path / "run.json", 1)
+        run = asyncio.run(run_eval(args))  # was TypeError: string indices must be integers
+    bad = [i for i in run["items"] if i["error"]]
+    assert len(bad) == 2 and {i["error"]["code"] for i in bad} == {"invalid_response"}
+    assert all(i["status"] == 599 and "HTTP 200 but not an extraction-service response" in i["error"]["message"]
+               for i in bad)  # fmt: skip
+    assert run["summary"]["schema_valid_after_reasks"] == round(1 / 3, 4)
+    assert run["summary"]["error_buckets"]["upstream_error"] == 2 and (tmp_path / "run.json").exists()
+
+
+@pytest.mark.integration
+def test_eval_with_a_refused_key_says_the_key_was_refused_not_to_give_one(
+    upstream: MockUpstream, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings({"mock": backend_entry(f"{upstream.url}/v1")},  # type: ignore[attr-defined]
+                             auth={"keys": [{"name": "t", "key_sha256": hash_key("sk-good")}]})  # fmt: skip
+    write_split({"test": [Record("a", "invoice a", GOLD[0])]}, tmp_path / "data", meta={})
+    data = tmp_path / "data" / "test.jsonl"
+    with ServerThread(create_app(settings)) as api:
+        with pytest.raises(ValueError, match=r"the service refused the API key \(unknown API key\)"):
+            asyncio.run(run_eval(EvalArgs("invoice", data, "mock", api.url, api_key="sk-wrong")))
+        with pytest.raises(ValueError, match="give an API key"):  # none given: then asking for one is right
+            asyncio.run(run_eval(EvalArgs("invoice", data, "mock", api.url)))
+    assert upstream.requests == []  # type: ignore[attr-defined]
+
+
+def test_eval_never_writes_over_its_test_set_or_onto_a_fifo(tmp_path: Path) -> None:
+    write_split({"test": [Record("a", "invoice a", GOLD[0])]}, tmp_path / "data", meta={})
+    data = tmp_path / "data" / "test.jsonl"
+    before = data.read_bytes()
+    fifo = tmp_path / "run.json"
+    os.mkfifo(fifo)
+    cases = [(data, "is the input file"), (tmp_path / "data" / "manifest.json", "is the input file"),
+             (fifo, "it is a FIFO")]  # fmt: skip
+    for out, message in cases:  # refused before the service is asked anything (none runs at this URL)
+        with pytest.raises(ValueError, match=message):
+            asyncio.run(run_eval(EvalArgs("invoice", data, "mock", "http://127.0.0.1:9", out)))
+    assert data.read_bytes() == before and stat.S_ISFIFO(fifo.stat().st_mode)
+    r = CliRunner().invoke(cli, ["eval", "--task", "invoice", "--data", str(tmp_path), "--backend", "mock",
+                                 "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert r.exit_code == 1 and "is a folder; give the test JSONL file" in r.output, r.output  # was "no such file"
+
+
+def test_report_on_a_run_file_of_the_wrong_shape_is_one_line_naming_it(tmp_path: Path) -> None:
+    good = tmp_path / "a.json"
+    good.write_text(json.dumps(run_file("gpt", "few_shot", 0.9, 0.003, 700)))
+    broken = {"meta": [1, 2], "summary": {}, "items": []}
+    cases = [(broken, "`meta` is a list, not an object"), ([], "the file holds a JSON list, not an object"),
+             ({**run_file("ft", "finetuned", 0.9, 0.001, 100), "items": [{"id": "r0", "latency_ms": "slow"}]},
+              "`items[0].latency_ms` is not a number"),
+             ({**run_file("ft", "finetuned", 0.9, 0.001, 100), "items": [{"id": "r0", "latency_ms": 1, "scores": 1}]},
+              "`items[0].scores` is not an object")]  # fmt: skip
+    for k, (content, message) in enumerate(cases):
+        bad = tmp_path / f"b{k}.json"
+        bad.write_text(json.dumps(content))
+        r = CliRunner().invoke(cli, ["report", str(good), str(bad), "--out", str(tmp_path / "r")])
+        assert r.exit_code == 1 and f"{bad} is not a run file from `extraction eval`: {message}" in r.output, r.output
+        assert "Traceback" not in r.output
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    r = CliRunner().invoke(cli, ["report", str(good), str(tmp_path / "deep.json"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "nested too deeply" in r.output and not (tmp_path / "r").exists()
+    r = CliRunner().invoke(cli, ["report", str(good), str(tmp_path / "b0.json"), "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "is the input file" not in r.output  # report.json etc. are not the runs here
+    (tmp_path / "r").mkdir()
+    run_in_out = tmp_path / "r" / "report.json"  # the report would write its own report.json over this run
+    shutil.copy(good, run_in_out)
+    before = run_in_out.read_bytes()
+    r = CliRunner().invoke(cli, ["report", str(good), str(run_in_out), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "is the input file" in r.output and run_in_out.read_bytes() == before
