@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from service.errors import BadRequest, Forbidden, QuotaExceeded, RateLimited, Unauthorized
+from service.files import WriteError, atomic_write, write_target
 from service.tasks import ADHOC  # a key that lists tasks may send ad-hoc schemas when it lists this name
 
 KEY_PREFIX = "sk-ex-"
@@ -40,7 +41,16 @@ class ApiKeyConfig(BaseModel):
     backends: list[str] | None = Field(None, description="Allowed backends (None: all).")
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1, description="Input + output tokens, every attempt.")
-    daily_budget_usd: float | None = Field(None, gt=0, description="USD per UTC day, every attempt.")
+    daily_budget_usd: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="USD per UTC day, every attempt (omit it for no budget)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("a key needs a name (for logs and errors), not an empty one")
+        return name
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKeyConfig:
@@ -261,18 +271,19 @@ def read_key_file(path: Path) -> list[ApiKeyConfig]:
 
 
 def add_key_to_file(path: Path, entry: ApiKeyConfig) -> None:
-    """Append a hashed key; written to a temporary file and renamed, so a failure leaves the old file whole."""
+    """Append a hashed key; written atomically (service/files.py), so a failure leaves the old file whole. A new
+    file is 0600 (owner only), an existing one keeps its mode; a symlink is followed, a device or FIFO refused."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the key file's path")
-    existing = read_key_file(path) if path.exists() else []
+    try:
+        _, mode = write_target(path)  # before reading it: a FIFO would block the read for ever
+    except WriteError as e:
+        raise ValueError(f"cannot write the key file {path}: {e.reason}") from None
+    existing = read_key_file(path) if mode is not None else []
     if any(k.name == entry.name for k in existing):
         raise ValueError(f"{path} already has a key named {entry.name!r}")
     body = {"keys": [k.model_dump(exclude_none=True) for k in [*existing, entry]]}
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(yaml.safe_dump(body, sort_keys=False))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ValueError(f"cannot write the key file {path}: {e.strerror}") from None
+        atomic_write(path, yaml.safe_dump(body, sort_keys=False), new_mode=0o600)
+    except WriteError as e:
+        raise ValueError(f"cannot write the key file {path}: {e.reason}") from None

@@ -374,6 +374,8 @@ def _check_yaml(path: Path) -> None:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:  # PyYAML's parser and composer recurse per level: `[[[[...` 10,000 deep
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply for the parser") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of settings, not a {type(data).__name__}")
 

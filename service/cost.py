@@ -44,8 +44,14 @@ class Comparison:
 
     @property
     def break_even_budget(self) -> Decimal:
-        """The most a fine-tune may cost to pay for itself within `payback_days`."""
+        """The most a fine-tune may cost to pay for itself within `payback_days` (negative when the fine-tuned
+        model costs more: no budget at all, see `pays_back`)."""
         return self.saving_per_day * self.payback_days
+
+    @property
+    def pays_back(self) -> bool:
+        """Whether fine-tuning saves anything per day, so that some training budget pays for itself."""
+        return self.saving_per_day > 0
 
     def payback_days_for(self, training_cost: float | Decimal) -> Decimal | None:
         """Days of traffic until `training_cost` is recovered; None if fine-tuning never pays back."""
@@ -53,7 +59,8 @@ class Comparison:
             return None
         return _d(training_cost) / self.saving_per_day
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | bool | None]:
+        """The figures as JSON numbers; the break-even budget is null where fine-tuning never pays back."""
         return {
             "prompted_cost_per_request_usd": float(self.prompted_per_request),
             "prompted_cost_per_day_usd": float(self.prompted_per_day),
@@ -62,7 +69,8 @@ class Comparison:
             "saving_per_day_usd": float(self.saving_per_day),
             "requests_per_day": self.requests_per_day,
             "payback_days": self.payback_days,
-            "break_even_training_budget_usd": float(self.break_even_budget),
+            "fine_tuning_pays_back": self.pays_back,
+            "break_even_training_budget_usd": float(self.break_even_budget) if self.pays_back else None,
         }
 
 

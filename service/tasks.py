@@ -93,6 +93,8 @@ def load_task(path: Path) -> Task:
         raise TaskLoadError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (OSError, yaml.YAMLError) as e:
         raise TaskLoadError(f"{path}: cannot read YAML: {e}") from e
+    except RecursionError:  # PyYAML recurses per nesting level
+        raise TaskLoadError(f"{path}: cannot read YAML: nested too deeply for the parser") from None
     if not isinstance(raw, dict):
         raise TaskLoadError(f"{path}: must be a YAML mapping")
     raw.setdefault("name", path.stem)

@@ -12,6 +12,10 @@ from service.cli._common import err
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored as SHA-256 hashes).")
 
 
+OPTIONS = {"name": "NAME", "tasks": "--tasks", "backends": "--backends", "requests_per_minute": "--rpm",
+           "tokens_per_minute": "--tpm", "daily_budget_usd": "--daily-budget-usd"}  # fmt: skip
+
+
 def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -24,16 +28,25 @@ def keys_create(
     backends: Annotated[str | None, typer.Option(help="Allowed backends, comma-separated.")] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute (input + output).")] = None,
-    daily_budget_usd: Annotated[float | None, typer.Option(min=0.000001, help="USD per UTC day.")] = None,
+    daily_budget_usd: Annotated[float | None, typer.Option(help="USD per UTC day (> 0, finite).")] = None,
 ) -> None:
     """Make a new key, store only its hash in FILE, print the key once."""
+    from pydantic import ValidationError
+
     from service.auth import ApiKeyConfig, add_key_to_file, hash_key, new_key
 
     _warn_unknown("task", _names(tasks), _configured("tasks"))
     _warn_unknown("backend", _names(backends), _configured("backends"))
     key = new_key()
-    entry = ApiKeyConfig(name=name, key_sha256=hash_key(key), tasks=_names(tasks), backends=_names(backends),
-                         requests_per_minute=rpm, tokens_per_minute=tpm, daily_budget_usd=daily_budget_usd)  # fmt: skip
+    try:
+        entry = ApiKeyConfig(name=name, key_sha256=hash_key(key), tasks=_names(tasks), backends=_names(backends),
+                             requests_per_minute=rpm, tokens_per_minute=tpm,
+                             daily_budget_usd=daily_budget_usd)  # fmt: skip
+    except ValidationError as e:  # an empty name, a budget of NaN or infinity: one line naming the argument
+        problem = e.errors()[0]
+        where = OPTIONS.get(str(problem["loc"][0]) if problem["loc"] else "", "key")
+        err.print(f"[red]error:[/red] {where}: {problem['msg'].removeprefix('Value error, ')}")
+        raise typer.Exit(2) from None
     try:
         add_key_to_file(file, entry)
     except ValueError as e:

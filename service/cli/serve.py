@@ -84,15 +84,16 @@ def check_config(
 def cost(
     input_tokens: Annotated[int, typer.Option(min=0, help="Input tokens per request (prompted).")],
     output_tokens: Annotated[int, typer.Option(min=0, help="Output tokens per request.")],
-    price_in: Annotated[float, typer.Option(min=0, help="Prompted model: USD per 1k input tokens.")],
-    price_out: Annotated[float, typer.Option(min=0, help="Prompted model: USD per 1k output tokens.")],
-    ft_price: Annotated[float, typer.Option(min=0, help="Fine-tuned model: USD per 1k tokens (in+out).")],
+    # USD: no `min=0` here, the parser's range check would call NaN "not >= 0"; checked below with the reason
+    price_in: Annotated[float, typer.Option(help="Prompted model: USD per 1k input tokens.")],
+    price_out: Annotated[float, typer.Option(help="Prompted model: USD per 1k output tokens.")],
+    ft_price: Annotated[float, typer.Option(help="Fine-tuned model: USD per 1k tokens (in+out).")],
     requests_per_day: Annotated[int, typer.Option(min=0, help="Traffic.")],
     payback_days: Annotated[int, typer.Option(min=1, help="Horizon for the break-even budget.")] = 30,
     ft_input_tokens: Annotated[
         int | None, typer.Option(min=0, help="Fine-tuned input tokens per request (default: same).")
     ] = None,
-    training_cost: Annotated[float | None, typer.Option(min=0, help="USD; prints the payback days.")] = None,
+    training_cost: Annotated[float | None, typer.Option(help="USD; prints the payback days.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Back-of-the-envelope: prompted vs fine-tuned cost per request and day, and the break-even budget."""
@@ -100,9 +101,13 @@ def cost(
 
     prices = {"--price-in": price_in, "--price-out": price_out, "--ft-price": ft_price,
               "--training-cost": training_cost}  # fmt: skip
-    if bad := [name for name, value in prices.items() if value is not None and not math.isfinite(value)]:
-        err.print(f"[red]error[/red] {', '.join(bad)}: a finite number of USD")
-        raise typer.Exit(2)
+    for name, value in prices.items():
+        if value is not None and not math.isfinite(value):
+            err.print(f"[red]error[/red] {name}: a finite number of USD, not {'NaN' if math.isnan(value) else value}")
+            raise typer.Exit(2)
+        if value is not None and value < 0:
+            err.print(f"[red]error[/red] {name}: a number of USD >= 0, not {value:g}")
+            raise typer.Exit(2)
     result = compare(
         input_tokens,
         output_tokens,
@@ -112,13 +117,18 @@ def cost(
         payback_days,
         finetuned_input_tokens=ft_input_tokens,
     )
-    out: dict[str, float | int | None] = dict(result.as_dict())
+    out: dict[str, float | int | bool | None] = dict(result.as_dict())
     if training_cost is not None:
         days = result.payback_days_for(training_cost)
         out["training_cost_usd"] = training_cost
         out["days_to_pay_back_training"] = None if days is None else float(days)
     if as_json:
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        if overflow := [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]:
+            # exact in Decimal, but beyond a JSON (double) number: `Infinity` is no JSON, so say so instead
+            err.print(f"[red]error[/red] {', '.join(overflow)} overflow a JSON number (over 1.8e308): "
+                      "check the prices and --requests-per-day")  # fmt: skip
+            raise typer.Exit(2)
+        sys.stdout.write(json.dumps(out, indent=2, allow_nan=False) + "\n")
         return
     table = Table(title=f"{requests_per_day:,} requests/day")
     for column in ("", "per request", "per day", f"per {payback_days} days"):
@@ -129,9 +139,16 @@ def cost(
     ):
         table.add_row(label, f"${per_req:.5f}", f"${per_day:,.2f}", f"${per_day * payback_days:,.2f}")
     console.print(table)
-    console.print(f"saving per day: ${result.saving_per_day:,.2f}")
-    console.print(f"break-even training budget over {payback_days} days: [bold]${result.break_even_budget:,.2f}[/bold]")
-    if training_cost is not None:
+    if result.pays_back:
+        console.print(f"saving per day: ${result.saving_per_day:,.2f}")
+        console.print(
+            f"break-even training budget over {payback_days} days: [bold]${result.break_even_budget:,.2f}[/bold]"
+        )
+    else:  # no negative budget: no fine-tune, however cheap, pays for itself
+        extra = -result.saving_per_day
+        more = f"costs ${extra:,.2f}/day more than" if extra else "costs the same as"
+        console.print(f"no break-even training budget: fine-tuned {more} prompted, so fine-tuning never pays back")
+    if training_cost is not None and result.pays_back:
         days = result.payback_days_for(training_cost)
         console.print(
             "fine-tuning never pays back at this traffic"

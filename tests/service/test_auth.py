@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,38 @@ def test_keys_create_stores_only_the_hash(tmp_path: Path) -> None:
     before = file.read_text()
     again = CliRunner().invoke(cli, ["keys", "create", "team", "--file", str(file)])
     assert again.exit_code == 2 and file.read_text() == before
+
+
+def test_keys_create_under_a_file_or_onto_a_fifo_is_one_line_and_a_symlink_is_followed(tmp_path: Path) -> None:
+    (tmp_path / "some_file").write_text("x")
+    r = CliRunner().invoke(cli, ["keys", "create", "a", "--file", str(tmp_path / "some_file" / "k.yaml")])
+    assert r.exit_code == 2 and "cannot write the key file" in r.output and "Not a directory" in r.output, r.output
+    assert "Traceback" not in r.output  # was NotADirectoryError from the cleanup
+    fifo = tmp_path / "fifo"  # a FIFO stands in for a device node, which the rename replaced
+    os.mkfifo(fifo)
+    r = CliRunner().invoke(cli, ["keys", "create", "a", "--file", str(fifo)])
+    assert r.exit_code == 2 and "it is a FIFO" in r.output and stat.S_ISFIFO(fifo.stat().st_mode), r.output
+    target = tmp_path / "keys.yaml"
+    (tmp_path / "link.yaml").symlink_to(target.name)
+    assert CliRunner().invoke(cli, ["keys", "create", "a", "--file", str(tmp_path / "link.yaml")]).exit_code == 0
+    assert (tmp_path / "link.yaml").is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [k["name"] for k in yaml.safe_load(target.read_text())["keys"]] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "keys.yaml", "link.yaml", "some_file"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["", ], "NAME: a key needs a name"), (["  "], "NAME: a key needs a name"),
+     (["a", "--daily-budget-usd", "inf"], "--daily-budget-usd: Input should be a finite number"),
+     (["a", "--daily-budget-usd", "nan"], "--daily-budget-usd: Input should be a finite number"),
+     (["a", "--daily-budget-usd", "0"], "--daily-budget-usd: Input should be greater than 0")],
+)  # fmt: skip
+def test_keys_create_refuses_an_empty_name_and_a_budget_that_is_no_finite_amount(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    r = CliRunner().invoke(cli, ["keys", "create", *args, "--file", str(tmp_path / "k.yaml")])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "k.yaml").exists()
 
 
 class Api:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,6 +49,42 @@ def test_cost_rejects_negative_numbers() -> None:
     price_in = SEED.index("--price-in") + 1
     result = CliRunner().invoke(app, [*SEED[:price_in], "inf", *SEED[price_in + 1 :], "--json"])
     assert result.exit_code == 2 and "--price-in: a finite number" in result.output  # was `Infinity` in the JSON
+
+
+def _with(option: str, value: str) -> list[str]:
+    at = SEED.index(option) + 1
+    return [*SEED[:at], value, *SEED[at + 1 :]]
+
+
+def test_cost_names_nan_and_a_negative_price() -> None:
+    result = CliRunner().invoke(app, _with("--price-in", "nan"))
+    assert result.exit_code == 2 and "--price-in: a finite number of USD, not NaN" in result.output, result.output
+    result = CliRunner().invoke(app, _with("--ft-price", "-1"))  # was "should be greater than or equal to 0"
+    assert result.exit_code == 2 and "--ft-price: a number of USD >= 0, not -1" in result.output, result.output
+
+
+def test_cost_json_that_would_overflow_is_refused_never_infinity() -> None:
+    args = [*_with("--price-in", "1e308"), "--price-out", "1e308", "--requests-per-day", "1000000", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Infinity" not in result.stdout, result.output
+    assert "prompted_cost_per_day_usd" in result.output and "overflow a JSON number" in result.output
+
+
+def test_cost_when_fine_tuning_costs_more_has_no_negative_budget() -> None:
+    result = CliRunner().invoke(app, [*_with("--ft-price", "0.01"), "--training-cost", "5"])
+    assert result.exit_code == 0 and "$-" not in result.output, result.output  # was "$-1,980.00"
+    assert "costs $66.00/day more than prompted, so fine-tuning never pays back" in result.output
+    out = json.loads(CliRunner().invoke(app, [*_with("--ft-price", "0.01"), "--json"]).output)
+    assert out["break_even_training_budget_usd"] is None and out["fine_tuning_pays_back"] is False
+    assert out["saving_per_day_usd"] == -66.0
+
+
+def test_check_config_of_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "deep.yaml"
+    config.write_text("a: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    result = CliRunner().invoke(app, ["check-config", "--config", str(config)])
+    assert result.exit_code == 2 and "not valid YAML: nested too deeply" in result.output, result.output
+    assert "Traceback" not in result.output and "RecursionError" not in result.output
 
 
 def test_load_adapter_says_what_is_wrong_before_preparing_the_base_model(
