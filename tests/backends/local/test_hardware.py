@@ -28,6 +28,14 @@ model\t\t: 17
 model name\t: AMD EPYC
 flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512dq avx512_vnni avx512_bf16 avx512vbmi
 """
+# The third "AMD EPYC" (2026-12-04, Zen 5): AVX-512 with bf16 and no AMX, as the Zen 4, but family 26.
+EPYC_ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 fma avx2 avx512f avx512dq avx_vnni avx512_bf16 avx512vbmi avx512_vnni avx512_vp2intersect
+"""
 GRAVITON3 = """processor\t: 0
 BogoMIPS\t: 2100.00
 Features\t: fp asimd evtstrm aes sve asimdrdm bf16 i8mm
@@ -83,5 +91,9 @@ def test_the_description_names_family_and_model_where_the_marketing_name_does_no
     assert choose_dtype("auto", "cpu", zen4) == "bfloat16"
     assert zen4.describe().startswith("AMD EPYC (family 25 model 17, x86_64, 2 cores; ")
     assert zen4.as_dict()["family"] == "25/17"
+    zen5 = parse_cpuinfo(EPYC_ZEN5, arch="x86_64", cores=2)
+    assert zen5.family == "26/2" and zen5.native_bf16 and choose_dtype("auto", "cpu", zen5) == "bfloat16"
+    assert zen5.describe().startswith("AMD EPYC (family 26 model 2, x86_64, 2 cores; ")
+    assert "avx512_bf16" in zen5.relevant_flags and "amx_bf16" not in zen5.relevant_flags
     graviton = parse_cpuinfo(GRAVITON3, arch="aarch64", cores=2)  # Arm: no x86 family/model lines
     assert graviton.family == "" and graviton.describe().startswith(f"{graviton.model} (aarch64, 2 cores; ")
