@@ -34,6 +34,8 @@ class BackendRequest:
     max_output_tokens: int = 512
     temperature: float = 0.0
     timeout_s: float = 30.0
+    # A multiplicative repetition penalty (1 = none), sent where the engine has one (backends.profiles); None: unset
+    repetition_penalty: float | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
     purpose: Literal["extract", "probe"] = "extract"  # probe: a one-token grammar check (service.pipeline.structured)
 

@@ -27,6 +27,7 @@ from backends.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
+from backends.profiles import repetition_penalty_param
 
 DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_LLAMACPP_URL = "http://127.0.0.1:8001/v1"
@@ -142,6 +143,8 @@ class OpenAIBackend:
             }
         elif request.mode == "json_object":
             body["response_format"] = {"type": "json_object"}
+        if request.repetition_penalty is not None and (param := repetition_penalty_param(self.config.kind)):
+            body[param] = request.repetition_penalty
         if request.extra_body:
             body.update(request.extra_body)
         return body
@@ -179,8 +182,12 @@ class OpenAIBackend:
     async def _llamacpp_fields(self, timeout_s: float) -> dict[str, Any]:
         """llama-server has one model; an adapter is applied per request by id (`lora`), the backend's `model`
         naming it (the server lists its adapters at /lora-adapters, files named NAME-DIGEST.gguf). A `model` that
-        names no adapter is the base model. Prompt-cache reuse is the server's setting (llamacpp.cache_prompt, on
-        by default), not overridden per request.
+        names no adapter is the base model. Every loaded adapter's scale is sent, the named one's 1 and the
+        others' 0: a request's `lora` list only overrides the server's own scales, and those are 1 for every
+        adapter loaded even with `--lora-init-without-apply` (llama-server as llama-cpp-python 0.3.36 vendors
+        it: `lora: []` ran the base model with all four shipped adapters added). Prompt-cache reuse is the
+        server's setting (llamacpp.cache_prompt, on by default), not overridden per request; llama-server does not
+        reuse a prefix cached under other adapter scales (measured: 0 cached tokens after a change).
 
         The ids are looked up for every request (one loopback GET, about a millisecond): they are positions in the
         server's start command, so a restart by `load-adapter`/`unload-adapter` may renumber them, and a kept id
@@ -192,7 +199,11 @@ class OpenAIBackend:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise UpstreamBadResponse(f"unreadable /lora-adapters answer: {e}", backend=self.name) from e
         model = self.config.model
-        return {"lora": [{"id": ids[model], "scale": 1.0}] if model in ids else []}
+        return {
+            "lora": [
+                {"id": i, "scale": 1.0 if name == model else 0.0} for name, i in sorted(ids.items(), key=lambda n: n[1])
+            ]
+        }
 
     async def complete(self, request: BackendRequest) -> BackendResponse:
         started = time.perf_counter()

@@ -12,6 +12,17 @@ from typing import Any, Literal
 SchemaDialect = Literal["openai_strict", "vllm", "llamacpp", "full"]
 
 
+# The multiplicative repetition penalty (CTRL's; 1 = none) each engine takes in a chat completion's body. OpenAI's
+# API has only additive frequency/presence penalties, which did not stop a small model's loops (measured: README,
+# request flow), and refuses unknown fields: hosted backends get none.
+REPETITION_PENALTY_PARAM: dict[str, str] = {"vllm": "repetition_penalty", "llamacpp": "repeat_penalty"}
+
+
+def repetition_penalty_param(kind: str) -> str | None:
+    """The body field of a repetition penalty on a backend of `kind`; None where the API has none."""
+    return REPETITION_PENALTY_PARAM.get(kind)
+
+
 def default_dialect(kind: str) -> SchemaDialect:
     """The profile a backend kind gets unless configured: OpenAI's strict mode, vLLM's or llama.cpp's grammars."""
     return {"openai": "openai_strict", "llamacpp": "llamacpp"}.get(kind, "vllm")  # type: ignore[return-value]

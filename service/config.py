@@ -155,6 +155,16 @@ class BackendPolicy(BaseModel):
         "repeated an earlier one: at temperature 0 the model would decode the same loop again. None: re-asks keep "
         "`temperature`.",
     )
+    loop_repetition_penalty: float | None = Field(
+        1.1,
+        ge=1,
+        le=2,
+        description="On an engine with a repetition penalty (vLLM `repetition_penalty`, llama.cpp `repeat_penalty`), "
+        "the attempt after an answer that ran into the output-token limit or repeated an earlier one asks afresh "
+        "with this penalty instead of re-asking: a small model shown its own loop copies it again, and sampling "
+        "alone does not leave it. A penalised answer that loops again is asked afresh at `reask_temperature`. "
+        "None, or an API without such a penalty (OpenAI's): the re-ask at `reask_temperature`.",
+    )
 
 
 class BackendConfig(Endpoint, BackendPolicy):

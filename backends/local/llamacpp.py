@@ -249,7 +249,8 @@ class LlamaCppProcess(ManagedServer):
         for path in loras.values():
             cmd += ["--lora", str(path)]
         if loras:
-            cmd += ["--lora-init-without-apply"]  # base model unless a request names an adapter
+            # not applied until asked; every request sends every adapter's scale (backends/openai_compat.py)
+            cmd += ["--lora-init-without-apply"]
         return cmd + list(cfg.extra_args)
 
     def start(self, log: Callable[[str], None] = print) -> int:

@@ -15,6 +15,7 @@ import structlog
 
 from backends.base import BackendRequest, BackendResponse, StructuredMode, Usage
 from backends.errors import BackendError
+from backends.profiles import repetition_penalty_param
 from service.api_models import ExtractOptions
 from service.config import BackendConfig, Settings
 from service.cost import request_cost
@@ -148,6 +149,9 @@ class Attempts:
         last_text, last_issues = "", list[Issue]()
         temperature = cfg.temperature if options.temperature is None else options.temperature
         answered: set[str] = set()
+        asked = messages  # the first ask, asked again with a repetition penalty after a loop
+        penalty: float | None = None
+        penalises = cfg.loop_repetition_penalty is not None and repetition_penalty_param(cfg.kind) is not None
         for attempt in range(1, max_attempts + 1):
             self._check_budget(options, cfg, messages, max_tokens, tally, last_issues, last_text)
             request = BackendRequest(
@@ -159,6 +163,7 @@ class Attempts:
                 max_output_tokens=max_tokens,
                 temperature=temperature,
                 timeout_s=cfg.timeout_s,
+                repetition_penalty=penalty,
             )
             reason = "initial" if attempt == 1 else "reask"
             tally.ask()
@@ -174,10 +179,17 @@ class Attempts:
             last_text, last_issues = response.text, issues
             truncated = response.finish_reason == "length"
             looped = truncated or response.text in answered
-            if looped and cfg.reask_temperature is not None and options.temperature is None:
-                temperature = max(temperature, cfg.reask_temperature)  # greedy decoding would loop the same way
             answered.add(response.text)
-            messages = messages + reask_messages(response.text, issues, truncated=truncated)
+            if looped and penalises:
+                # Asked afresh with the penalty: shown its own loop in a re-ask, a small model copies it again,
+                # at any temperature (README, request flow). Only when the penalised answer loops too, sample.
+                if penalty is not None and cfg.reask_temperature is not None and options.temperature is None:
+                    temperature = max(temperature, cfg.reask_temperature)
+                penalty, messages = cfg.loop_repetition_penalty, asked
+            else:
+                if looped and cfg.reask_temperature is not None and options.temperature is None:
+                    temperature = max(temperature, cfg.reask_temperature)  # greedy decoding would loop the same way
+                messages = messages + reask_messages(response.text, issues, truncated=truncated)
             if truncated:
                 max_tokens = _affordable(
                     _raised_limit(max_tokens, cfg, options, response), max_tokens, options, cfg, messages, tally

@@ -109,6 +109,19 @@ async def test_vllm_kind_uses_max_tokens_and_json_object_mode(make: Make) -> Non
     assert "response_format" not in json.loads(seen[1].content)
 
 
+@pytest.mark.parametrize(("kind", "field"), [("vllm", "repetition_penalty"), ("openai", None)])
+async def test_a_repetition_penalty_is_sent_under_the_engines_name_and_not_to_openai(
+    make: Make, kind: str, field: str | None
+) -> None:
+    backend, seen = make(lambda r: httpx2.Response(200, json=completion()), kind=kind)
+    await backend.complete(request(repetition_penalty=1.1))
+    await backend.complete(request())
+    penalised, plain = (json.loads(s.content) for s in seen)
+    names = {"repetition_penalty", "repeat_penalty", "frequency_penalty", "presence_penalty"}
+    assert {k: v for k, v in penalised.items() if k in names} == ({field: 1.1} if field else {})
+    assert not names & set(plain)  # unset: the engine's own default
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "error"),
     [

@@ -66,6 +66,8 @@ README_TEXT = README.read_text(encoding="utf-8")
 EXAMPLES = examples(README_TEXT)
 VARIANTS = variants(README_TEXT)
 SHOWN_FROM = re.search(r"<!-- examples-from: (\w+) -->", README_TEXT)
+# an example shown as another class answered it (re-measured there): `<!-- example-from: NAME CLASS -->`
+EXAMPLE_FROM = dict(re.findall(r"<!-- example-from: ([\w-]+) (\w+) -->", README_TEXT))
 
 
 def expected_answers(name: str, cpu_class: str) -> list[dict[str, Any]]:
@@ -74,7 +76,7 @@ def expected_answers(name: str, cpu_class: str) -> list[dict[str, Any]]:
     recorded = VARIANTS.get(name, {})
     if cpu_class in recorded:
         return [{**shown, **recorded[cpu_class]}]
-    if SHOWN_FROM and cpu_class == SHOWN_FROM.group(1):
+    if cpu_class == EXAMPLE_FROM.get(name, SHOWN_FROM.group(1) if SHOWN_FROM else None):
         return [shown]
     return [shown, *({**shown, **v} for v in recorded.values())]
 
@@ -83,6 +85,7 @@ def test_the_readme_has_the_examples_this_test_runs() -> None:
     assert {"invoice", "invoice-prompted", "receipt", "support-intent", "entities"} <= set(EXAMPLES)
     assert SHOWN_FROM, "the README names the CPU class its answers came from: <!-- examples-from: CLASS -->"
     assert set(VARIANTS) <= set(EXAMPLES), "a variant for an example the README does not have"
+    assert set(EXAMPLE_FROM) <= set(EXAMPLES), "a class named for an example the README does not have"
     for name, by_class in VARIANTS.items():
         for cpu_class, fields in by_class.items():
             assert fields and set(fields) <= set(COMPARED), (name, cpu_class, fields)
@@ -98,6 +101,14 @@ def test_a_measured_class_expects_its_own_answer_and_an_unmeasured_one_any_recor
         {k: EXAMPLES[name][2][k] for k in COMPARED}
     ]
     assert len(expected_answers(name, "never-measured")) == 1 + len(VARIANTS[name])
+
+
+def test_an_example_re_measured_on_another_class_expects_its_answer_there_only() -> None:
+    for name, cpu_class in EXAMPLE_FROM.items():
+        shown = {k: EXAMPLES[name][2][k] for k in COMPARED}
+        assert expected_answers(name, cpu_class) == [shown]
+        if SHOWN_FROM and SHOWN_FROM.group(1) != cpu_class and SHOWN_FROM.group(1) not in VARIANTS.get(name, {}):
+            assert shown in expected_answers(name, SHOWN_FROM.group(1))  # not measured there: any recorded
 
 
 def test_simd_class_follows_the_flags() -> None:

@@ -4,6 +4,7 @@ served from the slot cache, and the same explicit degrade rule as for vLLM."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backends.base import BackendRequest
+from backends.config import Endpoint
 from backends.local import llamacpp, llamacpp_build
 from backends.local.base_model import prepare
 from backends.local.config import LlamaCppServer
 from backends.local.llamacpp import LlamaCppError, LlamaCppProcess
 from backends.local.llamacpp_build import ensure_llama_cpp
+from backends.openai_compat import OpenAIBackend
 from loadtest.mock_upstream import ServerThread
 from service.app import create_app
 from service.config import DEFAULT_CONFIG, Settings
@@ -97,6 +101,32 @@ def test_a_shipped_adapter_is_applied_per_request_by_name(llama: Llama) -> None:
         "total_amount": 2450.0,
         "currency": "USD",
     }
+
+
+def test_the_base_model_is_the_base_model_while_adapters_are_loaded(llama: Llama) -> None:
+    # llama-server's own scales are 1 for every adapter loaded, even with --lora-init-without-apply, so a request
+    # with `lora: []` ran the base model with every adapter added. The truth: the same request to a server
+    # holding no adapter at all.
+    if not SHIPPED_INVOICE.is_dir():
+        pytest.fail(f"the shipped invoice adapter is missing at {SHIPPED_INVOICE}")
+    request = BackendRequest(messages=[{"role": "user", "content": f"Summarise this:\n{INVOICE}"}], mode="none",
+                             max_output_tokens=32, timeout_s=300)  # fmt: skip
+
+    async def answer(url: str, model: str) -> str:
+        backend = OpenAIBackend(Endpoint(name="b", kind="llamacpp", base_url=f"{url}/v1", model=model))
+        try:
+            return (await backend.complete(request)).text
+        finally:
+            await backend.aclose()
+
+    bare = LlamaCppProcess(LlamaCppServer(port=free_port(), parallel=2))
+    bare.start()
+    try:
+        truth = asyncio.run(answer(bare.url, "smollm2-135m"))
+    finally:
+        bare.stop()
+    assert asyncio.run(answer(llama.server.url, "smollm2-135m")) == truth  # base: every adapter at scale 0
+    assert asyncio.run(answer(llama.server.url, "invoice-lora")) != truth  # and the adapter still applies
 
 
 def test_what_the_grammar_cannot_express_degrades_to_json_mode_counted(llama: Llama) -> None:

@@ -172,7 +172,7 @@ class LlamaServerStandIn:
         ])  # fmt: skip
 
 
-async def test_the_client_applies_the_named_adapter_per_request_and_the_base_otherwise() -> None:
+async def test_the_client_applies_the_named_adapter_per_request_and_the_base_otherwise_every_scale_sent() -> None:
     stand_in = LlamaServerStandIn()
     request = BackendRequest(messages=[{"role": "user", "content": "hi"}], schema={"type": "object"})
     with ServerThread(stand_in.app()) as server:
@@ -185,13 +185,22 @@ async def test_the_client_applies_the_named_adapter_per_request_and_the_base_oth
                                  {"id": 1, "path": "/c/receipt-lora-0123456789abcdef.gguf", "scale": 0.0}]  # fmt: skip
             answers.append(await tuned.complete(request))
             await base.complete(request)
+            await tuned.complete(BackendRequest(messages=request.messages, repetition_penalty=1.1))
         finally:
             await tuned.aclose()
             await base.aclose()
-    assert [b["lora"] for b in stand_in.bodies] == [[{"id": 0, "scale": 1.0}], [{"id": 1, "scale": 1.0}], []]
+    # every loaded adapter's scale, the others' 0: a server's own scales are 1 for each loaded adapter
+    assert [b["lora"] for b in stand_in.bodies] == [
+        [{"id": 0, "scale": 1.0}],
+        [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}],
+        [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}],  # the base model: none applied
+        [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}],
+    ]
+    assert stand_in.bodies[-1]["repeat_penalty"] == 1.1  # llama.cpp's name for it
+    assert not any("repeat_penalty" in b or "repetition_penalty" in b for b in stand_in.bodies[:-1])
     assert all("cache_prompt" not in b and b["max_tokens"] == 512 for b in stand_in.bodies)  # the server's setting
     assert stand_in.bodies[0]["response_format"]["type"] == "json_schema"
-    assert stand_in.listings == 3  # looked up per request, never kept
+    assert stand_in.listings == 4  # looked up per request, never kept
     assert answers[0].usage.cached_input_tokens == 5  # the prefix llama-server reused from its cache
 
 

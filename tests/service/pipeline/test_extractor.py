@@ -133,6 +133,57 @@ async def test_truncated_output_is_a_failed_attempt_not_an_answer(harness: Calla
     assert "cut off" in h.backend().requests[1].messages[-1]["content"]
 
 
+def _cut(text: str = '{"company": "ACME, ACME, ACME, ACME') -> BackendResponse:
+    return BackendResponse(text=text, usage=Usage(10, 5), model="m", finish_reason="length", latency_s=0)
+
+
+@pytest.mark.parametrize("kind", ["vllm", "llamacpp"])
+async def test_a_loop_on_a_local_engine_is_asked_afresh_with_a_repetition_penalty(
+    harness: Callable[..., Harness], kind: str
+) -> None:
+    # Shown its own loop in a re-ask, a small model copies it again: the same first ask, greedy, penalised.
+    h = harness(kind=kind, base_url="http://127.0.0.1:9/v1")
+    h.backend().enqueue(_cut(), GOOD)
+    result = await h.extractor.extract("Invoice ...", task="invoice")
+    first, second = h.backend().requests
+    assert result.attempts == 2 and result.data == json.loads(GOOD)
+    assert second.messages == first.messages  # no re-ask turn holding the loop
+    assert (first.repetition_penalty, second.repetition_penalty) == (None, 1.1)
+    assert (first.temperature, second.temperature) == (0.0, 0.0)
+    assert second.max_output_tokens == 2 * first.max_output_tokens
+
+
+async def test_a_penalised_answer_that_loops_again_is_sampled(harness: Callable[..., Harness]) -> None:
+    h = harness(kind="vllm", base_url="http://127.0.0.1:9/v1")
+    h.backend().enqueue(_cut(), _cut(), GOOD)
+    result = await h.extractor.extract("Invoice ...", task="invoice")
+    first, second, third = h.backend().requests
+    assert result.attempts == 3 and third.messages == second.messages == first.messages
+    assert [r.repetition_penalty for r in (first, second, third)] == [None, 1.1, 1.1]
+    assert [r.temperature for r in (first, second, third)] == [0.0, 0.0, 0.7]
+
+
+async def test_after_a_penalised_ask_a_new_wrong_answer_is_re_asked_with_its_errors(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(kind="vllm", base_url="http://127.0.0.1:9/v1")
+    h.backend().enqueue(_cut(), WRONG_TYPE, GOOD)
+    await h.extractor.extract("Invoice ...", task="invoice")
+    first, _, third = h.backend().requests
+    assert third.messages[: len(first.messages)] == first.messages and "$.total_amount" in third.messages[-1]["content"]
+    assert third.repetition_penalty == 1.1 and third.temperature == 0.0
+
+
+async def test_without_a_penalty_a_loop_is_re_asked_at_the_reask_temperature(harness: Callable[..., Harness]) -> None:
+    for overrides in ({"kind": "vllm", "base_url": "http://127.0.0.1:9/v1", "loop_repetition_penalty": None}, {}):
+        h = harness(**overrides)  # {}: an OpenAI backend, whose API has no repetition penalty
+        h.backend().enqueue(_cut(), GOOD)
+        await h.extractor.extract("Invoice ...", task="invoice")
+        first, second = h.backend().requests
+        assert second.repetition_penalty is None and second.temperature == 0.7
+        assert second.messages[: len(first.messages)] == first.messages and "cut off" in second.messages[-1]["content"]
+
+
 async def test_repaired_json_is_accepted_and_counted(harness: Callable[..., Harness]) -> None:
     h = harness()
     h.backend().enqueue(GOOD[:-1] + ",}")  # trailing comma
