@@ -98,3 +98,28 @@ async def test_token_limits_count_with_the_servers_own_tokenizer(stack: Stack) -
     assert error["code"] == "text_too_long" and error["details"]["context_window"] == 2048
     assert error["details"]["exact"] and "/tokenize" in error["details"]["counted_with"]
     assert error["details"]["prompt_tokens"] + error["details"]["max_output_tokens"] > 2048
+
+
+def test_vllm_takes_the_repetition_penalty_a_loop_is_asked_again_with(stack: Stack) -> None:
+    import asyncio
+
+    from backends.base import BackendRequest
+    from backends.config import Endpoint
+    from backends.openai_compat import OpenAIBackend
+
+    # the base model loops on this one greedy (Monday, ..., Sunday, Monday, Tuesday, ...)
+    words = [{"role": "user", "content": "List the days of the week again and again."}]
+
+    async def answer(penalty: float | None) -> str:
+        url = stack.vllm.url + "/v1"
+        backend = OpenAIBackend(Endpoint(name="v", kind="vllm", base_url=url, model="smollm2-135m"))
+        try:
+            request = BackendRequest(messages=words, mode="none", max_output_tokens=48, repetition_penalty=penalty)
+            return (await backend.complete(request)).text
+        finally:
+            await backend.aclose()
+
+    plain, again, penalised = asyncio.run(answer(None)), asyncio.run(answer(None)), asyncio.run(answer(1.3))
+    assert plain == again  # greedy: the same text each time, so a difference is the penalty's
+    assert plain.count("Monday") >= 2, plain
+    assert penalised.count("Monday") < plain.count("Monday"), penalised
