@@ -199,11 +199,8 @@ class OpenAIBackend:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise UpstreamBadResponse(f"unreadable /lora-adapters answer: {e}", backend=self.name) from e
         model = self.config.model
-        return {
-            "lora": [
-                {"id": i, "scale": 1.0 if name == model else 0.0} for name, i in sorted(ids.items(), key=lambda n: n[1])
-            ]
-        }
+        by_id = sorted(ids.items(), key=lambda named: named[1])
+        return {"lora": [{"id": i, "scale": 1.0 if name == model else 0.0} for name, i in by_id]}
 
     async def complete(self, request: BackendRequest) -> BackendResponse:
         started = time.perf_counter()

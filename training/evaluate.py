@@ -341,10 +341,9 @@ async def _get(client: httpx.AsyncClient, path: str, args: EvalArgs) -> Any:
                              "URL, without /v1)?") from None  # fmt: skip
         raise ValueError(f"unknown task {args.task!r}; the service has: {names}")
     if r.status_code in (401, 403):
-        said = _error_message(r)
         if r.status_code == 401 and not args.api_key:
             raise ValueError(f"{path}: HTTP 401: give an API key (--api-key or EXTRACTION_API_KEY)")
-        said = said or "no reason given"
+        said = _error_message(r) or "no reason given"
         if r.status_code == 401:  # a key was sent and refused: asking for one would send the user in circles
             raise ValueError(f"{args.url}{path}: HTTP 401: the service refused the API key ({said}); "
                              "check --api-key or EXTRACTION_API_KEY")  # fmt: skip

@@ -180,15 +180,16 @@ class Attempts:
             truncated = response.finish_reason == "length"
             looped = truncated or response.text in answered
             answered.add(response.text)
-            if looped and penalises:
-                # Asked afresh with the penalty: shown its own loop in a re-ask, a small model copies it again,
-                # at any temperature (README, request flow). Only when the penalised answer loops too, sample.
-                if penalty is not None and cfg.reask_temperature is not None and options.temperature is None:
-                    temperature = max(temperature, cfg.reask_temperature)
+            # After a loop, an engine with a repetition penalty is asked afresh with it, greedy: shown its own loop
+            # in a re-ask, a small model copies it again at any temperature (README, request flow). Sampling
+            # follows a loop without that penalty, or a penalised answer that loops too.
+            fresh = looped and penalises
+            sample = looped and (not fresh or penalty is not None)
+            if sample and cfg.reask_temperature is not None and options.temperature is None:
+                temperature = max(temperature, cfg.reask_temperature)
+            if fresh:
                 penalty, messages = cfg.loop_repetition_penalty, asked
             else:
-                if looped and cfg.reask_temperature is not None and options.temperature is None:
-                    temperature = max(temperature, cfg.reask_temperature)  # greedy decoding would loop the same way
                 messages = messages + reask_messages(response.text, issues, truncated=truncated)
             if truncated:
                 max_tokens = _affordable(
